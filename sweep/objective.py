@@ -1,0 +1,129 @@
+"""The objective: one trial trains one SegNet, reports val dice_fg per epoch and may be pruned."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import torch
+
+from model import SegNetConfig, count_parameters
+from model.segnet import SegNet
+from sweep.space import suggest
+from sweep.train import DeviceSplit, DivergedError, FitResult, TrainConfig, fit
+
+HISTORY_KEYS = ("train_loss", "val_loss", "val_dice_bg", "val_dice_rv", "val_dice_myo", "val_dice_lv", "val_dice_fg")
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def compact_history(history: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Per-epoch curves as one list per quantity, rounded: small enough for a trial attribute."""
+    return {key: [round(record[key], 5) for record in history] for key in HISTORY_KEYS}
+
+
+def save_checkpoint(path: Path, model_cfg: SegNetConfig, train_cfg: TrainConfig, result: FitResult, params: dict) -> None:
+    """A checkpoint carries the hyperparameters that built it."""
+    torch.save(
+        {
+            "model_config": model_cfg.to_dict(),
+            "train_config": train_cfg.to_dict(),
+            "params": params,
+            "best_epoch": result.best_epoch,
+            "val_scores": result.best_scores,
+            "state_dict": result.state_dict,
+        },
+        path,
+    )
+
+
+@dataclass
+class Objective:
+    train: DeviceSplit
+    val: DeviceSplit
+    epochs: int
+    seed: int = 0
+    artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        model_cfg, train_cfg = suggest(trial, self.epochs)
+        device = self.train.images.device
+        trial.set_user_attr("epoch_budget", self.epochs)
+        trial.set_user_attr("n_params", count_parameters(SegNet.from_config(model_cfg)))
+        trial.set_user_attr("device", str(device))
+        trial.set_user_attr("worker", worker_name())
+        history: list[dict[str, float]] = []
+        start = time.perf_counter()
+
+        def record(result_like: dict) -> None:
+            for key, value in result_like.items():
+                trial.set_user_attr(key, value)
+
+        def on_epoch(epoch: int, rec: dict[str, float]) -> None:
+            history.append(rec)
+            trial.report(rec["val_dice_fg"], epoch)
+            if trial.should_prune():
+                best = max(history, key=lambda r: r["val_dice_fg"])
+                record(_summary(history, best, time.perf_counter() - start))
+                trial.set_user_attr("pruned_at_epoch", epoch)
+                raise optuna.TrialPruned(f"val dice_fg {rec['val_dice_fg']:.4f} at epoch {epoch} behind the median")
+
+        try:
+            result = fit(model_cfg, train_cfg, self.train, self.val, seed=self.seed + trial.number, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:
+            trial.set_user_attr("fail_reason", failure_reason(err))
+            if isinstance(err, torch.OutOfMemoryError) and device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+        best = history[result.best_epoch - 1]
+        record(_summary(history, best, result.seconds))
+        self._maybe_upload_checkpoint(trial, model_cfg, train_cfg, result)
+        return result.best_value
+
+    def _maybe_upload_checkpoint(self, trial, model_cfg, train_cfg, result) -> None:
+        """Keep the weights of a trial that beats every trial before it (an artifact the dashboard lists)."""
+        if self.artifact_store is None:
+            return
+        try:
+            if result.best_value <= trial.study.best_value:
+                return
+        except ValueError:  # no completed trial yet
+            pass
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial{trial.number}_checkpoint.pt"
+            save_checkpoint(path, model_cfg, train_cfg, result, trial.params)
+            artifact_id = optuna.artifacts.upload_artifact(
+                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial
+            )
+        trial.set_user_attr("checkpoint_artifact", artifact_id)
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line saying why a trial failed, for its ``fail_reason`` attribute."""
+    if isinstance(err, DivergedError):
+        kind = "diverged"
+    elif isinstance(err, torch.OutOfMemoryError):
+        kind = "out of memory"
+    else:
+        kind = type(err).__name__
+    text = str(err).strip().splitlines()
+    return f"{kind}: {text[0]}" if text else kind
+
+
+def _summary(history: list[dict[str, float]], best: dict[str, float], seconds: float) -> dict:
+    return {
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "seconds": round(seconds, 2),
+        **{key[len("val_"):]: round(best[key], 5) for key in best if key.startswith("val_dice_")},
+        "history": compact_history(history),
+    }

@@ -1,0 +1,273 @@
+"""`python -m sweep run`: create or resume a study and run trials until its target is reached."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from tqdm.auto import tqdm
+
+from data import Dataset, load_dataset
+from sweep import study as st
+from sweep.errors import UsageError
+from sweep.objective import Objective
+from sweep.space import SPACE_VERSION, configs_from_params
+from sweep.train import DeviceSplit, resolve_device
+
+MAX_CONSECUTIVE_FAILURES = 5  # a sweep whose every trial fails has a systematic problem: stop and say so
+
+
+@dataclass
+class RunOptions:
+    trials: int = 20
+    epochs: int = 50
+    data: str = "phantom"
+    storage: str = st.DEFAULT_STORAGE
+    study: str = st.DEFAULT_STUDY
+    sampler: str = "tpe"
+    pruner: str = "median"
+    seed: int = 0
+    device: str = "auto"
+    workers: int = 1
+    timeout: float | None = None
+    enqueue: str | None = None
+    progress: bool = True
+
+    def check(self) -> None:
+        for flag in ("trials", "epochs", "workers"):
+            if getattr(self, flag) <= 0:
+                raise UsageError(f"--{flag} must be a positive integer, got {getattr(self, flag)}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise UsageError(f"--timeout must be positive seconds, got {self.timeout}")
+        if self.sampler not in ("tpe", "random"):
+            raise UsageError(f"--sampler must be tpe or random, got {self.sampler!r}")
+        if self.pruner not in ("median", "hyperband", "none"):
+            raise UsageError(f"--pruner must be median, hyperband or none, got {self.pruner!r}")
+
+
+def parse_enqueue(value: str, epochs: int) -> dict:
+    """``--enqueue`` takes a JSON file or inline JSON object of params; checked against the space."""
+    path = Path(value)
+    try:
+        text = path.read_text() if not value.lstrip().startswith("{") and path.is_file() else value
+        params = json.loads(text)
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"--enqueue {value!r}: neither a readable JSON file nor a JSON object ({err})") from None
+    if not isinstance(params, dict):
+        raise UsageError(f"--enqueue {value!r}: expected a JSON object of parameters")
+    try:
+        configs_from_params(params, epochs)
+    except (ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"--enqueue {value!r}: not a configuration of this search space ({err})") from None
+    return params
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant_liar: trials running in other workers count as mediocre, so parallel workers
+        # do not all sample the same region.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=10)
+
+
+def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+    if name == "median":
+        # Early epochs of a segmentation net are noisy: judge no trial before a fifth of its budget.
+        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(1, epochs // 5))
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, epochs // 10), max_resource=epochs)
+    return optuna.pruners.NopPruner()
+
+
+def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions) -> None:
+    study.set_metric_names([st.OBJECTIVE_NAME])
+    study.set_user_attr("data_fingerprint", data.fingerprint)
+    study.set_user_attr("data_source", data.source)
+    study.set_user_attr("data_description", data.describe())
+    study.set_user_attr("synthetic_data", data.synthetic)
+    study.set_user_attr("space_version", SPACE_VERSION)
+    study.set_user_attr("epochs", opts.epochs)
+    study.set_user_attr("versions", st.versions())
+    study.set_user_attr("command", resume_command(opts))
+
+
+def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> None:
+    recorded = study.user_attrs.get("data_fingerprint")
+    if recorded is not None and recorded != data.fingerprint:
+        source = study.user_attrs.get("data_source", "?")
+        raise UsageError(
+            f"--data {opts.data}: study {opts.study!r} was run on other data ({source}, fingerprint "
+            f"{recorded}, this is {data.fingerprint}); use another --study or --storage"
+        )
+    version = study.user_attrs.get("space_version")
+    if version is not None and version != SPACE_VERSION:
+        raise UsageError(
+            f"--study {opts.study!r}: made with search-space version {version}, this is {SPACE_VERSION}; use another --study"
+        )
+
+
+def resume_command(opts: RunOptions) -> str:
+    parts = ["python", "-m", "sweep", "run", "--trials", str(opts.trials), "--epochs", str(opts.epochs)]
+    defaults = RunOptions()
+    for flag in ("data", "storage", "study", "sampler", "pruner", "seed", "device", "workers", "timeout"):
+        value = getattr(opts, flag)
+        if value != getattr(defaults, flag):
+            parts += [f"--{flag}", str(value)]
+    return shlex.join(parts)
+
+
+class Progress:
+    """A bar over the study's target and one line per finished trial."""
+
+    def __init__(self, study: optuna.Study, target: int, enabled: bool) -> None:
+        self.target = target
+        self.bar = tqdm(
+            total=target,
+            initial=min(st.count_finished(study), target),
+            desc=f"study {study.study_name}",
+            unit="trial",
+            disable=not enabled,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
+        self.enabled = enabled
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state in st.FINISHED:
+            self.bar.update(1)
+        try:
+            best = f"best {study.best_value:.4f} (#{study.best_trial.number})"
+        except ValueError:
+            best = "best -"
+        value = trial.value if trial.value is not None else (
+            max(trial.intermediate_values.values()) if trial.intermediate_values else None
+        )
+        shown = f"{value:.4f}" if value is not None else "  -   "
+        attrs = trial.user_attrs
+        line = (
+            f"trial {trial.number:4d} {trial.state.name:8s} val dice_fg {shown}  {best}  "
+            f"{attrs.get('epochs_run', 0):3d} epochs  {attrs.get('seconds', 0.0):7.1f} s"
+        )
+        if trial.state == optuna.trial.TrialState.FAIL:
+            line += f"  ({attrs.get('fail_reason', 'failed')})"
+        if self.enabled:
+            self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class StopAfterFailures:
+    """Stops the study after MAX_CONSECUTIVE_FAILURES failed trials in a row in this worker."""
+
+    def __init__(self, limit: int = MAX_CONSECUTIVE_FAILURES) -> None:
+        self.limit = limit
+        self.streak = 0
+        self.last_reason = ""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL:
+            self.streak += 1
+            self.last_reason = trial.user_attrs.get("fail_reason", "unknown")
+            if self.streak >= self.limit:
+                study.stop()
+        elif trial.state in st.FINISHED:
+            self.streak = 0
+
+    @property
+    def tripped(self) -> bool:
+        return self.streak >= self.limit
+
+
+def run(opts: RunOptions) -> dict:
+    """Run the sweep; returns a summary. Every input is checked before a study is touched."""
+    opts.check()
+    st.check_storage_url(opts.storage)
+    device = resolve_device_or_fail(opts.device)
+    data = load_dataset(opts.data)
+    enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue else None
+
+    storage = st.make_storage(opts.storage)
+    if st.study_exists(storage, opts.study):
+        check_same_data(st.load_study(storage, opts.study), data, opts)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=opts.study,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=make_sampler(opts.sampler, opts.seed),
+        pruner=make_pruner(opts.pruner, opts.epochs),
+    )
+    if not study.user_attrs.get("data_fingerprint"):
+        record_study_metadata(study, data, opts)
+    finished = st.count_finished(study)
+    if finished >= opts.trials:
+        return summarize(study, opts, ran=0, note=f"study {opts.study!r} is complete: {finished} of {opts.trials} trials finished")
+
+    # A resumed run must not redraw the random start-up configurations of the first run.
+    study.sampler = make_sampler(opts.sampler, opts.seed + 7919 * len(study.trials))
+    if enqueue is not None:
+        study.enqueue_trial(enqueue, skip_if_exists=True)
+
+    train = DeviceSplit.from_arrays(data.train.images, data.train.masks, device)
+    val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
+    store = optuna.artifacts.FileSystemArtifactStore(str(_artifact_dir(opts.storage)))
+    objective = Objective(train, val, opts.epochs, seed=opts.seed, artifact_store=store)
+
+    if opts.progress:
+        print(f"data: {data.describe()}", file=sys.stderr)
+        print(f"device: {device}; study {opts.study!r} in {opts.storage}: {finished} of {opts.trials} trials finished", file=sys.stderr)
+    progress = Progress(study, opts.trials, opts.progress)
+    failures = StopAfterFailures()
+    before = len(study.trials)
+    try:
+        study.optimize(
+            objective,
+            timeout=opts.timeout,
+            catch=(Exception,),
+            callbacks=[optuna.study.MaxTrialsCallback(opts.trials, states=st.FINISHED), progress, failures],
+            gc_after_trial=True,
+        )
+    finally:
+        progress.close()
+    note = None
+    if failures.tripped:
+        note = f"stopped after {failures.limit} failed trials in a row; last: {failures.last_reason}"
+    return summarize(study, opts, ran=len(study.trials) - before, note=note)
+
+
+def _artifact_dir(url: str) -> Path:
+    path = st.default_artifact_dir(url)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def resolve_device_or_fail(name: str):
+    try:
+        return resolve_device(name)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--device {name!r}: {err}") from None
+
+
+def summarize(study: optuna.Study, opts: RunOptions, ran: int, note: str | None = None) -> dict:
+    states = {s.name.lower(): 0 for s in optuna.trial.TrialState}
+    for t in study.get_trials(deepcopy=False):
+        states[t.state.name.lower()] += 1
+    summary = {"study": study.study_name, "storage": opts.storage, "target": opts.trials, "ran": ran, "states": states}
+    try:
+        best = study.best_trial
+        summary["best"] = {"trial": best.number, "val_dice_fg": best.value, "params": best.params}
+    except ValueError:
+        summary["best"] = None
+    if note:
+        summary["note"] = note
+    summary["finished"] = states["complete"] + states["pruned"]
+    summary["complete_target"] = summary["finished"] >= opts.trials
+    return summary

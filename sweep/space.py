@@ -1,0 +1,88 @@
+"""The search space: the one place that turns an Optuna trial into a trial's hyperparameters.
+
+Ranges and why:
+- ``lr`` 1e-4..1e-2, log: Adam-family optimisers on BatchNorm nets train in this band; below it
+  a 50-epoch budget on ~60 slices does not converge, above it training often diverges.
+- ``weight_decay`` 1e-6..1e-2, log (AdamW, decoupled): from negligible to strong regularisation,
+  which matters with only tens of training slices.
+- ``depth`` 3..5: at 96 px, 3 poolings give a 12 px bottleneck that still sees a whole ventricle
+  with 3x3 kernels; 5 is the most 96 px allows (3 px) and is SegNet-VGG16's depth.
+- ``base_width`` 8..64 (doubling per stage, capped at ``MAX_WIDTH``): 64 is SegNet-VGG16's;
+  below 8 the myocardium ring is not represented well; the cap keeps the deep stages affordable.
+- ``convs_shallow`` / ``convs_deep`` 1..3 conv blocks in stages 1-2 / 3 and deeper, which
+  includes VGG16's 2-2-3-3-3.
+- ``kernel_size`` 3 or 5.
+- ``batch_size`` 4..16 (categorical, including the original's 10): with 60 slices, small
+  batches give more steps per epoch; BatchNorm needs a few slices per batch.
+- ``dice_weight`` 0..1: 0 is plain cross-entropy (the original), 1 is soft Dice only.
+- ``class_weight_power`` 0..1: 0 is unweighted CE, 1 fully balanced.
+- ``dropout`` 0..0.5 at the bottleneck, against overfitting on few slices.
+- ``schedule`` constant (the original) or cosine with warm-up.
+- ``aug_rotate`` 0..20 degrees, ``aug_scale`` 0..0.2, ``aug_gamma`` 0..0.4: small, since a
+  short-axis slice has a meaningful orientation (RV on the left); no flips for the same reason.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from model import SegNetConfig
+from sweep.train import TrainConfig
+
+SPACE_VERSION = 1  # bump whenever a range or parameter changes: studies record it
+MAX_WIDTH = 512  # filter cap of the deep stages, as in SegNet-VGG16
+BATCH_SIZES = (4, 8, 10, 16)
+WIDTHS = (8, 16, 32, 64)
+
+# The original coursework configuration: SegNet-VGG16 widths 64-512, Adam 1e-3, batch 10, plain
+# cross-entropy, constant learning rate, no augmentation. Enqueue it to compare a sweep with it.
+ORIGINAL_PARAMS = {
+    "lr": 1e-3,
+    "weight_decay": 1e-6,
+    "depth": 5,
+    "base_width": 64,
+    "convs_shallow": 2,
+    "convs_deep": 3,
+    "kernel_size": 3,
+    "batch_size": 10,
+    "dice_weight": 0.0,
+    "class_weight_power": 0.0,
+    "dropout": 0.0,
+    "schedule": "constant",
+    "aug_rotate": 0.0,
+    "aug_scale": 0.0,
+    "aug_gamma": 0.0,
+}
+
+
+def suggest(trial: optuna.Trial, epochs: int) -> tuple[SegNetConfig, TrainConfig]:
+    """Sample (or, for a FixedTrial, read back) a trial's hyperparameters."""
+    depth = trial.suggest_int("depth", 3, 5)
+    convs_shallow = trial.suggest_int("convs_shallow", 1, 3)
+    convs_deep = trial.suggest_int("convs_deep", 1, 3)
+    model_cfg = SegNetConfig(
+        depth=depth,
+        base_width=trial.suggest_categorical("base_width", WIDTHS),
+        max_width=MAX_WIDTH,
+        convs_per_stage=tuple(convs_shallow if i < 2 else convs_deep for i in range(depth)),
+        kernel_size=trial.suggest_categorical("kernel_size", (3, 5)),
+        dropout=trial.suggest_float("dropout", 0.0, 0.5),
+    )
+    train_cfg = TrainConfig(
+        lr=trial.suggest_float("lr", 1e-4, 1e-2, log=True),
+        weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-2, log=True),
+        batch_size=trial.suggest_categorical("batch_size", BATCH_SIZES),
+        schedule=trial.suggest_categorical("schedule", ("constant", "cosine")),
+        dice_weight=trial.suggest_float("dice_weight", 0.0, 1.0),
+        class_weight_power=trial.suggest_float("class_weight_power", 0.0, 1.0),
+        aug_rotate=trial.suggest_float("aug_rotate", 0.0, 20.0),
+        aug_scale=trial.suggest_float("aug_scale", 0.0, 0.2),
+        aug_gamma=trial.suggest_float("aug_gamma", 0.0, 0.4),
+        epochs=epochs,
+    )
+    return model_cfg, train_cfg
+
+
+def configs_from_params(params: dict, epochs: int) -> tuple[SegNetConfig, TrainConfig]:
+    """The configs a finished trial's params stand for (used by ``best`` and checks of --enqueue)."""
+    return suggest(optuna.trial.FixedTrial(params), epochs)

@@ -1,0 +1,145 @@
+"""Storage and study: opening the SQL storage, creating or resuming a study, what a study records."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sqlite3
+import warnings
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
+
+from sweep.errors import UsageError
+
+DEFAULT_STORAGE = "sqlite:///studies.db"
+DEFAULT_STUDY = "segnet"
+OBJECTIVE_NAME = "val_dice_fg"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# A killed worker stops beating; its RUNNING trial is failed once the beat is GRACE_PERIOD old
+# (checked whenever any worker starts a trial) and re-enqueued with the same params, at most
+# MAX_RETRY times. The heartbeat runs in its own thread, so long epochs do not miss beats.
+HEARTBEAT_INTERVAL = 20  # seconds
+GRACE_PERIOD = 90  # seconds: several missed beats, so a busy machine is not mistaken for a dead one
+MAX_RETRY = 3
+SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for another worker's lock
+
+
+def check_storage_url(url: str) -> str:
+    """Validate a storage URL without creating or changing anything; returns it (normalised)."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as err:
+        raise UsageError(f"--storage {url!r}: not a database URL ({err})") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        db = parsed.database
+        if not db or db == ":memory:":
+            raise UsageError(f"--storage {url!r}: give a database file, e.g. sqlite:///studies.db")
+        folder = Path(db).resolve().parent
+        if not folder.is_dir():
+            raise UsageError(f"--storage {url!r}: folder {folder} does not exist")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"--storage {url!r}: folder {folder} is not writable")
+        if Path(db).exists() and not _is_sqlite_file(Path(db)):
+            raise UsageError(f"--storage {url!r}: {db} exists but is not an SQLite database")
+        return url
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=_connect_timeout(backend))
+        with engine.connect():
+            pass
+        engine.dispose()
+    except ModuleNotFoundError as err:
+        raise UsageError(f"--storage {url!r}: database driver missing ({err.name}); pip install it") from None
+    except Exception as err:  # noqa: BLE001 - any driver error means "cannot use this URL"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"--storage {_hide_password(parsed)}: cannot connect ({reason})") from None
+    return url
+
+
+def _connect_timeout(backend: str) -> dict:
+    if backend == "postgresql":
+        return {"connect_timeout": 10}
+    if backend in ("mysql", "mariadb"):
+        return {"connect_timeout": 10}
+    return {}
+
+
+def _hide_password(parsed) -> str:
+    return parsed.render_as_string(hide_password=True)
+
+
+def _is_sqlite_file(path: Path) -> bool:
+    if path.stat().st_size == 0:
+        return True
+    with open(path, "rb") as f:
+        return f.read(16) == b"SQLite format 3\x00"
+
+
+def make_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
+    """Optuna RDB storage with heartbeats (a dead worker's trial is failed and retried)."""
+    backend = make_url(url).get_backend_name()
+    engine_kwargs: dict = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
+    else:
+        engine_kwargs["connect_args"] = _connect_timeout(backend)
+    kwargs = {}
+    if heartbeat:
+        kwargs = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+
+
+def study_exists(storage: RDBStorage, name: str) -> bool:
+    try:
+        storage.get_study_id_from_name(name)
+        return True
+    except KeyError:
+        return False
+
+
+def load_study(storage: RDBStorage, name: str, sampler=None, pruner=None) -> optuna.Study:
+    if not study_exists(storage, name):
+        names = [s.study_name for s in storage.get_all_studies()]
+        hint = f" (studies here: {', '.join(names)})" if names else " (no studies here yet: run `python -m sweep run` first)"
+        raise UsageError(f"--study {name!r}: no such study{hint}")
+    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    return Path(parsed.database).resolve() if parsed.get_backend_name() == "sqlite" else None
+
+
+def default_artifact_dir(url: str) -> Path:
+    """Artifacts (checkpoints, pictures) live beside an SQLite file, else in ./artifacts."""
+    db = sqlite_path(url)
+    return (db.parent if db else Path.cwd()) / "artifacts"
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+        "numpy": numpy.__version__,
+        "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))

@@ -1,0 +1,258 @@
+"""Training one SegNet: a few plain functions (one epoch, evaluate, the schedule, fit).
+
+The whole dataset lives on the training device as tensors; augmentation runs there too, and the
+loop never synchronises with the host inside an epoch (losses accumulate on the device).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from model import SegNet, SegNetConfig
+from sweep.losses import class_weights, segmentation_loss
+from sweep.metrics import dice_counts, dice_from_counts
+
+EVAL_BATCH = 64  # slices per forward pass when evaluating: the whole val split in one or two passes
+WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule (at least one epoch's steps)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a SegNet is trained; with a SegNetConfig, a trial's whole set of hyperparameters."""
+
+    lr: float = 1e-3  # peak learning rate of AdamW
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay
+    batch_size: int = 10
+    schedule: str = "constant"  # "constant" or "cosine" (linear warm-up, then cosine decay to 0)
+    dice_weight: float = 0.0  # loss = (1 - w) * cross-entropy + w * soft Dice
+    class_weight_power: float = 0.0  # CE class weights = (1 / class frequency) ** power
+    aug_rotate: float = 0.0  # max rotation, degrees (short-axis orientation matters: keep it small)
+    aug_scale: float = 0.0  # max relative zoom in or out
+    aug_gamma: float = 0.0  # max |log gamma| of an intensity gamma change
+    epochs: int = 50  # epoch budget
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class DeviceSplit:
+    """A split as tensors on the training device: images ``(N, 1, H, W)`` in [0, 1], masks ``(N, H, W)``."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+
+    @classmethod
+    def from_arrays(cls, images: np.ndarray, masks: np.ndarray | None, device: torch.device) -> DeviceSplit:
+        x = torch.as_tensor(images, dtype=torch.float32, device=device).unsqueeze(1)
+        y = None if masks is None else torch.as_tensor(masks, device=device).long()
+        return cls(x, y)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class FitResult:
+    best_value: float  # best val dice_fg over the epochs
+    best_epoch: int  # 1-based
+    best_scores: dict[str, float]  # per-class val Dice at the best epoch
+    history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
+    state_dict: dict | None = None  # weights of the best epoch, on the CPU
+    seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.history)
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def cpu_has_bf16() -> bool:
+    """True where the CPU has bf16 matrix units (AMX), so bf16 autocast is faster than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
+def use_bf16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Per-slice zero mean, unit variance: MR intensities have no absolute scale."""
+    mean = images.mean(dim=(1, 2, 3), keepdim=True)
+    std = images.std(dim=(1, 2, 3), keepdim=True)
+    return (images - mean) / (std + 1e-6)
+
+
+def augment(
+    images: torch.Tensor, masks: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random rotation, zoom and gamma, on the device, one draw per slice."""
+    n = images.shape[0]
+    dev = images.device
+    if cfg.aug_rotate > 0 or cfg.aug_scale > 0:
+        u = torch.rand(n, 2, device=dev, generator=generator) * 2 - 1
+        angle = u[:, 0] * math.radians(cfg.aug_rotate)
+        scale = 1 + u[:, 1] * cfg.aug_scale
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        masks = (
+            F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            .squeeze(1)
+            .long()
+        )
+    if cfg.aug_gamma > 0:
+        log_gamma = (torch.rand(n, 1, 1, 1, device=dev, generator=generator) * 2 - 1) * cfg.aug_gamma
+        images = images.clamp(min=0).pow(log_gamma.exp())
+    return images, masks
+
+
+def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int) -> float:
+    """Multiplier of the peak learning rate at ``step`` (0-based)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+def autocast(device: torch.device, bf16: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+
+def build_model(model_cfg: SegNetConfig, device: torch.device) -> SegNet:
+    model = SegNet.from_config(model_cfg).to(device)
+    return model.to(memory_format=torch.channels_last)
+
+
+def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfig, weights, generator, bf16):
+    """One pass over the shuffled train split; returns the mean loss as a device tensor."""
+    model.train()
+    device = split.images.device
+    order = torch.randperm(len(split), device=device, generator=generator)
+    total = torch.zeros((), device=device)
+    n_batches = 0
+    for start in range(0, len(split), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        x, y = augment(split.images[idx], split.masks[idx], cfg, generator)
+        x = normalize(x).contiguous(memory_format=torch.channels_last)
+        with autocast(device, bf16):
+            logits = model(x)
+        loss = segmentation_loss(logits, y, weights, cfg.dice_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total += loss.detach()
+        n_batches += 1
+    return total / max(n_batches, 1)
+
+
+@torch.inference_mode()
+def predict_logits(model, images: torch.Tensor, bf16: bool) -> torch.Tensor:
+    """Logits ``(N, C, H, W)`` (float32) for images ``(N, 1, H, W)`` in [0, 1], in large batches."""
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], EVAL_BATCH):
+        x = normalize(images[start : start + EVAL_BATCH]).contiguous(memory_format=torch.channels_last)
+        with autocast(images.device, bf16):
+            out.append(model(x).float())
+    return torch.cat(out)
+
+
+@torch.inference_mode()
+def evaluate(model, split: DeviceSplit, bf16: bool) -> dict[str, float]:
+    """Dice per class, ``dice_fg``, ``dice_mean4`` and mean cross-entropy over a whole split."""
+    logits = predict_logits(model, split.images, bf16)
+    scores = dice_from_counts(dice_counts(logits.argmax(1), split.masks, logits.shape[1]))
+    scores["loss"] = float(F.cross_entropy(logits, split.masks))
+    return scores
+
+
+def fit(
+    model_cfg: SegNetConfig,
+    train_cfg: TrainConfig,
+    train: DeviceSplit,
+    val: DeviceSplit,
+    *,
+    seed: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    keep_state: bool = True,
+) -> FitResult:
+    """Train from scratch for ``train_cfg.epochs`` epochs, evaluating the whole val split each epoch.
+
+    The best epoch by val ``dice_fg`` is kept (its weights when ``keep_state``). ``on_epoch(epoch,
+    record)`` is called after every epoch and may raise (e.g. to prune) to stop training.
+    Raises DivergedError when the training loss stops being finite.
+    """
+    device = train.images.device
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    bf16 = use_bf16(device)
+    model = build_model(model_cfg, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
+    total_steps = steps_per_epoch * train_cfg.epochs
+    warmup = max(steps_per_epoch, int(WARMUP_FRACTION * total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total_steps, train_cfg.schedule, warmup)
+    )
+    weights = class_weights(train.masks, train_cfg.class_weight_power) if train_cfg.class_weight_power else None
+
+    result = FitResult(best_value=-math.inf, best_epoch=0, best_scores={})
+    start = time.perf_counter()
+    for epoch in range(1, train_cfg.epochs + 1):
+        train_loss = float(train_epoch(model, optimizer, scheduler, train, train_cfg, weights, generator, bf16))
+        if not math.isfinite(train_loss):
+            raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
+        scores = evaluate(model, val, bf16)
+        record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores.items()}}
+        result.history.append(record)
+        if scores["dice_fg"] > result.best_value:
+            result.best_value, result.best_epoch = scores["dice_fg"], epoch
+            result.best_scores = {k: v for k, v in scores.items() if k.startswith("dice_")}
+            if keep_state:
+                result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        result.seconds = time.perf_counter() - start
+        if on_epoch is not None:
+            on_epoch(epoch, record)
+    return result
+
+
+def load_model(model_cfg: SegNetConfig, state_dict: dict, device: torch.device) -> SegNet:
+    model = build_model(model_cfg, device)
+    model.load_state_dict(state_dict)
+    return model.eval()
