@@ -29,7 +29,9 @@ class Split:
     def __post_init__(self) -> None:
         # Checked here so a malformed split fails where it is built, not deep in training.
         if self.images.ndim != 3 or self.images.dtype != np.float32:
-            raise ValueError(f"Split.images must be (N, H, W) float32, got {self.images.shape} {self.images.dtype}")
+            raise ValueError(
+                f"Split.images must be (N, H, W) float32, got {self.images.shape} {self.images.dtype}"
+            )
         if len(self.names) != len(self.images):
             raise ValueError(f"Split: {len(self.names)} names for {len(self.images)} images")
         if self.masks is not None and (self.masks.shape != self.images.shape or self.masks.dtype != np.uint8):

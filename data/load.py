@@ -40,6 +40,9 @@ def load_dataset(source: str | os.PathLike = "phantom", seed: int = 0) -> Datase
     """
     if str(source) == "phantom":
         return make_phantom_dataset(PHANTOM_SEED)
+    if not str(source).strip():
+        # Path("") is the working directory; an empty --data is a mistake, not a request for it.
+        raise DataError("--data: empty value, expected 'phantom' or a folder")
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"--data: {str(source)!r} is neither 'phantom' nor an existing folder")
@@ -128,7 +131,9 @@ def _load_coursework(root: Path) -> Dataset:
 def _load_pool(root: Path, seed: int) -> Dataset:
     pool = _read_folder(root, "required", _SizeCheck())
     if len(pool) < 3:
-        raise DataError(f"{root / 'image'}: pool layout needs at least 3 images to split train/val/test, found {len(pool)}")
+        raise DataError(
+            f"{root / 'image'}: pool layout needs at least 3 images to split train/val/test, found {len(pool)}"
+        )
     parts = [
         Split(pool.images[idx], pool.masks[idx], tuple(pool.names[i] for i in idx))
         for idx in split_indices(len(pool), seed)

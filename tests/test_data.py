@@ -123,6 +123,10 @@ def test_unknown_source_names_the_flag(tmp_path):
     _raises(f"--data: '{f}' is a file", f)
 
 
+def test_empty_source():
+    _raises("--data: empty value", "")
+
+
 def test_unknown_layout(tmp_path):
     (tmp_path / "images").mkdir()
     msg = _raises(str(tmp_path), tmp_path)
@@ -444,7 +448,9 @@ def test_write_read_mask_round_trip(tmp_path):
     np.testing.assert_array_equal(back, m)
 
 
-@pytest.mark.parametrize("bad", [np.full((4, 4), 4), np.full((4, 4), -1), np.zeros((4, 4), np.float32), np.zeros((2, 4, 4), np.uint8)])
+@pytest.mark.parametrize(
+    "bad", [np.full((4, 4), 4), np.full((4, 4), -1), np.zeros((4, 4), np.float32), np.zeros((2, 4, 4), np.uint8)]
+)
 def test_write_mask_rejects_bad_masks(tmp_path, bad):
     with pytest.raises(ValueError):
         write_mask(tmp_path / "m.png", bad)
