@@ -59,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("--device", default="auto")
     best.add_argument("--quiet", action="store_true")
     storage_flags(best)
+
+    status = sub.add_parser("status", help="trials by state, the best trial, running trials with worker and age")
+    storage_flags(status)
+    status.add_argument("--json", action="store_true")
+
+    export = sub.add_parser("export", help="one CSV row per trial")
+    export.add_argument("--csv", required=True, metavar="FILE")
+    storage_flags(export)
+
+    report = sub.add_parser("report", help="one self-contained HTML report of the study")
+    report.add_argument("--out", default="report.html", metavar="FILE.html")
+    storage_flags(report)
+
+    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage and artifacts")
+    dashboard.add_argument("--host", default="127.0.0.1")
+    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (default %(default)s)")
     return parser
 
 
@@ -116,6 +133,29 @@ def _dispatch(args: argparse.Namespace) -> int:
             print(json.dumps(result))
         else:
             _print_best(result)
+        return EXIT_OK
+    if args.command == "status":
+        from sweep.status import format_status, study_status
+
+        result = study_status(args.storage, args.study)
+        print(json.dumps(result) if args.json else format_status(result))
+        return EXIT_OK
+    if args.command == "export":
+        from sweep.export import export_csv
+
+        rows = export_csv(args.storage, args.study, args.csv)
+        print(f"wrote {rows} trials to {args.csv}")
+        return EXIT_OK
+    if args.command == "report":
+        from sweep.report import write_report
+
+        path = write_report(args.storage, args.study, args.out)
+        print(f"wrote {path}")
+        return EXIT_OK
+    if args.command == "dashboard":
+        from sweep.dashboard import serve
+
+        serve(args.storage, host=args.host, port=args.port)
         return EXIT_OK
     raise UsageError(f"unknown command {args.command!r}")
 
