@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 
 from data import DataError
@@ -93,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Optuna's INFO logs and experimental-API warnings would drown the per-trial lines."""
+    """Optuna's logs (a traceback per failed trial) would drown the per-trial lines, which say the same."""
     import warnings
 
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -111,6 +112,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             sampler=args.sampler, pruner=args.pruner, seed=args.seed, device=args.device, workers=args.workers,
             timeout=args.timeout, enqueue=args.enqueue, progress=not args.quiet,
         )
+        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
         try:
             summary = run(opts)
         except KeyboardInterrupt:

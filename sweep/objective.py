@@ -56,7 +56,8 @@ class Objective:
         model_cfg, train_cfg = suggest(trial, self.epochs)
         device = self.train.images.device
         trial.set_user_attr("epoch_budget", self.epochs)
-        trial.set_user_attr("n_params", count_parameters(SegNet.from_config(model_cfg)))
+        with torch.device("meta"):  # count without allocating or initialising the weights
+            trial.set_user_attr("n_params", count_parameters(SegNet.from_config(model_cfg)))
         trial.set_user_attr("device", str(device))
         trial.set_user_attr("worker", worker_name())
         history: list[dict[str, float]] = []
@@ -78,6 +79,9 @@ class Objective:
         try:
             result = fit(model_cfg, train_cfg, self.train, self.val, seed=self.seed + trial.number, on_epoch=on_epoch)
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM)")
             raise
         except Exception as err:
             trial.set_user_attr("fail_reason", failure_reason(err))

@@ -1,0 +1,386 @@
+"""`python -m sweep report`: one self-contained HTML file showing what the tuning playbook asks for.
+
+The file opens offline: plotly.js is embedded once, pictures are data URIs. The storage is only
+read. Plots are Optuna's own plotly figures wherever Optuna has one.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import shlex
+from datetime import datetime
+from pathlib import Path
+
+import optuna
+import optuna.visualization as vis
+import pandas as pd
+import plotly.graph_objects as go
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import FrozenTrial, TrialState
+from plotly.subplots import make_subplots
+
+from sweep import study as st
+from sweep.best import open_study_readonly
+from sweep.errors import UsageError
+from sweep.metrics import CLASS_NAMES
+
+TARGET = "val dice_fg"
+TOP_TRIALS = 10
+TEST_OVERLAY = "test_overlay.png"  # uploaded to the study by `best --evaluate`
+EDGE = 0.1  # the outer tenth of a range counts as its edge
+TOP_FRACTION, MIN_TOP = 0.2, 3  # "the best trials": the top fifth, but at least three
+
+
+def write_report(storage_url: str, study_name: str, out: str | Path) -> Path:
+    study = open_study_readonly(storage_url, study_name)
+    page = _Page(study, storage_url)
+    path = Path(out)
+    try:
+        path.write_text(page.render(), encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write ({err.strerror or err})") from None
+    return path.resolve()
+
+
+# ---------------------------------------------------------------- search-space edges
+
+
+def edge_warnings(study: optuna.Study) -> list[str]:
+    """One line per parameter whose best trials all sit in the outer tenth of its searched range."""
+    ranked = _ranked(study)
+    if len(ranked) < MIN_TOP:
+        return []
+    top = ranked[: max(MIN_TOP, math.ceil(TOP_FRACTION * len(ranked)))]
+    warnings = []
+    for name, dist in top[0].distributions.items():
+        values = [t.params[name] for t in top if name in t.params]
+        side = _edge_side(dist, values)
+        if side is None:
+            continue
+        shown = ", ".join(_fmt(v) for v in values)
+        if isinstance(dist, CategoricalDistribution):
+            choices = ", ".join(_fmt(c) for c in dist.choices)
+            word = "largest" if side == "upper" else "smallest"
+            warnings.append(
+                f"{name}: the best {len(values)} trials all use the {word} choice ({shown}; choices {choices}); "
+                f"consider adding {'larger' if side == 'upper' else 'smaller'} values"
+            )
+        else:
+            scale = ", log scale" if dist.log else ""
+            advice = "consider widening the range"
+            if side == "lower" and dist.low == 0 and not dist.log:
+                # 0 usually means "off" (no dropout, no augmentation): nothing lies beyond it.
+                advice = "0 is a natural limit, so the best trials leave it off; widen the range only if it can go lower"
+            warnings.append(
+                f"{name}: the best trials sit at the {side} edge ({shown} in {_fmt(dist.low)}..{_fmt(dist.high)}{scale}); "
+                + advice
+            )
+    return warnings
+
+
+def _edge_side(dist, values: list) -> str | None:
+    if not values:
+        return None
+    if isinstance(dist, (FloatDistribution, IntDistribution)):
+        if dist.high <= dist.low:
+            return None
+        if dist.log:
+            pos = [(math.log(v) - math.log(dist.low)) / (math.log(dist.high) - math.log(dist.low)) for v in values]
+        else:
+            pos = [(v - dist.low) / (dist.high - dist.low) for v in values]
+        if all(p >= 1 - EDGE for p in pos):
+            return "upper"
+        if all(p <= EDGE for p in pos):
+            return "lower"
+        return None
+    if isinstance(dist, CategoricalDistribution):
+        choices = list(dist.choices)
+        numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices)
+        # Only an ordered numeric tuple has edges; ('constant', 'cosine') has none.
+        if len(choices) < 2 or not numeric or choices != sorted(choices):
+            return None
+        if all(v == choices[-1] for v in values):
+            return "upper"
+        if all(v == choices[0] for v in values):
+            return "lower"
+    return None
+
+
+def _ranked(study: optuna.Study) -> list[FrozenTrial]:
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    return sorted(complete, key=lambda t: t.value, reverse=maximize)
+
+
+# ---------------------------------------------------------------- figures
+
+
+def learning_curves(study: optuna.Study) -> go.Figure:
+    """Optuna's intermediate-values plot, with pruned trials dashed grey so they read as stopped."""
+    fig = vis.plot_intermediate_values(study)
+    state = {f"Trial{t.number}": t.state for t in study.get_trials(deepcopy=False)}
+    for trace in fig.data:
+        s = state.get(trace.name)
+        if s == TrialState.PRUNED:
+            trace.update(line={"color": "#9a9a9a", "dash": "dash", "width": 1}, marker={"color": "#9a9a9a"}, opacity=0.8)
+        elif s == TrialState.RUNNING:
+            trace.update(line={"dash": "dot"})
+        trace.update(name=f"trial {trace.name[5:]} ({s.name.lower() if s else '?'})")
+    last = max((max(t.x) for t in fig.data if t.x), default=1)
+    fig.update_xaxes(dtick=_epoch_tick(last))
+    fig.update_layout(
+        title="Learning curves",
+        xaxis_title="epoch",
+        yaxis_title=TARGET,
+        showlegend=True,
+    )
+    return fig
+
+
+def history_figure(trial: FrozenTrial) -> go.Figure | None:
+    """The best trial's per-epoch losses and per-class validation Dice (its ``history`` attr)."""
+    history = trial.user_attrs.get("history")
+    if not history or not history.get("val_dice_fg"):
+        return None
+    epochs = list(range(1, len(history["val_dice_fg"]) + 1))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation Dice"))
+    for key in ("train_loss", "val_loss"):
+        fig.add_trace(go.Scatter(x=epochs, y=history.get(key), name=key.replace("_", " "), mode="lines+markers"), 1, 1)
+    for key in [f"val_dice_{c}" for c in CLASS_NAMES] + ["val_dice_fg"]:
+        wide = {"width": 3} if key == "val_dice_fg" else {}
+        fig.add_trace(go.Scatter(x=epochs, y=history.get(key), name=key[4:], mode="lines+markers", line=wide), 1, 2)
+    best = trial.user_attrs.get("best_epoch")
+    if best:
+        fig.add_vline(x=best, line_dash="dot", line_color="#888", annotation_text=f"best epoch {best}", row=1, col=2)
+    fig.update_xaxes(title_text="epoch", dtick=_epoch_tick(len(epochs)))
+    fig.update_layout(title=f"Trial {trial.number}: training history", height=420)
+    return fig
+
+
+def _epoch_tick(last_epoch: int) -> int:
+    """Whole epochs on the axis (plotly would label 1.2, 1.4, ...), at most about ten labels."""
+    return max(1, math.ceil(last_epoch / 10))
+
+
+# ---------------------------------------------------------------- the page
+
+
+class _Page:
+    """Collects sections in order; the first plot carries plotly.js, the rest refer to it."""
+
+    def __init__(self, study: optuna.Study, storage_url: str) -> None:
+        self.study = study
+        self.storage_url = storage_url
+        self.store = optuna.artifacts.FileSystemArtifactStore(str(st.default_artifact_dir(storage_url)))
+        self._plotly_embedded = False
+
+    def render(self) -> str:
+        s = self.study
+        ranked = _ranked(s)
+        best = ranked[0] if ranked else None
+        body = [self.header(ranked)]
+        body.append(self.section("Optimisation history", self.plot(
+            vis.plot_optimization_history(s, target_name=TARGET) if ranked else None, "no complete trial yet")))
+        body.append(self.section("Learning curves", '<p class="hint">val dice_fg per epoch; pruned trials dashed grey, running ones dotted.</p>'
+                                 + self.plot(learning_curves(s) if s.trials else None, "no trials yet")))
+        body.append(self.section("Parameter importances", self.importances(ranked)))
+        body.append(self.section(f"{TARGET} against each hyperparameter", self.slices(ranked)))
+        body.append(self.section("Parallel coordinates", self.plot(
+            vis.plot_parallel_coordinate(s, target_name=TARGET) if ranked else None, "no complete trial yet")))
+        body.append(self.section("Best trial", self.best_trial(best)))
+        body.append(self.section(f"Top {TOP_TRIALS} trials", self.top_table(ranked)))
+        body.append(self.section("Search-space edges", self.edges(ranked)))
+        body.append(self.section("Test evaluation", self.evaluation()))
+        body.append(self.section("Reproduce", self.reproduce()))
+        title = f"Sweep report: study {s.study_name}"
+        return _TEMPLATE.format(title=_e(title), body="\n".join(body))
+
+    # -- pieces
+
+    def plot(self, fig: go.Figure | None, missing: str, height: int = 450, keep_title: bool = False) -> str:
+        if fig is None:
+            return _note(missing)
+        if not keep_title:  # the section heading says it already
+            fig.update_layout(title=None)
+        top = 60 if keep_title else 30
+        fig.update_layout(height=fig.layout.height or height, template="plotly_white", margin={"t": top, "b": 50})
+        div = fig.to_html(full_html=False, include_plotlyjs=not self._plotly_embedded, config={"displaylogo": False})
+        self._plotly_embedded = True
+        return div
+
+    def section(self, title: str, content: str) -> str:
+        anchor = title.lower().replace(" ", "-")
+        return f'<section id="{_e(anchor)}"><h2>{_e(title)}</h2>\n{content}\n</section>'
+
+    def header(self, ranked: list[FrozenTrial]) -> str:
+        s = self.study
+        attrs = s.user_attrs
+        counts = pd.Series([t.state.name.lower() for t in s.trials]).value_counts().to_dict()
+        states = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no trials"
+        rows = [
+            ("study", f"{s.study_name} in {self.storage_url}"),
+            ("data", attrs.get("data_description") or attrs.get("data_source") or "not recorded"),
+            ("trials", f"{len(s.trials)} ({states}); epoch budget {attrs.get('epochs', '?')}"),
+            ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
+            ("versions", ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items())),
+            ("generated", datetime.now().isoformat(timespec="seconds")),
+        ]
+        badge = ""
+        if attrs.get("synthetic_data"):
+            badge = '<p class="badge">Synthetic data: the built-in phantom, not real MR images.</p>'
+        table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows)
+        return f'<h1>{_e("Sweep report: study " + s.study_name)}</h1>\n{badge}<table class="meta">{table}</table>'
+
+    def importances(self, ranked: list[FrozenTrial]) -> str:
+        if len(ranked) < 2:
+            return _note(f"needs at least 2 complete trials ({len(ranked)} so far)")
+        try:
+            # Optuna's default (PED-ANOVA) is deterministic and needs no scikit-learn, unlike fANOVA.
+            fig = vis.plot_param_importances(self.study, target_name=TARGET)
+        except (RuntimeError, ValueError) as err:  # e.g. every complete trial has the same params
+            return _note(f"cannot compute importances: {err}")
+        hint = ""
+        if len(ranked) < 10:
+            hint = f'<p class="hint">Only {len(ranked)} complete trials: treat these importances as rough.</p>'
+        return hint + self.plot(fig, "", height=max(350, 28 * len(ranked[0].params) + 120))
+
+    def slices(self, ranked: list[FrozenTrial]) -> str:
+        if not ranked:
+            return _note("no complete trial yet")
+        # One small figure per parameter: Optuna's single plot puts all 15 in one unreadable row.
+        cells = []
+        for name in sorted(ranked[0].params):
+            fig = vis.plot_slice(self.study, params=[name], target_name=TARGET)
+            fig.update_layout(title=name, showlegend=False, width=None)
+            fig.update_traces(marker={"showscale": False}, selector={"type": "scatter"})
+            cells.append(f"<div>{self.plot(fig, '', height=300, keep_title=True)}</div>")
+        return '<p class="hint">Colour: trial number (darker is later).</p><div class="grid">' + "".join(cells) + "</div>"
+
+    def best_trial(self, best: FrozenTrial | None) -> str:
+        if best is None:
+            return _note("no complete trial yet")
+        a = best.user_attrs
+        facts = (
+            f"Trial {best.number}: {TARGET} {best.value:.4f} at epoch {a.get('best_epoch', '?')} of {a.get('epochs_run', '?')}; "
+            f"{a.get('n_params', 0):,} parameters; {a.get('seconds', 0):.0f} s on {a.get('device', '?')}."
+        )
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        parts = [f"<p>{_e(facts)}</p><p class='params'>{_e(params)}</p>"]
+        fig = history_figure(best)
+        parts.append(self.plot(fig, "no per-epoch history recorded"))
+        metas = optuna.artifacts.get_all_artifact_meta(best, storage=self.study._storage)
+        for meta in metas:
+            if meta.filename.lower().endswith(".png"):
+                parts.append(self.picture(meta, f"trial {best.number}: validation predictions ({meta.filename})"))
+        return "\n".join(parts)
+
+    def top_table(self, ranked: list[FrozenTrial]) -> str:
+        if not ranked:
+            return _note("no complete trial yet")
+        rows = []
+        for t in ranked[:TOP_TRIALS]:
+            a = t.user_attrs
+            row = {"trial": t.number, TARGET: t.value}
+            row.update({c: a.get(f"dice_{c}") for c in CLASS_NAMES})
+            row.update({"mean4": a.get("dice_mean4"), "best epoch": a.get("best_epoch"), "epochs": a.get("epochs_run"),
+                        "seconds": a.get("seconds"), "n params": a.get("n_params")})
+            row.update({k: _fmt(v) for k, v in t.params.items()})
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        dice_cols = [TARGET, *CLASS_NAMES, "mean4"]
+        frame[dice_cols] = frame[dice_cols].map(lambda v: "–" if v is None or pd.isna(v) else f"{v:.4f}")
+        frame["n params"] = frame["n params"].map(lambda v: f"{int(v):,}" if pd.notna(v) else "–")
+        table = frame.to_html(index=False, classes="top", border=0, na_rep="–", escape=True)
+        return (f'<p class="hint">Per-class Dice on validation at each trial\'s best epoch, then the trial\'s '
+                f'hyperparameters.</p><div class="scroll">{table}</div>')
+
+    def edges(self, ranked: list[FrozenTrial]) -> str:
+        if len(ranked) < MIN_TOP:
+            return _note(f"needs at least {MIN_TOP} complete trials to judge ({len(ranked)} so far)")
+        warnings = edge_warnings(self.study)
+        if not warnings:
+            return _note("no parameter of the best trials sits at an edge of its searched range")
+        items = "".join(f"<li>{_e(w)}</li>" for w in warnings)
+        return f'<ul class="warnings">{items}</ul>'
+
+    def evaluation(self) -> str:
+        ev = self.study.user_attrs.get("evaluation")
+        if not ev:
+            return _note("not evaluated yet: run `python -m sweep best --evaluate`")
+        text = f"Trial {ev['trial']} retrained with seeds {ev['seeds']} and evaluated on {ev.get('n_test_images', '?')} test images."
+        test = ev.get("test")
+        if test:
+            keys = [f"dice_{c}" for c in CLASS_NAMES] + ["dice_fg", "dice_mean4"]
+            head = "".join(f"<th>{_e(k[5:])}</th>" for k in keys)
+            cells = "".join(f"<td>{test[k]:.4f}</td>" for k in keys)
+            spread = f" ± {test['dice_fg_std']:.4f} over {len(ev['seeds'])} seeds" if len(ev.get("seeds", [])) > 1 else ""
+            table = f'<table class="top"><tr><th></th>{head}</tr><tr><th>test Dice</th>{cells}</tr></table>'
+            parts = [f"<p>{_e(text)} Test dice_fg {test['dice_fg']:.4f}{_e(spread)}.</p>{table}"]
+        else:
+            parts = [f"<p>{_e(text)} The test split has no masks, so there is no test Dice; predicted masks are in the --out folder.</p>"]
+        overlays = [m for m in optuna.artifacts.get_all_artifact_meta(self.study) if m.filename == TEST_OVERLAY]
+        if overlays:  # each evaluation uploads one; the last belongs to the recorded evaluation
+            parts.append(self.picture(overlays[-1], "test predictions"))
+        return "\n".join(parts)
+
+    def reproduce(self) -> str:
+        flags = []
+        if self.storage_url != st.DEFAULT_STORAGE:
+            flags += ["--storage", self.storage_url]
+        if self.study.study_name != st.DEFAULT_STUDY:
+            flags += ["--study", self.study.study_name]
+        run = self.study.user_attrs.get("command", "python -m sweep run  # (command not recorded)")
+        best = shlex.join(["python", "-m", "sweep", "best", "--evaluate", *flags])
+        return f"<pre>{_e(run)}\n{_e(best)}</pre>"
+
+    def picture(self, meta, caption: str) -> str:
+        try:
+            with self.store.open_reader(meta.artifact_id) as f:
+                data = base64.b64encode(f.read()).decode("ascii")
+        except Exception as err:  # noqa: BLE001 - a moved artifacts folder must not break the report
+            return _note(f"{meta.filename}: artifact not readable ({err})")
+        return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _e(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def _fmt(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1250px;
+        padding: 1rem 2rem 4rem; color: #222; }}
+h1 {{ font-size: 1.6rem; }} h2 {{ font-size: 1.25rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2rem; }}
+table {{ border-collapse: collapse; font-size: .85rem; }}
+th, td {{ padding: .25rem .55rem; text-align: right; border-bottom: 1px solid #eee; white-space: nowrap; }}
+table.meta th, table.meta td {{ text-align: left; white-space: normal; }}
+table.top thead th, table.top tr:first-child th {{ background: #f4f4f4; }}
+.scroll {{ overflow-x: auto; }}
+.grid {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: .5rem; }}
+.note {{ color: #666; font-style: italic; }}
+.hint {{ color: #666; font-size: .85rem; }}
+.params {{ font-family: ui-monospace, monospace; font-size: .8rem; color: #444; }}
+.badge {{ display: inline-block; background: #fff3cd; border: 1px solid #e0c36b; padding: .3rem .6rem; border-radius: 4px; }}
+ul.warnings li {{ color: #8a4b00; margin: .3rem 0; }}
+figure {{ margin: 1rem 0; }} figure img {{ max-width: 100%; border: 1px solid #ddd; }}
+figcaption {{ color: #666; font-size: .85rem; }}
+pre {{ background: #f6f6f6; padding: .7rem; overflow-x: auto; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""

@@ -1,0 +1,319 @@
+"""Faults a long sweep meets: kills, interrupts, failing trials, several workers, bad input."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import sweep.run
+from sweep.cli import main
+from tests.conftest import ROOT, SMALL_PARAMS
+from tests.test_data import _coursework, _image, _png
+
+FAST_HEARTBEAT = {"SEGNET_HEARTBEAT_INTERVAL": "1", "SEGNET_GRACE_PERIOD": "3"}
+
+
+def sweep_cmd(*args):
+    return [sys.executable, "-m", "sweep", *args]
+
+
+def start(cwd, *args, env=None):
+    return subprocess.Popen(
+        sweep_cmd(*args), cwd=cwd, env={**os.environ, **FAST_HEARTBEAT, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for_running_epoch(db: Path, timeout=120.0) -> optuna.trial.FrozenTrial:
+    """Block until some trial is RUNNING and has reported at least one epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.exists():
+            try:
+                study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{db}")
+                running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if t.intermediate_values]
+                if running:
+                    return running[0]
+            except (KeyError, Exception):  # study not created yet / db being created
+                pass
+        time.sleep(0.3)
+    raise AssertionError("no trial reached its first epoch in time")
+
+
+def small_configs(n):
+    """n distinct small configurations, so that a retry is recognisable by its params."""
+    return [dict(SMALL_PARAMS, lr=SMALL_PARAMS["lr"] * (1 + i / 10)) for i in range(n)]
+
+
+def enqueued_study(storage: str, n: int, name: str = "segnet") -> None:
+    """A study whose next n trials are small configurations (the sampler's own draws may be slow)."""
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    for params in small_configs(n):
+        study.enqueue_trial(params)
+
+
+def finished_trials(study):
+    return study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
+
+
+@pytest.mark.slow
+def test_killed_worker_trial_fails_and_is_retried_with_its_params(tmp_path):
+    enqueued_study(f"sqlite:///{tmp_path / 'studies.db'}", 2)  # then the killed trial's retry: 3 in all
+    args = ["run", "--trials", "2", "--epochs", "4", "--quiet"]
+    proc = start(tmp_path, *args)
+    victim = wait_for_running_epoch(tmp_path / "studies.db")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(4)  # let the heartbeat go stale (grace period 3 s in this test)
+    rerun = subprocess.run(sweep_cmd(*args), cwd=tmp_path, env={**os.environ, **FAST_HEARTBEAT}, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr
+    study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    assert len(finished_trials(study)) == 2
+    assert len(study.trials) == 3
+    killed = study.trials[victim.number]
+    assert killed.state == optuna.trial.TrialState.FAIL
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].params == killed.params
+    assert retries[0].state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+@pytest.mark.slow
+def test_sigterm_exits_130_with_resume_command_and_keeps_storage_consistent(tmp_path):
+    args = ["run", "--trials", "2", "--epochs", "6", "--enqueue", json.dumps(SMALL_PARAMS)]
+    proc = start(tmp_path, *args)
+    wait_for_running_epoch(tmp_path / "studies.db")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "python -m sweep run --trials 2 --epochs 6" in err
+    study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+
+
+@pytest.mark.slow
+def test_two_workers_on_sqlite_reach_the_target_without_lock_errors(tmp_path):
+    enqueued_study(f"sqlite:///{tmp_path / 'studies.db'}", 5)
+    proc = start(tmp_path, "run", "--trials", "4", "--epochs", "2", "--workers", "2")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "locked" not in err.lower() and "Traceback" not in err
+    study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{tmp_path / 'studies.db'}")
+    numbers = [t.number for t in study.trials]
+    assert len(numbers) == len(set(numbers))
+    assert 4 <= len(finished_trials(study)) <= 5  # up to N + W - 1
+    assert len({t.user_attrs["worker"] for t in study.trials}) == 2  # both workers ran trials
+
+
+POSTGRES = os.environ.get("SEGNET_TEST_POSTGRES_URL")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not POSTGRES, reason="SEGNET_TEST_POSTGRES_URL not set")
+def test_two_machines_share_one_postgres_study(tmp_path):
+    """Two independent `run` commands (as on two machines) against one PostgreSQL study."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    enqueued_study(POSTGRES, 5, name)
+    args = ["run", "--trials", "4", "--epochs", "2", "--storage", POSTGRES, "--study", name, "--quiet"]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    procs = [start(tmp_path / "a", *args, env={"OMP_NUM_THREADS": "1"}), start(tmp_path / "b", *args, env={"OMP_NUM_THREADS": "1"})]
+    try:
+        for p in procs:
+            _, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+        study = optuna.load_study(study_name=name, storage=POSTGRES)
+        numbers = [t.number for t in study.trials]
+        assert len(numbers) == len(set(numbers))
+        assert 4 <= len(finished_trials(study)) <= 5
+        assert len({t.user_attrs["worker"] for t in study.trials}) == 2
+    finally:
+        for p in procs:
+            p.kill()
+        optuna.delete_study(study_name=name, storage=POSTGRES)
+
+
+def test_postgres_is_reachable_when_configured():
+    """When CI names a PostgreSQL server, its tests must run: an unreachable server fails here."""
+    if not POSTGRES:
+        pytest.skip("SEGNET_TEST_POSTGRES_URL not set")
+    from sweep.study import check_storage_url
+
+    check_storage_url(POSTGRES)
+
+
+# --- trials that fail do not end the sweep ---------------------------------------------
+
+
+def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch):
+    real_fit = sweep.objective.fit
+    calls = []
+
+    def fit_with_nan_first(model_cfg, train_cfg, train, val, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            bad = sweep.train.DeviceSplit(train.images.clone(), train.masks)
+            bad.images[0] = float("nan")
+            return real_fit(model_cfg, train_cfg, bad, val, **kw)
+        return real_fit(model_cfg, train_cfg, train, val, **kw)
+
+    monkeypatch.setattr(sweep.objective, "fit", fit_with_nan_first)
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL_PARAMS)]) == 0
+    study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
+    first, second = study.trials
+    assert first.state == optuna.trial.TrialState.FAIL
+    assert first.user_attrs["fail_reason"].startswith("diverged: training loss became nan")
+    assert second.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
+    real_fit = sweep.objective.fit
+    calls = []
+
+    def fit_oom_first(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(sweep.objective, "fit", fit_oom_first)
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL_PARAMS)]) == 0
+    first, second = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db").trials
+    assert first.user_attrs["fail_reason"] == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert second.state == optuna.trial.TrialState.COMPLETE
+
+
+def test_sweep_stops_after_consecutive_failures_and_says_why(in_tmp, monkeypatch, capsys):
+    def broken(*a, **kw):
+        raise RuntimeError("something systematic")
+
+    monkeypatch.setattr(sweep.objective, "fit", broken)
+    assert main(["run", "--trials", "20", "--epochs", "1", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert f"stopped after {sweep.run.MAX_CONSECUTIVE_FAILURES} failed trials in a row" in out
+    assert "RuntimeError: something systematic" in out
+    study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
+    assert len(study.trials) == sweep.run.MAX_CONSECUTIVE_FAILURES
+
+
+# --- bad input: exit 2, one line naming it, existing study byte-identical -----------------
+
+
+@pytest.fixture(scope="module")
+def existing_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("existing")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL_PARAMS)]) == 0
+    return folder
+
+
+def digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("studies.db*"))}
+
+
+def _bad_data(root: Path, kind: str) -> Path:
+    data = _coursework(root / "data", n=(3, 2, 2))
+    img = data / "train" / "image" / "train00.png"
+    msk = data / "train" / "mask" / "train00_mask.png"
+    if kind == "empty split":
+        for p in (data / "val" / "image").glob("*.png"):
+            p.unlink()
+        return data / "val" / "image"
+    if kind == "image without mask":
+        msk.unlink()
+        return msk
+    if kind == "mask values":
+        _png(msk, np.full((16, 16), 7, np.uint8))
+        return msk
+    if kind == "mask shape":
+        _png(msk, np.zeros((16, 12), np.uint8))
+        return msk
+    if kind == "image sizes":
+        _png(data / "val" / "image" / "val00.png", _image(0, (20, 20)))
+        _png(data / "val" / "mask" / "val00_mask.png", np.zeros((20, 20), np.uint8))
+        return data / "val" / "image" / "val00.png"
+    if kind == "colour":
+        _png(img, np.stack([_image(1), _image(2), _image(3)], -1))
+        return img
+    if kind == "truncated":
+        img.write_bytes(img.read_bytes()[:40])
+        return img
+    if kind == "not an image":
+        img.write_bytes(b"hello")
+        return img
+    raise ValueError(kind)
+
+
+BAD_DATA = ["empty split", "image without mask", "mask values", "mask shape", "image sizes", "colour", "truncated", "not an image"]
+
+
+def _assert_refused(argv, named, folder, capsys):
+    before = digest(folder)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert named in err[0], err
+    assert "Traceback" not in err[0]
+    assert digest(folder) == before
+
+
+@pytest.mark.parametrize("kind", BAD_DATA)
+def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeypatch, capsys, tmp_path, kind):
+    monkeypatch.chdir(existing_study)
+    named = _bad_data(tmp_path, kind)
+    _assert_refused(["run", "--data", str(tmp_path / "data")], str(named), existing_study, capsys)
+
+
+@pytest.mark.parametrize(
+    "argv,named",
+    [
+        (["run", "--data", "does/not/exist"], "--data"),
+        (["run", "--data", "phantomm"], "--data"),
+        (["run", "--storage", "not a url"], "--storage"),
+        (["run", "--storage", "postgresql://postgres@127.0.0.1:1/test"], "--storage"),
+        (["run", "--storage", "sqlite:///no/such/folder/studies.db"], "--storage"),
+        (["run", "--storage", "sqlite:////proc/studies.db"], "not writable"),
+        (["run", "--trials", "0"], "--trials"),
+        (["run", "--epochs", "0"], "--epochs"),
+        (["run", "--workers", "-2"], "--workers"),
+        (["best", "--seeds", "0"], "--seeds"),
+        (["best", "--study", "nosuch"], "--study"),
+        (["best", "--storage", "sqlite:///other.db"], "other.db"),
+        (["run", "--data", str(ROOT.parent / "shared" / "data" / "cmri")], "other data"),
+        (["run", "--enqueue", '{"lr": 0.1}'], "--enqueue"),
+        (["run", "--frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_flags_are_refused_before_the_study_is_touched(existing_study, monkeypatch, capsys, argv, named):
+    if "cmri" in " ".join(argv) and not (ROOT.parent / "shared" / "data" / "cmri").is_dir():
+        pytest.skip("real data not present")
+    monkeypatch.chdir(existing_study)
+    _assert_refused(argv, named, existing_study, capsys)
+    assert not (existing_study / "other.db").exists()
+
+
+def test_best_on_a_study_without_complete_trials(in_tmp, capsys):
+    optuna.create_study(study_name="empty", storage="sqlite:///studies.db")
+    assert main(["best", "--study", "empty"]) == 2
+    assert "no complete trial" in capsys.readouterr().err
+
+
+def test_no_traceback_from_the_real_command_line(tmp_path):
+    """The same refusal through a real process: exit 2, one line on stderr."""
+    res = subprocess.run(sweep_cmd("run", "--trials", "-1"), cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "--trials" in res.stderr and "Traceback" not in res.stderr
