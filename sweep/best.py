@@ -15,9 +15,13 @@ from tqdm.auto import tqdm
 from data import load_dataset, write_mask
 from sweep import study as st
 from sweep.errors import UsageError
-from sweep.metrics import CLASS_NAMES, dice_counts, dice_from_counts
+from sweep.metrics import CLASS_NAMES, bootstrap_dice_fg, dice_from_counts, dice_scores, per_image_counts
+from sweep.pictures import overlay_png
+from sweep.postprocess import keep_largest_component, predict_probs
 from sweep.space import configs_from_params
-from sweep.train import DeviceSplit, fit, load_model, predict_logits, resolve_device, use_bf16
+from sweep.train import DeviceSplit, fit, load_model, resolve_device, use_bf16
+
+TEST_OVERLAY = "test_overlay.png"  # the report finds the test picture among the study's artifacts by this name
 
 
 @dataclass
@@ -67,7 +71,13 @@ def describe_best(study: optuna.Study) -> dict:
 
 
 def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
-    """Retrain the best trial from scratch ``opts.seeds`` times and evaluate each on the test split."""
+    """Retrain the best trial from scratch ``opts.seeds`` times and evaluate it on the test split.
+
+    Each seed's checkpoint is chosen on val, as in the search. The written masks are the seeds'
+    ensemble (mean probabilities); rotation TTA and largest-component cleaning are applied only
+    where they raise the ensemble's val ``dice_fg``. With test masks: per-class Dice as mean and
+    std over seeds, and the ensemble's Dice with a bootstrap 95 % interval over test images.
+    """
     summary = describe_best(study)
     source = opts.data or study.user_attrs.get("data_source")
     if source is None:
@@ -77,11 +87,12 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     if recorded is not None and recorded != data.fingerprint:
         raise UsageError(f"--data {source}: not the train/val data study {study.study_name!r} was tuned on")
     device = resolve_device(opts.device)
+    bf16 = use_bf16(device)
     model_cfg, train_cfg = configs_from_params(summary["params"], summary["epochs"])
-
     train = DeviceSplit.from_arrays(data.train.images, data.train.masks, device)
     val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
     test_images = DeviceSplit.from_arrays(data.test.images, None, device).images
+
     seeds = list(range(opts.seeds))
     runs = []
     bar = tqdm(total=len(seeds) * train_cfg.epochs, desc="retrain best", unit="epoch", disable=not opts.progress, file=sys.stderr)
@@ -89,19 +100,32 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         bar.set_postfix(seed=seed)
         result = fit(model_cfg, train_cfg, train, val, seed=seed, on_epoch=lambda epoch, rec: bar.update(1))
         model = load_model(model_cfg, result.state_dict, device)
-        pred = predict_logits(model, test_images, use_bf16(device)).argmax(1).cpu()
-        test = None
-        if data.test.masks is not None:
-            test = dice_from_counts(dice_counts(pred, torch.as_tensor(data.test.masks)))
-        runs.append({"seed": seed, "val_dice_fg": result.best_value, "best_epoch": result.best_epoch, "test": test, "pred": pred})
+        runs.append({
+            "seed": seed, "val_dice_fg": result.best_value, "best_epoch": result.best_epoch,
+            "val": {tta: predict_probs(model, val.images, bf16, tta).cpu() for tta in (False, True)},
+            "test": {tta: predict_probs(model, test_images, bf16, tta).cpu() for tta in (False, True)},
+        })
     bar.close()
 
+    post = choose_postprocessing(runs, data.val.masks)
+    ensemble = postprocess(torch.stack([r["test"][post["tta"]] for r in runs]).mean(0), post)
+
     out = Path(opts.out)
-    chosen = max(runs, key=lambda r: r["val_dice_fg"])  # masks from the seed that did best on val
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
-    for name, mask in zip(data.test.names, chosen["pred"].numpy().astype(np.uint8)):
+    for name, mask in zip(data.test.names, ensemble):
         write_mask(mask_dir / f"{name}_mask.png", mask)
+    overlay_path = out / TEST_OVERLAY
+    overlay_png(data.test.images, data.test.masks, ensemble, overlay_path)
+
+    test = None
+    if data.test.masks is not None:
+        truth = torch.as_tensor(data.test.masks)
+        per_seed = [dice_scores(torch.as_tensor(postprocess(r["test"][post["tta"]], post)), truth) for r in runs]
+        counts = per_image_counts(torch.as_tensor(ensemble), truth)
+        test = aggregate_test(per_seed, len(data.test))
+        test["ensemble"] = {k: round(v, 5) for k, v in dice_from_counts(counts.sum(0)).items()}
+        test["ensemble"]["dice_fg_ci95"] = [round(x, 5) for x in bootstrap_dice_fg(counts)]
 
     result = {
         "study": study.study_name,
@@ -110,35 +134,56 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         "val_dice_fg": summary["val_dice_fg"],
         "val": summary["val"],
         "seeds": seeds,
-        "test": aggregate_test([r["test"] for r in runs], len(data.test)) if data.test.masks is not None else None,
+        "test": test,
         "n_test_images": len(data.test),
-        "runs": [{k: r[k] for k in ("seed", "val_dice_fg", "best_epoch", "test")} for r in runs],
+        "postprocess": post,
+        "runs": [{k: r[k] for k in ("seed", "val_dice_fg", "best_epoch")} for r in runs],
         "masks": str(mask_dir.resolve()),
-        "mask_seed": chosen["seed"],
         "data": data.describe(),
         "synthetic_data": data.synthetic,
     }
     summary_path = out / "summary.json"
     summary_path.write_text(json.dumps(result, indent=2))
-    record_evaluation(study, result, summary_path, st.default_artifact_dir(opts.storage))
+    record_evaluation(study, result, [summary_path, overlay_path], st.default_artifact_dir(opts.storage))
     return result
 
 
+def postprocess(probs: torch.Tensor, post: dict) -> np.ndarray:
+    """Class-id masks ``(N, H, W)`` from probabilities ``(N, C, H, W)``."""
+    masks = probs.argmax(1).numpy().astype(np.uint8)
+    return keep_largest_component(masks) if post["largest_component"] else masks
+
+
+def choose_postprocessing(runs: list[dict], val_masks: np.ndarray) -> dict:
+    """Each refinement is kept only if it raises the seeds' ensemble val dice_fg (ties: off)."""
+    truth = torch.as_tensor(val_masks)
+    scores = {}
+    for tta in (False, True):
+        probs = torch.stack([r["val"][tta] for r in runs]).mean(0)
+        for lcc in (False, True):
+            pred = postprocess(probs, {"tta": tta, "largest_component": lcc})
+            scores[(tta, lcc)] = dice_scores(torch.as_tensor(pred), truth)["dice_fg"]
+    tta, lcc = max(scores, key=lambda k: (round(scores[k], 6), -sum(k)))
+    val_scores = {f"tta={a},lcc={b}".lower(): round(v, 5) for (a, b), v in scores.items()}
+    return {"tta": tta, "largest_component": lcc, "val_dice_fg": val_scores}
+
+
 def aggregate_test(per_seed: list[dict], n_images: int) -> dict:
-    """Mean over seeds of each Dice, with the spread of dice_fg."""
+    """Mean over seeds of each Dice, with its spread over seeds (``*_std``)."""
     keys = [f"dice_{c}" for c in CLASS_NAMES] + ["dice_fg", "dice_mean4"]
     out: dict = {"n_images": n_images}
     for key in keys:
         values = np.array([r[key] for r in per_seed])
         out[key] = round(float(values.mean()), 5)
-        if key == "dice_fg":
-            out["dice_fg_std"] = round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 5)
+        out[f"{key}_std"] = round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 5)
     return out
 
 
-def record_evaluation(study: optuna.Study, result: dict, summary_path: Path, artifact_dir: Path) -> None:
-    """The evaluation goes on the study (attribute and artifact), never into a trial."""
-    study.set_user_attr("evaluation", {k: result[k] for k in ("trial", "seeds", "test", "val_dice_fg", "n_test_images")})
+def record_evaluation(study: optuna.Study, result: dict, files: list[Path], artifact_dir: Path) -> None:
+    """The evaluation goes on the study (attribute and artifacts), never into a trial."""
+    keys = ("trial", "seeds", "test", "val_dice_fg", "n_test_images", "postprocess")
+    study.set_user_attr("evaluation", {k: result[k] for k in keys})
     artifact_dir.mkdir(parents=True, exist_ok=True)
     store = optuna.artifacts.FileSystemArtifactStore(str(artifact_dir))
-    optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(summary_path), study_or_trial=study)
+    for path in files:
+        optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)

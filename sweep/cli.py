@@ -188,12 +188,17 @@ def _print_best(result: dict) -> None:
     test = result.get("test")
     if "seeds" in result:
         if test is None:
-            print(f"  test      no masks: predicted masks written to {result['masks']}")
+            print("  test      no masks: predicted masks written, no test Dice")
         else:
-            classes = "  ".join(f"{k[5:]} {test[k]:.4f}" for k in ("dice_bg", "dice_rv", "dice_myo", "dice_lv"))
-            print(f"  test Dice {classes}  fg {test['dice_fg']:.4f} ± {test['dice_fg_std']:.4f}  mean4 {test['dice_mean4']:.4f}"
-                  f"  ({test['n_images']} images, seeds {result['seeds']})")
-            print(f"  masks     {result['masks']}")
+            classes = "  ".join(f"{k[5:]} {test[k]:.4f}±{test[k + '_std']:.4f}" for k in ("dice_rv", "dice_myo", "dice_lv"))
+            print(f"  test Dice {classes}  fg {test['dice_fg']:.4f}±{test['dice_fg_std']:.4f}"
+                  f"  mean4 {test['dice_mean4']:.4f}  ({test['n_images']} images, mean±std over seeds {result['seeds']})")
+            ens = test["ensemble"]
+            lo, hi = ens["dice_fg_ci95"]
+            print(f"  ensemble  fg {ens['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}): the written masks")
+        post = result["postprocess"]
+        print(f"  post      rotation TTA {'on' if post['tta'] else 'off'}, largest component {'on' if post['largest_component'] else 'off'} (chosen on val)")
+        print(f"  masks     {result['masks']}")
 
 
 def _fmt(v) -> str:

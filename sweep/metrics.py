@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 CLASS_NAMES = ("bg", "rv", "myo", "lv")  # class ids 0..3
@@ -38,3 +39,24 @@ def dice_from_counts(counts: torch.Tensor) -> dict[str, float]:
 
 def dice_scores(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 4) -> dict[str, float]:
     return dice_from_counts(dice_counts(pred, target, num_classes))
+
+
+def per_image_counts(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 4) -> torch.Tensor:
+    """Dice counts of each image, ``(N, 3, C)``; their sum over images gives the split's counts."""
+    return torch.stack([dice_counts(p, t, num_classes) for p, t in zip(pred, target)])
+
+
+def bootstrap_dice_fg(counts: torch.Tensor, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the split's ``dice_fg`` when its images are resampled with replacement.
+
+    ``counts`` are per-image counts ``(N, 3, C)``; each resample sums them like the stack Dice does.
+    """
+    c = counts.double().numpy()
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, c.shape[0], size=(n_boot, c.shape[0]))
+    inter, n_pred, n_true = np.moveaxis(c[idx].sum(axis=1), 1, 0)  # each (B, C)
+    denom = n_pred + n_true
+    dice = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
+    fg = dice[:, list(FOREGROUND)].mean(axis=1)
+    alpha = (1 - level) / 2
+    return float(np.quantile(fg, alpha)), float(np.quantile(fg, 1 - alpha))

@@ -9,13 +9,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
+import optuna_dashboard
 import torch
 
 from model import SegNetConfig, count_parameters
 from model.segnet import SegNet
+from sweep.notes import dice_table_markdown
+from sweep.pictures import overlay_png
 from sweep.space import suggest
-from sweep.train import DeviceSplit, DivergedError, FitResult, TrainConfig, fit
+from sweep.train import DeviceSplit, DivergedError, FitResult, TrainConfig, fit, load_model, predict_logits, use_bf16
 
 HISTORY_KEYS = ("train_loss", "val_loss", "val_dice_bg", "val_dice_rv", "val_dice_myo", "val_dice_lv", "val_dice_fg")
 
@@ -91,7 +95,23 @@ class Objective:
         best = history[result.best_epoch - 1]
         record(_summary(history, best, result.seconds))
         self._maybe_upload_checkpoint(trial, model_cfg, train_cfg, result)
+        self._show_in_dashboard(trial, model_cfg, result)
         return result.best_value
+
+    def _show_in_dashboard(self, trial, model_cfg, result) -> None:
+        """A picture of the best epoch's val predictions (artifact) and a Dice table (note)."""
+        optuna_dashboard.save_note(trial, dice_table_markdown(trial.user_attrs))
+        if self.artifact_store is None:
+            return
+        device = self.val.images.device
+        model = load_model(model_cfg, result.state_dict, device)
+        pred = predict_logits(model, self.val.images, use_bf16(device)).argmax(1).cpu().numpy().astype(np.uint8)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial{trial.number}_val_predictions.png"
+            overlay_png(self.val.images[:, 0].cpu().numpy(), self.val.masks.cpu().numpy().astype(np.uint8), pred, path)
+            optuna.artifacts.upload_artifact(
+                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial, mimetype="image/png"
+            )
 
     def _maybe_upload_checkpoint(self, trial, model_cfg, train_cfg, result) -> None:
         """Keep the weights of a trial that beats every trial before it (an artifact the dashboard lists)."""
@@ -106,7 +126,8 @@ class Objective:
             path = Path(tmp) / f"trial{trial.number}_checkpoint.pt"
             save_checkpoint(path, model_cfg, train_cfg, result, trial.params)
             artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial
+                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,
+                mimetype="application/octet-stream",
             )
         trial.set_user_attr("checkpoint_artifact", artifact_id)
 

@@ -35,8 +35,7 @@ def overlay_png(
     if images.ndim != 3 or pred.shape != images.shape or (truth is not None and np.shape(truth) != images.shape):
         raise ValueError(f"expected (N, H, W) arrays of one shape, got {images.shape}, {np.shape(truth)}, {pred.shape}")
     picks = np.unique(np.linspace(0, len(images) - 1, min(max_slices, len(images))).round().astype(int))
-    rows = [("image", None), ("ground truth", truth), ("prediction", pred)]
-    rows = [(label, masks) for label, masks in rows if label != "ground truth" or truth is not None]
+    rows = [("image", None)] + ([("ground truth", truth)] if truth is not None else []) + [("prediction", pred)]
 
     h, w = (s * SCALE for s in images.shape[1:])
     font = ImageFont.load_default(size=14)

@@ -22,13 +22,12 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from sweep import study as st
-from sweep.best import open_study_readonly
+from sweep.best import TEST_OVERLAY, open_study_readonly
 from sweep.errors import UsageError
 from sweep.metrics import CLASS_NAMES
 
 TARGET = "val dice_fg"
 TOP_TRIALS = 10
-TEST_OVERLAY = "test_overlay.png"  # uploaded to the study by `best --evaluate`
 EDGE = 0.1  # the outer tenth of a range counts as its edge
 TOP_FRACTION, MIN_TOP = 0.2, 3  # "the best trials": the top fifth, but at least three
 

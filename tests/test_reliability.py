@@ -169,7 +169,8 @@ def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch
         return real_fit(model_cfg, train_cfg, train, val, **kw)
 
     monkeypatch.setattr(sweep.objective, "fit", fit_with_nan_first)
-    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL_PARAMS)]) == 0
+    enqueued_study("sqlite:///studies.db", 2)
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
     first, second = study.trials
     assert first.state == optuna.trial.TrialState.FAIL
@@ -188,7 +189,8 @@ def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
         return real_fit(*a, **kw)
 
     monkeypatch.setattr(sweep.objective, "fit", fit_oom_first)
-    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL_PARAMS)]) == 0
+    enqueued_study("sqlite:///studies.db", 2)
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     first, second = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db").trials
     assert first.user_attrs["fail_reason"] == "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert second.state == optuna.trial.TrialState.COMPLETE
