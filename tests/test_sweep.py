@@ -8,9 +8,12 @@ import torch
 from data import load_dataset
 
 from sweep.cli import main
+from model import SegNet
 from sweep.objective import Objective
+from sweep.run import make_sampler, parse_enqueue
+from sweep.space import BATCH_SIZES, configs_from_params, suggest
 from sweep.train import DeviceSplit
-from tests.conftest import SMALL_PARAMS
+from tests.conftest import ROOT, SMALL_PARAMS
 
 
 def load(url="sqlite:///studies.db", name="segnet"):
@@ -19,6 +22,10 @@ def load(url="sqlite:///studies.db", name="segnet"):
 
 @pytest.mark.slow
 def test_phantom_sweep_resume_and_best_evaluate(in_tmp, capsys):
+    # Small configurations first: what the sampler draws may take minutes on 2 cores.
+    queued = optuna.create_study(study_name="segnet", storage="sqlite:///studies.db", direction="maximize")
+    for i in range(3):
+        queued.enqueue_trial(dict(SMALL_PARAMS, lr=SMALL_PARAMS["lr"] * (1 + i)))
     assert main(["run", "--trials", "3", "--epochs", "2", "--quiet"]) == 0
     assert (in_tmp / "studies.db").exists()
     study = load()
@@ -76,7 +83,7 @@ def test_tiny_sweep_on_real_data(in_tmp, cmri_path, capsys):
     assert len(list((in_tmp / "best" / "masks").glob("*_mask.png"))) == 48
 
 
-@pytest.mark.filterwarnings("ignore:The value 1e-05")  # the bad lr lies outside the searched range
+@pytest.mark.filterwarnings("ignore:Fixed parameter lr")  # the bad lr lies outside the searched range
 def test_pruning_really_prunes(tmp_path):
     """A trial far behind the median of earlier trials is stopped early and marked PRUNED."""
     data = load_dataset("phantom")
@@ -89,11 +96,11 @@ def test_pruning_really_prunes(tmp_path):
     good, bad = dict(SMALL_PARAMS, lr=5e-3, batch_size=8), dict(SMALL_PARAMS, lr=1e-5, batch_size=8)
     for params in (good, good, bad):
         study.enqueue_trial(params)
-    study.optimize(Objective(train, val, epochs=8), n_trials=3)
+    study.optimize(Objective(train, val, epochs=5), n_trials=3)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"], [t.intermediate_values for t in study.trials]
     pruned = study.trials[2]
-    assert 3 <= pruned.user_attrs["epochs_run"] < 8
+    assert 3 <= pruned.user_attrs["epochs_run"] < 5
     assert pruned.user_attrs["pruned_at_epoch"] == pruned.user_attrs["epochs_run"] == max(pruned.intermediate_values)
 
 
@@ -115,3 +122,25 @@ def test_bad_run_input_is_one_line_and_touches_nothing(in_tmp, capsys, args, nam
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and named in err[0], err
     assert not (in_tmp / "studies.db").exists()
+
+
+def test_sampled_configurations_are_valid_models():
+    """Every configuration the sampler draws from the space builds a SegNet that fits 96 x 96."""
+    study = optuna.create_study(sampler=make_sampler("tpe", 0), direction="maximize")
+    for i in range(30):
+        trial = study.ask()
+        model_cfg, train_cfg = suggest(trial, epochs=5)
+        assert 96 % 2**model_cfg.depth == 0 and len(model_cfg.convs_per_stage) == model_cfg.depth
+        assert train_cfg.batch_size in BATCH_SIZES and 1e-4 <= train_cfg.lr <= 1e-2
+        with torch.device("meta"):
+            assert SegNet.from_config(model_cfg)(torch.empty(2, 1, 96, 96)).shape == (2, 4, 96, 96)
+        study.tell(trial, float(i % 7) / 7)
+    assert len({t.params["lr"] for t in study.trials}) == 30  # sampled, not constant
+
+
+def test_original_configuration_file_is_segnet_vgg16():
+    params = parse_enqueue(str(ROOT / "configs" / "original.json"), epochs=100)
+    model_cfg, train_cfg = configs_from_params(params, 100)
+    assert model_cfg.widths == (64, 128, 256, 512, 512) and model_cfg.convs_per_stage == (2, 2, 3, 3, 3)
+    assert (train_cfg.lr, train_cfg.batch_size, train_cfg.dice_weight, train_cfg.schedule) == (1e-3, 10, 0.0, "constant")
+    assert train_cfg.aug_rotate == train_cfg.aug_scale == train_cfg.aug_gamma == 0.0
