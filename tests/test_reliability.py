@@ -117,15 +117,18 @@ def test_two_workers_on_sqlite_reach_the_target_without_lock_errors(tmp_path):
 
 
 POSTGRES = os.environ.get("SEGNET_TEST_POSTGRES_URL")
+MYSQL = os.environ.get("SEGNET_TEST_MYSQL_URL")
+SERVERS = [pytest.param(POSTGRES, id="postgres", marks=pytest.mark.skipif(not POSTGRES, reason="SEGNET_TEST_POSTGRES_URL not set")),
+           pytest.param(MYSQL, id="mysql", marks=pytest.mark.skipif(not MYSQL, reason="SEGNET_TEST_MYSQL_URL not set"))]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not POSTGRES, reason="SEGNET_TEST_POSTGRES_URL not set")
-def test_two_machines_share_one_postgres_study(tmp_path):
-    """Two independent `run` commands (as on two machines) against one PostgreSQL study."""
+@pytest.mark.parametrize("url", SERVERS)
+def test_two_machines_share_one_server_study(tmp_path, url):
+    """Two independent `run` commands (as on two machines) against one PostgreSQL or MySQL study."""
     name = f"t{uuid.uuid4().hex[:10]}"
-    enqueued_study(POSTGRES, 5, name)
-    args = ["run", "--trials", "4", "--epochs", "2", "--storage", POSTGRES, "--study", name, "--quiet"]
+    enqueued_study(url, 5, name)
+    args = ["run", "--trials", "4", "--epochs", "2", "--storage", url, "--study", name, "--quiet"]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     procs = [start(tmp_path / "a", *args, env={"OMP_NUM_THREADS": "1"}), start(tmp_path / "b", *args, env={"OMP_NUM_THREADS": "1"})]
@@ -133,7 +136,7 @@ def test_two_machines_share_one_postgres_study(tmp_path):
         for p in procs:
             _, err = p.communicate(timeout=600)
             assert p.returncode == 0, err
-        study = optuna.load_study(study_name=name, storage=POSTGRES)
+        study = optuna.load_study(study_name=name, storage=url)
         numbers = [t.number for t in study.trials]
         assert len(numbers) == len(set(numbers))
         assert 4 <= len(finished_trials(study)) <= 5
@@ -141,16 +144,15 @@ def test_two_machines_share_one_postgres_study(tmp_path):
     finally:
         for p in procs:
             p.kill()
-        optuna.delete_study(study_name=name, storage=POSTGRES)
+        optuna.delete_study(study_name=name, storage=url)
 
 
-def test_postgres_is_reachable_when_configured():
-    """When CI names a PostgreSQL server, its tests must run: an unreachable server fails here."""
-    if not POSTGRES:
-        pytest.skip("SEGNET_TEST_POSTGRES_URL not set")
+@pytest.mark.parametrize("url", SERVERS)
+def test_server_is_reachable_when_configured(url):
+    """When CI names a database server, its tests must run: an unreachable server fails here."""
     from sweep.study import check_storage_url
 
-    check_storage_url(POSTGRES)
+    check_storage_url(url)
 
 
 # --- trials that fail do not end the sweep ---------------------------------------------
