@@ -101,7 +101,6 @@ def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions) 
     study.set_user_attr("space_version", SPACE_VERSION)
     study.set_user_attr("epochs", opts.epochs)
     study.set_user_attr("versions", st.versions())
-    study.set_user_attr("command", resume_command(opts))
 
 
 def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> None:
@@ -208,6 +207,9 @@ def run(opts: RunOptions) -> dict:
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)
     if not study.user_attrs.get("data_fingerprint"):
         record_study_metadata(study, data, opts)
+    if study.user_attrs.get("target") != opts.trials:  # the latest run's target and command
+        study.set_user_attr("target", opts.trials)
+        study.set_user_attr("command", resume_command(opts))
     # A worker killed in an earlier run left a RUNNING trial: fail it now (if its heartbeat is
     # stale) so that its retry with the same params is queued before anything new.
     optuna.storages.fail_stale_trials(study)

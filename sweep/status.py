@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 from datetime import datetime
 
 import optuna
@@ -13,7 +12,7 @@ from sweep.metrics import CLASS_NAMES
 
 
 def study_status(storage_url: str, study_name: str) -> dict:
-    """Trials by state, the target (from the recorded command), the best trial, running trials."""
+    """Trials by state, the target (of the latest run), the best trial, running trials."""
     study = open_study_readonly(storage_url, study_name)
     trials = study.get_trials(deepcopy=False)
     states = {s.name.lower(): 0 for s in TrialState}
@@ -44,14 +43,8 @@ def study_status(storage_url: str, study_name: str) -> dict:
 
 
 def recorded_target(study: optuna.Study) -> int | None:
-    """The ``--trials`` of the command that made the study; the study stores no target of its own."""
-    words = shlex.split(study.user_attrs.get("command", ""))
-    if "--trials" in words[:-1]:
-        try:
-            return int(words[words.index("--trials") + 1])
-        except ValueError:
-            return None
-    return None
+    """The ``--trials`` of the latest ``run`` on the study."""
+    return study.user_attrs.get("target")
 
 
 def _best(study: optuna.Study) -> dict | None:
