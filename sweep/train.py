@@ -210,18 +210,20 @@ def fit(
     seed: int = 0,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     keep_state: bool = True,
+    bf16: bool | None = None,
 ) -> FitResult:
     """Train from scratch for ``train_cfg.epochs`` epochs, evaluating the whole val split each epoch.
 
     The best epoch by val ``dice_fg`` is kept (its weights when ``keep_state``). ``on_epoch(epoch,
     record)`` is called after every epoch and may raise (e.g. to prune) to stop training.
+    ``bf16`` forces or forbids bf16 autocast (default: where the device runs it fast).
     Raises DivergedError when the training loss stops being finite.
     """
     device = train.images.device
     torch.manual_seed(seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    bf16 = use_bf16(device)
+    bf16 = use_bf16(device) if bf16 is None else bf16
     model = build_model(model_cfg, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
