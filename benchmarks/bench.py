@@ -23,7 +23,7 @@ one script run, figures are medians over the repeats:
   achieved TFLOP/s are set.
 
 Human progress goes to stderr; ``--json`` prints one JSON object on stdout. See
-benchmarks/PERFORMANCE_draft.md for the method.
+docs/PERFORMANCE.md for the method and the recorded figures.
 """
 
 from __future__ import annotations
