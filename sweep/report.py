@@ -126,7 +126,7 @@ def learning_curves(study: optuna.Study) -> go.Figure:
             trace.update(line={"color": "#9a9a9a", "dash": "dash", "width": 1}, marker={"color": "#9a9a9a"}, opacity=0.8)
         elif s == TrialState.RUNNING:
             trace.update(line={"dash": "dot"})
-        trace.update(name=f"trial {trace.name[5:]} ({s.name.lower() if s else '?'})")
+        trace.update(name=f"trial {trace.name[5:]} ({s.name.lower() if s is not None else '?'})")
     last = max((max(t.x) for t in fig.data if t.x), default=1)
     fig.update_xaxes(dtick=_epoch_tick(last))
     fig.update_layout(
