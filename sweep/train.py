@@ -88,13 +88,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_has_bf16() -> bool:
-    """True where the CPU has bf16 matrix units (AMX), so bf16 autocast is faster than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return "amx_bf16" in f.read()
-    except OSError:
-        return False
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """True where the CPU has bf16 dot-product units, so bf16 autocast beats fp32.
+
+    Intel AMX (``amx_bf16``) and AVX512-BF16 (``avx512_bf16``: Intel Cooper Lake and later, AMD
+    Zen 4 and later) both qualify: on a 2-core AMD EPYC with AVX512-BF16 and no AMX, bf16 +
+    channels_last trained the benchmark's eight sweep configurations 1.2-1.9x faster than fp32.
+    ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when not given).
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return False
+    flags = set(cpuinfo.split())
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def use_bf16(device: torch.device) -> bool:

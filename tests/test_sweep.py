@@ -144,3 +144,18 @@ def test_original_configuration_file_is_segnet_vgg16():
     assert model_cfg.widths == (64, 128, 256, 512, 512) and model_cfg.convs_per_stage == (2, 2, 3, 3, 3)
     assert (train_cfg.lr, train_cfg.batch_size, train_cfg.dice_weight, train_cfg.schedule) == (1e-3, 10, 0.0, "constant")
     assert train_cfg.aug_rotate == train_cfg.aug_scale == train_cfg.aug_gamma == 0.0
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("fpu avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4 / Intel Cooper Lake
+        ("fpu avx2 avx512f amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids
+        ("fpu avx2 avx512f avx512_vnni", False),  # AVX-512 without bf16 dot products
+        ("fpu avx2 fma", False),
+    ],
+)
+def test_bf16_autocast_only_where_the_cpu_has_bf16_units(flags, expected):
+    from sweep.train import cpu_has_bf16
+
+    assert cpu_has_bf16(f"processor\t: 0\nflags\t\t: {flags}\n") is expected
