@@ -9,7 +9,7 @@ from .errors import DataError
 from .io import read_image, read_mask, write_mask
 from .load import load_dataset
 from .phantom import make_phantom, make_phantom_dataset
-from .split import split_indices
+from .split import fold_indices, split_indices
 
 __all__ = [
     "DataError",
@@ -20,6 +20,7 @@ __all__ = [
     "make_phantom_dataset",
     "read_image",
     "read_mask",
+    "fold_indices",
     "split_indices",
     "write_mask",
 ]

@@ -19,7 +19,8 @@ from sweep.metrics import CLASS_NAMES, bootstrap_dice_fg, dice_from_counts, dice
 from sweep.pictures import overlay_png
 from sweep.postprocess import keep_largest_component, predict_probs
 from sweep.space import configs_from_params
-from sweep.train import DeviceSplit, fit, load_model, resolve_device, use_bf16
+from sweep.run import device_folds, pool_names
+from sweep.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16
 
 TEST_OVERLAY = "test_overlay.png"  # the report finds the test picture among the study's artifacts by this name
 
@@ -89,25 +90,37 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     device = resolve_device(opts.device)
     bf16 = use_bf16(device)
     model_cfg, train_cfg = configs_from_params(summary["params"], summary["epochs"])
-    train = DeviceSplit.from_arrays(data.train.images, data.train.masks, device)
-    val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
     test_images = DeviceSplit.from_arrays(data.test.images, None, device).images
+    cv = study.user_attrs.get("cv", 0)
+    if cv:  # the search's folds; each fold's model predicts its held-out slices and the test split
+        index = {name: i for i, name in enumerate(pool_names(data))}
+        folds_idx = [np.array([index[name] for name in fold]) for fold in study.user_attrs["cv_folds"]]
+        folds = device_folds(data, folds_idx, device)
+        selection_masks = np.concatenate([data.train.masks, data.val.masks])
+    else:
+        folds_idx = [np.arange(len(data.val))]
+        folds = [(DeviceSplit.from_arrays(data.train.images, data.train.masks, device),
+                  DeviceSplit.from_arrays(data.val.images, data.val.masks, device))]
+        selection_masks = data.val.masks
 
     seeds = list(range(opts.seeds))
     runs = []
     bar = tqdm(total=len(seeds) * train_cfg.epochs, desc="retrain best", unit="epoch", disable=not opts.progress, file=sys.stderr)
     for seed in seeds:
         bar.set_postfix(seed=seed)
-        result = fit(model_cfg, train_cfg, train, val, seed=seed, on_epoch=lambda epoch, rec: bar.update(1))
-        model = load_model(model_cfg, result.state_dict, device)
-        runs.append({
-            "seed": seed, "val_dice_fg": result.best_value, "best_epoch": result.best_epoch,
-            "val": {tta: predict_probs(model, val.images, bf16, tta).cpu() for tta in (False, True)},
-            "test": {tta: predict_probs(model, test_images, bf16, tta).cpu() for tta in (False, True)},
-        })
+        result = fit_folds(model_cfg, train_cfg, folds, seed=seed, on_epoch=lambda epoch, rec: bar.update(1))
+        held_out = {tta: torch.zeros((len(selection_masks), len(CLASS_NAMES), *selection_masks.shape[1:])) for tta in (False, True)}
+        test = {tta: torch.zeros((len(data.test), len(CLASS_NAMES), *data.test.images.shape[1:])) for tta in (False, True)}
+        for (_, held), idx, state in zip(folds, folds_idx, result.state_dicts):
+            model = load_model(model_cfg, state, device)
+            for tta in (False, True):
+                held_out[tta][torch.as_tensor(idx)] = predict_probs(model, held.images, bf16, tta).cpu()
+                test[tta] += predict_probs(model, test_images, bf16, tta).cpu() / len(folds)
+        runs.append({"seed": seed, "val_dice_fg": result.best_value, "best_epoch": result.best_epoch,
+                     "val": held_out, "test": test})
     bar.close()
 
-    post = choose_postprocessing(runs, data.val.masks)
+    post = choose_postprocessing(runs, selection_masks)
     ensemble = postprocess(torch.stack([r["test"][post["tta"]] for r in runs]).mean(0), post)
 
     out = Path(opts.out)
@@ -133,6 +146,8 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         "params": summary["params"],
         "val_dice_fg": summary["val_dice_fg"],
         "val": summary["val"],
+        "selection": f"{cv}-fold cross-validation over train+val" if cv else "val",
+        "cv": cv,
         "seeds": seeds,
         "test": test,
         "n_test_images": len(data.test),

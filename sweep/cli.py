@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (default %(default)s)")
     run.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     run.add_argument("--enqueue", default=None, metavar="PARAMS.json|JSON", help="run this configuration first, e.g. configs/original.json")
+    run.add_argument("--cv", type=int, default=0, metavar="K",
+                     help="K-fold cross-validation over train+val: a trial's value is its mean fold dice_fg "
+                          "(default 0: train on train, select on val)")
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
 
@@ -110,7 +113,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         opts = RunOptions(
             trials=args.trials, epochs=args.epochs, data=args.data, storage=args.storage, study=args.study,
             sampler=args.sampler, pruner=args.pruner, seed=args.seed, device=args.device, workers=args.workers,
-            timeout=args.timeout, enqueue=args.enqueue, progress=not args.quiet,
+            timeout=args.timeout, enqueue=args.enqueue, cv=args.cv, progress=not args.quiet,
         )
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
         try:

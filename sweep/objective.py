@@ -19,7 +19,7 @@ from model.segnet import SegNet
 from sweep.notes import dice_table_markdown
 from sweep.pictures import overlay_png
 from sweep.space import suggest
-from sweep.train import DeviceSplit, DivergedError, FitResult, TrainConfig, fit, load_model, predict_logits, use_bf16
+from sweep.train import DeviceSplit, DivergedError, FitResult, Fold, TrainConfig, fit_folds, load_model, predict_logits, use_bf16
 
 HISTORY_KEYS = ("train_loss", "val_loss", "val_dice_bg", "val_dice_rv", "val_dice_myo", "val_dice_lv", "val_dice_fg")
 
@@ -42,7 +42,9 @@ def save_checkpoint(path: Path, model_cfg: SegNetConfig, train_cfg: TrainConfig,
             "params": params,
             "best_epoch": result.best_epoch,
             "val_scores": result.best_scores,
-            "state_dict": result.state_dict,
+            "state_dict": result.state_dict,  # the (first) fold's model
+            "fold_state_dicts": result.state_dicts,  # every fold's model (one without --cv)
+            "fold_scores": result.fold_scores,
         },
         path,
     )
@@ -50,11 +52,23 @@ def save_checkpoint(path: Path, model_cfg: SegNetConfig, train_cfg: TrainConfig,
 
 @dataclass
 class Objective:
+    """Train on ``train``, select and report on ``val``; or, given ``folds``, cross-validate.
+
+    With folds (``--cv K``) a trial trains one model per fold in lockstep and its value and
+    intermediate values are the mean fold ``dice_fg`` (``train``/``val`` are then the first
+    fold's, used for the dashboard picture).
+    """
+
     train: DeviceSplit
     val: DeviceSplit
     epochs: int
     seed: int = 0
     artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None
+    folds: list[Fold] | None = None
+
+    @classmethod
+    def cross_validated(cls, folds: list[Fold], epochs: int, **kwargs) -> Objective:
+        return cls(folds[0][0], folds[0][1], epochs, folds=folds, **kwargs)
 
     def __call__(self, trial: optuna.Trial) -> float:
         model_cfg, train_cfg = suggest(trial, self.epochs)
@@ -64,6 +78,8 @@ class Objective:
             trial.set_user_attr("n_params", count_parameters(SegNet.from_config(model_cfg)))
         trial.set_user_attr("device", str(device))
         trial.set_user_attr("worker", worker_name())
+        if self.folds:
+            trial.set_user_attr("cv", len(self.folds))
         history: list[dict[str, float]] = []
         start = time.perf_counter()
 
@@ -81,7 +97,8 @@ class Objective:
                 raise optuna.TrialPruned(f"val dice_fg {rec['val_dice_fg']:.4f} at epoch {epoch} behind the median")
 
         try:
-            result = fit(model_cfg, train_cfg, self.train, self.val, seed=self.seed + trial.number, on_epoch=on_epoch)
+            folds = self.folds or [(self.train, self.val)]
+            result = fit_folds(model_cfg, train_cfg, folds, seed=self.seed + trial.number, on_epoch=on_epoch)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -94,6 +111,8 @@ class Objective:
             raise
         best = history[result.best_epoch - 1]
         record(_summary(history, best, result.seconds))
+        if self.folds:
+            trial.set_user_attr("cv_dice_fg_folds", [round(f["dice_fg"], 5) for f in result.fold_scores])
         self._maybe_upload_checkpoint(trial, model_cfg, train_cfg, result)
         self._show_in_dashboard(trial, model_cfg, result)
         return result.best_value

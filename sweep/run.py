@@ -14,16 +14,17 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import optuna
 import torch
 from tqdm.auto import tqdm
 
-from data import Dataset, load_dataset
+from data import Dataset, fold_indices, load_dataset
 from sweep import study as st
 from sweep.errors import UsageError
 from sweep.objective import Objective
 from sweep.space import SPACE_VERSION, configs_from_params
-from sweep.train import DeviceSplit, resolve_device
+from sweep.train import DeviceSplit, Fold, resolve_device
 
 MAX_CONSECUTIVE_FAILURES = 5  # a sweep whose every trial fails has a systematic problem: stop and say so
 
@@ -42,6 +43,7 @@ class RunOptions:
     workers: int = 1
     timeout: float | None = None
     enqueue: str | None = None
+    cv: int = 0  # K >= 2: K-fold cross-validation over train+val instead of selecting on val
     progress: bool = True
 
     def check(self) -> None:
@@ -50,6 +52,8 @@ class RunOptions:
                 raise UsageError(f"--{flag} must be a positive integer, got {getattr(self, flag)}")
         if self.timeout is not None and self.timeout <= 0:
             raise UsageError(f"--timeout must be positive seconds, got {self.timeout}")
+        if self.cv < 0 or self.cv == 1:
+            raise UsageError(f"--cv must be 0 (select on val) or a number of folds >= 2, got {self.cv}")
         if self.sampler not in ("tpe", "random"):
             raise UsageError(f"--sampler must be tpe or random, got {self.sampler!r}")
         if self.pruner not in ("median", "hyperband", "none"):
@@ -101,6 +105,9 @@ def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions) 
     study.set_user_attr("space_version", SPACE_VERSION)
     study.set_user_attr("epochs", opts.epochs)
     study.set_user_attr("versions", st.versions())
+    study.set_user_attr("cv", opts.cv)
+    if opts.cv:
+        study.set_user_attr("cv_folds", [[pool_names(data)[i] for i in fold] for fold in cv_folds(data, opts.cv)])
 
 
 def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> None:
@@ -111,6 +118,10 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
             f"--data {opts.data}: study {opts.study!r} was run on other data ({source}, fingerprint "
             f"{recorded}, this is {data.fingerprint}); use another --study or --storage"
         )
+    recorded_cv = study.user_attrs.get("cv", 0)
+    if recorded_cv != opts.cv:
+        made = f"--cv {recorded_cv}" if recorded_cv else "selection on val (no --cv)"
+        raise UsageError(f"--cv {opts.cv}: study {opts.study!r} was made with {made}; use the same or another --study")
     version = study.user_attrs.get("space_version")
     if version is not None and version != SPACE_VERSION:
         raise UsageError(
@@ -118,10 +129,38 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
         )
 
 
+CV_SEED = 0  # fold assignment: fixed, so that studies with different --seed compare on the same folds
+
+
+def pool_names(data: Dataset) -> list[str]:
+    """Train then val slice names: the labelled pool that --cv splits into folds."""
+    return list(data.train.names) + list(data.val.names)
+
+
+def cv_folds(data: Dataset, k: int) -> list[np.ndarray]:
+    """Indices into the pool (train then val) of each of ``k`` folds."""
+    n = len(data.train) + len(data.val)
+    if k > n:
+        raise UsageError(f"--cv {k}: only {n} labelled train+val slices to split into folds")
+    return fold_indices(n, k, CV_SEED)
+
+
+def device_folds(data: Dataset, folds_idx: list[np.ndarray], device: torch.device) -> list[Fold]:
+    """(train, held-out) device splits of each fold: every pool slice is held out exactly once."""
+    images = np.concatenate([data.train.images, data.val.images])
+    masks = np.concatenate([data.train.masks, data.val.masks])
+    folds = []
+    for held in folds_idx:
+        rest = np.setdiff1d(np.arange(len(images)), held)
+        folds.append((DeviceSplit.from_arrays(images[rest], masks[rest], device),
+                      DeviceSplit.from_arrays(images[held], masks[held], device)))
+    return folds
+
+
 def resume_command(opts: RunOptions) -> str:
     parts = ["python", "-m", "sweep", "run", "--trials", str(opts.trials), "--epochs", str(opts.epochs)]
     defaults = RunOptions()
-    for flag in ("data", "storage", "study", "sampler", "pruner", "seed", "device", "workers", "timeout"):
+    for flag in ("data", "storage", "study", "sampler", "pruner", "seed", "device", "workers", "timeout", "cv"):
         value = getattr(opts, flag)
         if value != getattr(defaults, flag):
             parts += [f"--{flag}", str(value)]
@@ -199,6 +238,8 @@ def run(opts: RunOptions) -> dict:
     st.check_storage_url(opts.storage)
     device = resolve_device_or_fail(opts.device)
     data = load_dataset(opts.data)
+    if opts.cv:
+        cv_folds(data, opts.cv)  # enough slices for the folds
     enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue else None
 
     storage = st.make_storage(opts.storage)
@@ -221,6 +262,10 @@ def run(opts: RunOptions) -> dict:
 
     if opts.progress:
         print(f"data: {data.describe()}", file=sys.stderr)
+        if opts.cv:
+            n = len(data.train) + len(data.val)
+            print(f"selection: {opts.cv}-fold cross-validation over the {n} train+val slices "
+                  f"(a trial's value is its mean fold dice_fg)", file=sys.stderr)
         print(
             f"device: {device}, {opts.workers} worker(s); study {opts.study!r} in {opts.storage}: "
             f"{finished} of {opts.trials} trials finished",
@@ -248,10 +293,13 @@ def optimize(opts: RunOptions, data: Dataset, device, worker: int, callbacks=())
     study = optuna.load_study(study_name=opts.study, storage=storage, pruner=make_pruner(opts.pruner, opts.epochs))
     # Distinct seeds per worker and per resumption, so that no two draw the same start-up configurations.
     study.sampler = make_sampler(opts.sampler, opts.seed + 7919 * len(study.trials) + 104729 * worker)
-    train = DeviceSplit.from_arrays(data.train.images, data.train.masks, device)
-    val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
     store = optuna.artifacts.FileSystemArtifactStore(str(_artifact_dir(opts.storage)))
-    objective = Objective(train, val, opts.epochs, seed=opts.seed, artifact_store=store)
+    if opts.cv:
+        objective = Objective.cross_validated(device_folds(data, cv_folds(data, opts.cv), device), opts.epochs, seed=opts.seed, artifact_store=store)
+    else:
+        train = DeviceSplit.from_arrays(data.train.images, data.train.masks, device)
+        val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
+        objective = Objective(train, val, opts.epochs, seed=opts.seed, artifact_store=store)
     failures = StopAfterFailures()
     # gc_after_trial runs a full collection; freezing the long-lived objects of the torch and
     # optuna imports (~200k) makes it ~5x cheaper.

@@ -67,8 +67,14 @@ class FitResult:
     best_epoch: int  # 1-based
     best_scores: dict[str, float]  # per-class val Dice at the best epoch
     history: list[dict[str, float]] = field(default_factory=list)  # one record per epoch
-    state_dict: dict | None = None  # weights of the best epoch, on the CPU
+    state_dicts: list[dict] = field(default_factory=list)  # weights of the best epoch per fold, on the CPU
+    fold_scores: list[dict[str, float]] = field(default_factory=list)  # per-fold Dice at the best epoch
     seconds: float = 0.0
+
+    @property
+    def state_dict(self) -> dict | None:
+        """The (first) fold's weights at the best epoch: the model of a plain train/val fit."""
+        return self.state_dicts[0] if self.state_dicts else None
 
     @property
     def epochs_run(self) -> int:
@@ -210,6 +216,9 @@ def evaluate(model, split: DeviceSplit, bf16: bool) -> dict[str, float]:
     return scores
 
 
+Fold = tuple[DeviceSplit, DeviceSplit]  # (train, held-out) of one cross-validation fold
+
+
 def fit(
     model_cfg: SegNetConfig,
     train_cfg: TrainConfig,
@@ -228,39 +237,75 @@ def fit(
     ``bf16`` forces or forbids bf16 autocast (default: where the device runs it fast).
     Raises DivergedError when the training loss stops being finite.
     """
-    device = train.images.device
+    return fit_folds(model_cfg, train_cfg, [(train, val)], seed=seed, on_epoch=on_epoch, keep_state=keep_state, bf16=bf16)
+
+
+def fit_folds(
+    model_cfg: SegNetConfig,
+    train_cfg: TrainConfig,
+    folds: list[Fold],
+    *,
+    seed: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    keep_state: bool = True,
+    bf16: bool | None = None,
+) -> FitResult:
+    """Train one model per fold, in lockstep: every epoch trains each fold's model once more.
+
+    After each epoch every model is evaluated on its own held-out split and the record holds
+    the mean over folds (``val_dice_fg`` is the mean fold ``dice_fg``), so ``on_epoch`` can
+    prune on the running cross-validated score from the first epoch on. The best epoch is the
+    one with the best mean; ``state_dicts`` holds every fold's weights at that epoch and
+    ``fold_scores`` each fold's Dice there. With one fold this is plain training with a
+    val split (``fit``).
+    """
+    device = folds[0][0].images.device
     torch.manual_seed(seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     bf16 = use_bf16(device) if bf16 is None else bf16
-    model = build_model(model_cfg, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
-    total_steps = steps_per_epoch * train_cfg.epochs
-    warmup = max(steps_per_epoch, int(WARMUP_FRACTION * total_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total_steps, train_cfg.schedule, warmup)
-    )
-    weights = class_weights(train.masks, train_cfg.class_weight_power) if train_cfg.class_weight_power else None
+    runs = [_FoldRun(model_cfg, train_cfg, train, device) for train, _ in folds]
 
     result = FitResult(best_value=-math.inf, best_epoch=0, best_scores={})
     start = time.perf_counter()
     for epoch in range(1, train_cfg.epochs + 1):
-        train_loss = float(train_epoch(model, optimizer, scheduler, train, train_cfg, weights, generator, bf16))
-        if not math.isfinite(train_loss):
-            raise DivergedError(f"training loss became {train_loss} in epoch {epoch}")
-        scores = evaluate(model, val, bf16)
-        record = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in scores.items()}}
+        losses, fold_scores = [], []
+        for run, (train, held_out) in zip(runs, folds):
+            loss = float(train_epoch(run.model, run.optimizer, run.scheduler, train, train_cfg, run.weights, generator, bf16))
+            if not math.isfinite(loss):
+                raise DivergedError(f"training loss became {loss} in epoch {epoch}")
+            losses.append(loss)
+            fold_scores.append(evaluate(run.model, held_out, bf16))
+        scores = {key: float(np.mean([s[key] for s in fold_scores])) for key in fold_scores[0]}
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in scores.items()}}
         result.history.append(record)
         if scores["dice_fg"] > result.best_value:
             result.best_value, result.best_epoch = scores["dice_fg"], epoch
             result.best_scores = {k: v for k, v in scores.items() if k.startswith("dice_")}
+            result.fold_scores = [{k: v for k, v in s.items() if k.startswith("dice_")} for s in fold_scores]
             if keep_state:
-                result.state_dict = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                result.state_dicts = [
+                    {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()} for run in runs
+                ]
         result.seconds = time.perf_counter() - start
         if on_epoch is not None:
             on_epoch(epoch, record)
     return result
+
+
+class _FoldRun:
+    """A model with its optimiser, schedule and class weights, for one training split."""
+
+    def __init__(self, model_cfg: SegNetConfig, train_cfg: TrainConfig, train: DeviceSplit, device: torch.device) -> None:
+        self.model = build_model(model_cfg, device)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+        steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
+        total_steps = steps_per_epoch * train_cfg.epochs
+        warmup = max(steps_per_epoch, int(WARMUP_FRACTION * total_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, total_steps, train_cfg.schedule, warmup)
+        )
+        self.weights = class_weights(train.masks, train_cfg.class_weight_power) if train_cfg.class_weight_power else None
 
 
 def load_model(model_cfg: SegNetConfig, state_dict: dict, device: torch.device) -> SegNet:

@@ -100,7 +100,7 @@ def test_pruning_really_prunes(tmp_path):
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"], [t.intermediate_values for t in study.trials]
     pruned = study.trials[2]
-    assert 3 <= pruned.user_attrs["epochs_run"] < 5
+    assert 2 <= pruned.user_attrs["epochs_run"] < 5  # never inside the 2 warm-up steps, always before the end
     assert pruned.user_attrs["pruned_at_epoch"] == pruned.user_attrs["epochs_run"] == max(pruned.intermediate_values)
 
 
