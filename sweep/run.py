@@ -119,7 +119,7 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
             f"{recorded}, this is {data.fingerprint}); use another --study or --storage"
         )
     recorded_cv = study.user_attrs.get("cv", 0)
-    if recorded_cv != opts.cv:
+    if recorded is not None and recorded_cv != opts.cv:  # (a study made by enqueueing alone records nothing yet)
         made = f"--cv {recorded_cv}" if recorded_cv else "selection on val (no --cv)"
         raise UsageError(f"--cv {opts.cv}: study {opts.study!r} was made with {made}; use the same or another --study")
     version = study.user_attrs.get("space_version")
