@@ -68,6 +68,7 @@ def describe_best(study: optuna.Study) -> dict:
         "val": val,
         "best_epoch": trial.user_attrs.get("best_epoch"),
         "epochs": trial.user_attrs.get("epoch_budget", study.user_attrs.get("epochs")),
+        "cv": study.user_attrs.get("cv", 0),
     }
 
 

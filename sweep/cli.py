@@ -183,10 +183,11 @@ def _print_run_summary(summary: dict, as_json: bool) -> None:
 
 
 def _print_best(result: dict) -> None:
-    print(f"study {result['study']!r}: best trial {result['trial']}, val dice_fg {result['val_dice_fg']:.4f}")
+    score = f"{result['cv']}-fold cv dice_fg" if result.get("cv") else "val dice_fg"
+    print(f"study {result['study']!r}: best trial {result['trial']}, {score} {result['val_dice_fg']:.4f}")
     val = result.get("val") or {}
     if val:
-        print("  val Dice  " + "  ".join(f"{k[5:]} {v:.4f}" for k, v in val.items() if v is not None))
+        print(("  cv Dice   " if result.get("cv") else "  val Dice  ") + "  ".join(f"{k[5:]} {v:.4f}" for k, v in val.items() if v is not None))
     print("  params    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result["params"].items()))
     test = result.get("test")
     if "seeds" in result:

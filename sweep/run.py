@@ -182,6 +182,7 @@ class Progress:
             dynamic_ncols=True,
         )
         self.enabled = enabled
+        self.score = "cv dice_fg" if study.user_attrs.get("cv") else "val dice_fg"
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state in st.FINISHED:
@@ -198,7 +199,7 @@ class Progress:
         shown = f"{value:.4f}" if value is not None else "  -   "
         attrs = trial.user_attrs
         line = (
-            f"trial {trial.number:4d} {trial.state.name:8s} val dice_fg {shown}  {best}  "
+            f"trial {trial.number:4d} {trial.state.name:8s} {self.score} {shown}  {best}  "
             f"{attrs.get('epochs_run', 0):3d} epochs  {attrs.get('seconds', 0.0):7.1f} s"
         )
         if trial.state == optuna.trial.TrialState.FAIL:
