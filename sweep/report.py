@@ -25,6 +25,7 @@ from sweep import study as st
 from sweep.best import TEST_OVERLAY, open_study_readonly
 from sweep.errors import UsageError
 from sweep.metrics import CLASS_NAMES
+from sweep.space import ORIGINAL_PARAMS
 
 TARGET = "val dice_fg"
 TOP_TRIALS = 10
@@ -105,6 +106,17 @@ def _edge_side(dist, values: list) -> str | None:
         if all(v == choices[0] for v in values):
             return "lower"
     return None
+
+
+def original_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Trials that ran the original coursework configuration (``configs/original.json``)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.params and _same_params(t.params, ORIGINAL_PARAMS)]
+
+
+def _same_params(a: dict, b: dict) -> bool:
+    if set(a) != set(b):
+        return False
+    return all(math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(b[k], float) else a[k] == b[k] for k in b)
 
 
 def _ranked(study: optuna.Study) -> list[FrozenTrial]:
@@ -189,6 +201,7 @@ class _Page:
         body.append(self.section("Parallel coordinates", self.plot(
             vis.plot_parallel_coordinate(s, target_name=TARGET) if ranked else None, "no complete trial yet")))
         body.append(self.section("Best trial", self.best_trial(best)))
+        body.append(self.section("Against the original configuration", self.against_original(best)))
         body.append(self.section(f"Top {TOP_TRIALS} trials", self.top_table(ranked)))
         body.append(self.section("Search-space edges", self.edges(ranked)))
         body.append(self.section("Test evaluation", self.evaluation()))
@@ -223,6 +236,8 @@ class _Page:
             ("data", attrs.get("data_description") or attrs.get("data_source") or "not recorded"),
             ("trials", f"{len(s.trials)} ({states}); epoch budget {attrs.get('epochs', '?')}"),
             ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
+            ("selection", f"{attrs['cv']}-fold cross-validation over train+val (values are mean fold dice_fg)"
+             if attrs.get("cv") else "on the val split"),
             ("versions", ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items())),
             ("generated", datetime.now().isoformat(timespec="seconds")),
         ]
@@ -274,6 +289,39 @@ class _Page:
             if meta.filename.lower().endswith(".png"):
                 parts.append(self.picture(meta, f"trial {best.number}: validation predictions ({meta.filename})"))
         return "\n".join(parts)
+
+    def against_original(self, best: FrozenTrial | None) -> str:
+        """The best trial beside the original coursework configuration, when the study ran it."""
+        original = original_trials(self.study)
+        if not original:
+            return _note("this study has no trial with the original configuration: start a study with "
+                         "`--enqueue configs/original.json` to measure the sweep against it")
+        done = [t for t in original if t.state == TrialState.COMPLETE]
+        if not done:
+            states = ", ".join(f"trial {t.number} {t.state.name.lower()}" for t in original)
+            return _note(f"the original configuration did not complete ({states})")
+        orig = max(done, key=lambda t: t.value)
+        if best is None:
+            return _note("no complete trial yet")
+        keys = ["value", *CLASS_NAMES, "mean4"]
+
+        def scores(t: FrozenTrial) -> list[float | None]:
+            a = t.user_attrs
+            return [t.value, *(a.get(f"dice_{c}") for c in CLASS_NAMES), a.get("dice_mean4")]
+
+        def cells(values, signed: bool = False) -> str:
+            return "".join(f"<td>{'–' if v is None else f'{v:+.4f}' if signed else f'{v:.4f}'}</td>" for v in values)
+
+        head = "".join(f"<th>{_e(TARGET if k == 'value' else k)}</th>" for k in keys) + "<th>parameters</th><th>seconds</th>"
+        rows = []
+        for label, t in ((f"original configuration (trial {orig.number})", orig), (f"best (trial {best.number})", best)):
+            a = t.user_attrs
+            rows.append(f"<tr><th>{_e(label)}</th>{cells(scores(t))}<td>{a.get('n_params', 0):,}</td>"
+                        f"<td>{a.get('seconds', 0):.0f}</td></tr>")
+        diff = [None if a is None or b is None else b - a for a, b in zip(scores(orig), scores(best))]
+        rows.append(f"<tr><th>difference</th>{cells(diff, signed=True)}<td></td><td></td></tr>")
+        return (f'<p class="hint">Same epoch budget and checkpoint rule; both selected and scored the same way.</p>'
+                f'<table class="top"><tr><th></th>{head}</tr>{"".join(rows)}</table>')
 
     def top_table(self, ranked: list[FrozenTrial]) -> str:
         if not ranked:

@@ -363,3 +363,32 @@ def test_report_in_browser(report, browser):
     assert dom.count("js-plotly-plot") >= 5  # every figure rendered offline, from the inline plotly.js
     assert dom.count('class="main-svg"') >= 10
     assert re.search(r'<img alt="test predictions" src="data:image/png;base64,', dom)
+
+
+def test_report_sets_the_best_trial_against_the_original_configuration(tmp_path):
+    from sweep.space import ORIGINAL_PARAMS, suggest
+
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    study = optuna.create_study(study_name="segnet", storage=url, direction="maximize")
+    for params, value in ((ORIGINAL_PARAMS, 0.846), (SMALL_PARAMS, 0.9081), (VARIANTS[0], 0.5)):
+        study.enqueue_trial(params)
+        trial = study.ask()
+        suggest(trial, 2)
+        for c, v in zip(("bg", "rv", "myo", "lv"), (0.98, value, value, value)):
+            trial.set_user_attr(f"dice_{c}", v)
+        trial.set_user_attr("n_params", 1000)
+        study.tell(trial, value)
+    assert main(["report", "--out", str(tmp_path / "r.html"), "--storage", url]) == 0
+    text = (tmp_path / "r.html").read_text()
+    section = re.search(r'<section id="against-the-original-configuration">.*?</section>', text, re.S).group(0)
+    assert "original configuration (trial 0)" in section and "best (trial 1)" in section
+    assert "<td>0.8460</td>" in section and "<td>0.9081</td>" in section and "<td>+0.0621</td>" in section
+
+    url2 = f"sqlite:///{tmp_path / 'n.db'}"
+    other = optuna.create_study(study_name="segnet", storage=url2, direction="maximize")
+    other.enqueue_trial(SMALL_PARAMS)
+    trial = other.ask()
+    suggest(trial, 2)
+    other.tell(trial, 0.7)
+    assert main(["report", "--out", str(tmp_path / "n.html"), "--storage", url2]) == 0
+    assert "--enqueue configs/original.json" in (tmp_path / "n.html").read_text()
