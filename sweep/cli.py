@@ -201,7 +201,13 @@ def _print_best(result: dict) -> None:
             lo, hi = ens["dice_fg_ci95"]
             print(f"  ensemble  fg {ens['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}): the written masks")
         post = result["postprocess"]
-        print(f"  post      rotation TTA {'on' if post['tta'] else 'off'}, largest component {'on' if post['largest_component'] else 'off'} (chosen on val)")
+        chosen_on = "out-of-fold predictions" if result.get("cv") else "val"
+        print(f"  post      rotation TTA {'on' if post['tta'] else 'off'}, largest component {'on' if post['largest_component'] else 'off'} (chosen on {chosen_on})")
+        est = result.get("estimate")
+        if est:
+            lo, hi = est["dice_fg_ci95"]
+            print(f"  expect    fg {est['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}) on unseen slices, "
+                  f"from {est['source']}")
         print(f"  masks     {result['masks']}")
 
 

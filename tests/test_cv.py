@@ -95,6 +95,9 @@ def test_cv_study_records_folds_and_best_evaluate_ensembles_them(in_tmp, capsys)
     assert set(result["postprocess"]["val_dice_fg"]) == {"tta=false,lcc=false", "tta=false,lcc=true",
                                                         "tta=true,lcc=false", "tta=true,lcc=true"}
     assert result["test"]["n_images"] == 80 and 0 <= result["test"]["dice_fg"] <= 1
+    est = result["estimate"]  # what to expect on unseen slices: out-of-fold predictions of the whole pool
+    assert est["n_images"] == 120 and "out-of-fold" in est["source"]
+    assert est["dice_fg_ci95"][0] <= est["dice_fg"] <= est["dice_fg_ci95"][1]
     assert len(list((in_tmp / "best" / "masks").glob("*_mask.png"))) == 80
 
 
