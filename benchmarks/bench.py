@@ -505,6 +505,12 @@ def section_sweep(b: Bench) -> dict:
     out["median_trial_s_ours"] = out[f"median_trial_s_ours_w{first}"]
     out["median_epoch_s_ours"] = out[f"median_epoch_s_ours_w{first}"]
     out["median_trial_s_naive"] = median(t for x in runs["naive"] for t in x["trial_s"])
+    # Per configuration (trial i ran configs[i] on both sides): naive trial seconds / ours. The
+    # sweep's ratio cannot exceed what the trainer gains on these configurations.
+    out["trial_ratio_per_config"] = [
+        median(x["trial_s"][i] for x in runs["naive"]) / median(x["trial_s"][i] for x in runs[f"ours_w{first}"])
+        for i in range(len(configs))
+    ] if first == 1 else None
     log(f"sweep: speedup {out['speedup']:.2f}x with {first} worker(s)")
     return out
 
@@ -835,6 +841,7 @@ def summarize(raw: dict, settings: Settings) -> dict:
         out["sweep_trials_per_hour_ours"] = sweep[f"trials_per_hour_ours_w{sweep['workers'][0]}"]
         out["sweep_trials_per_hour_naive"] = sweep["trials_per_hour_naive"]
         out["sweep_median_trial_s_ours"] = sweep["median_trial_s_ours"]
+        out["sweep_trial_ratio_per_config"] = sweep.get("trial_ratio_per_config")
         for w in sweep["workers"][1:]:
             out[f"sweep_speedup_w{w}"] = sweep[f"speedup_w{w}"]
     if overhead := raw.get("overhead"):

@@ -138,3 +138,5 @@ def test_smoke_json_of_every_section():
     assert len(memory["rss_mb"]) == 20
     assert memory["states"] == ["COMPLETE"] * 20
     assert result["raw"]["sweep"]["runs"]["ours_w1"][0]["finished"] == 2
+    ratios = result["sweep_trial_ratio_per_config"]  # one per configuration, each a naive/ours time ratio
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
