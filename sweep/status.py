@@ -39,6 +39,7 @@ def study_status(storage_url: str, study_name: str) -> dict:
         "running": running,
         "evaluation": study.user_attrs.get("evaluation"),
         "data": study.user_attrs.get("data_description"),
+        "cv": study.user_attrs.get("cv", 0),
     }
 
 
@@ -70,7 +71,8 @@ def format_status(status: dict) -> str:
         lines.append("best: no complete trial yet")
     else:
         val = "  ".join(f"{k[5:]} {v:.4f}" for k, v in best["val"].items() if v is not None)
-        lines.append(f"best: trial {best['trial']}, val dice_fg {best['val_dice_fg']:.4f}" + (f"  ({val})" if val else ""))
+        score = f"{status['cv']}-fold cv dice_fg" if status.get("cv") else "val dice_fg"
+        lines.append(f"best: trial {best['trial']}, {score} {best['val_dice_fg']:.4f}" + (f"  ({val})" if val else ""))
         lines.append("  params " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
     for r in status["running"]:
         age = _age(r["age_s"]) if r["age_s"] is not None else "?"
