@@ -34,10 +34,12 @@ def start(cwd, *args, env=None):
     )
 
 
-def wait_for_running_epoch(db: Path, timeout=120.0) -> optuna.trial.FrozenTrial:
-    """Block until some trial is RUNNING and has reported at least one epoch."""
+def wait_for_running_epoch(db: Path, timeout=240.0, proc=None) -> optuna.trial.FrozenTrial:
+    """Block until some trial is RUNNING and has reported at least one epoch (or ``proc`` ended)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the sweep ended (exit {proc.returncode}) before a trial was seen running: {proc.stderr.read()[-2000:]}")
         if db.exists():
             try:
                 study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{db}")
@@ -89,14 +91,15 @@ def test_killed_worker_trial_fails_and_is_retried_with_its_params(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_exits_130_with_resume_command_and_keeps_storage_consistent(tmp_path):
-    args = ["run", "--trials", "2", "--epochs", "6", "--enqueue", json.dumps(SMALL_PARAMS)]
+    # 40 epochs: the enqueued trial is still running when a loaded machine gets round to looking
+    args = ["run", "--trials", "2", "--epochs", "40", "--enqueue", json.dumps(SMALL_PARAMS)]
     proc = start(tmp_path, *args)
-    wait_for_running_epoch(tmp_path / "studies.db")
+    wait_for_running_epoch(tmp_path / "studies.db", proc=proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert "python -m sweep run --trials 2 --epochs 6" in err
+    assert "python -m sweep run --trials 2 --epochs 40" in err
     study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{tmp_path / 'studies.db'}")
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
