@@ -162,18 +162,19 @@ def test_server_is_reachable_when_configured(url):
 
 
 def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch):
-    real_fit = sweep.objective.fit
+    real_fit = sweep.objective.fit_folds
     calls = []
 
-    def fit_with_nan_first(model_cfg, train_cfg, train, val, **kw):
+    def fit_with_nan_first(model_cfg, train_cfg, folds, **kw):
         calls.append(1)
         if len(calls) == 1:
+            (train, val), = folds
             bad = sweep.train.DeviceSplit(train.images.clone(), train.masks)
             bad.images[0] = float("nan")
-            return real_fit(model_cfg, train_cfg, bad, val, **kw)
-        return real_fit(model_cfg, train_cfg, train, val, **kw)
+            return real_fit(model_cfg, train_cfg, [(bad, val)], **kw)
+        return real_fit(model_cfg, train_cfg, folds, **kw)
 
-    monkeypatch.setattr(sweep.objective, "fit", fit_with_nan_first)
+    monkeypatch.setattr(sweep.objective, "fit_folds", fit_with_nan_first)
     enqueued_study("sqlite:///studies.db", 2)
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
@@ -184,7 +185,7 @@ def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch
 
 
 def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
-    real_fit = sweep.objective.fit
+    real_fit = sweep.objective.fit_folds
     calls = []
 
     def fit_oom_first(*a, **kw):
@@ -193,7 +194,7 @@ def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*a, **kw)
 
-    monkeypatch.setattr(sweep.objective, "fit", fit_oom_first)
+    monkeypatch.setattr(sweep.objective, "fit_folds", fit_oom_first)
     enqueued_study("sqlite:///studies.db", 2)
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     first, second = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db").trials
@@ -205,7 +206,7 @@ def test_sweep_stops_after_consecutive_failures_and_says_why(in_tmp, monkeypatch
     def broken(*a, **kw):
         raise RuntimeError("something systematic")
 
-    monkeypatch.setattr(sweep.objective, "fit", broken)
+    monkeypatch.setattr(sweep.objective, "fit_folds", broken)
     assert main(["run", "--trials", "20", "--epochs", "1", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert f"stopped after {sweep.run.MAX_CONSECUTIVE_FAILURES} failed trials in a row" in out
