@@ -14,15 +14,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 PRUNERS = ("median", "hyperband")
+GRACE_S = 30
 
 
 def summarize(db: Path, name: str, minutes: float) -> dict:
@@ -68,8 +71,15 @@ def main(argv=None) -> int:
                    "--epochs", str(args.epochs), "--pruner", pruner, "--seed", str(args.seed),
                    "--timeout", str(args.minutes * 60), "--storage", f"sqlite:///{db}", "--study", pruner, "--quiet"]
             procs[pruner] = (db, subprocess.Popen(cmd, cwd=tmp, env=env))
+        # --timeout stops starting trials; a trial still running a little later is interrupted
+        # (it ends FAIL and is not counted: only trials completed within the budget are).
+        deadline = time.monotonic() + args.minutes * 60 + GRACE_S
         for _, proc in procs.values():
-            proc.wait()
+            try:
+                proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGTERM)  # the sweep treats it as Ctrl-C
+                proc.wait()
         out = {"minutes": args.minutes, "epochs": args.epochs, "data": args.data, "seed": args.seed,
                "threads_per_run": 1, **{p: summarize(db, p, args.minutes) for p, (db, _) in procs.items()}}
     Path(args.out).write_text(json.dumps(out, indent=1))
