@@ -105,6 +105,24 @@ def evaluate_candidate(params, epochs, k, data, holdout_idx, tune_idx, device, s
     return out
 
 
+def seed_ensemble_holdout(params, epochs, seeds, data, holdout_idx, tune_idx, device) -> dict:
+    """What ``best --evaluate --seeds K`` ships for a val-selected trial: K plain models, averaged."""
+    model_cfg, train_cfg = configs_from_params(params, epochs)
+    bf16 = use_bf16(device)
+    holdout = split(data.train.images, data.train.masks, holdout_idx, device)
+    truth = torch.as_tensor(data.train.masks[holdout_idx])
+    train = split(data.train.images, data.train.masks, tune_idx, device)
+    val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
+    start, probs, single = time.perf_counter(), 0, []
+    for seed in range(seeds):
+        result = fit_folds(model_cfg, train_cfg, [(train, val)], seed=seed)
+        p = predict_probs(load_model(model_cfg, result.state_dict, device), holdout.images, bf16).cpu()
+        single.append(dice_scores(p.argmax(1), truth)["dice_fg"])
+        probs = probs + p
+    return {"seeds": seeds, "holdout": dice_scores(probs.argmax(1), truth), "holdout_dice_fg_per_seed": single,
+            "seconds": time.perf_counter() - start}
+
+
 def verdict(results: list[dict]) -> dict:
     """Each rule's pick and its held-out Dice; rank correlations of each score with held-out Dice."""
     val = [r["plain"]["val_dice_fg"] for r in results]
@@ -138,11 +156,19 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", default="selection.json")
+    parser.add_argument("--finalize", action="store_true",
+                        help="only add the val pick's seed ensemble to an existing --out file")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     data = load_dataset(args.data)
     order = np.random.default_rng(args.seed).permutation(len(data.train))
     holdout_idx, tune_idx = np.sort(order[: args.holdout]), np.sort(order[args.holdout:])
+    if args.finalize:
+        out = json.loads(Path(args.out).read_text())
+        finalize(out, data, holdout_idx, tune_idx, device)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(json.dumps(out["verdict"], indent=1))
+        return 0
     candidates = [SWEEP_BEST, *random_candidates(max(0, args.candidates - 2), args.seed, args.epochs), ORIGINAL_PARAMS]
     candidates = candidates[: args.candidates]
     out = {"data": data.describe(), "epochs": args.epochs, "cv": args.cv, "holdout": [data.train.names[i] for i in holdout_idx],
@@ -155,8 +181,20 @@ def main(argv=None) -> int:
         p, c = res["plain"], res["cv"]
         print(f"candidate {i}: val {p['val_dice_fg']:.4f} -> holdout {p['holdout']['dice_fg']:.4f} ({p['seconds']:.0f} s) | "
               f"cv {c['cv_dice_fg']:.4f} -> holdout {c['holdout']['dice_fg']:.4f} ({c['seconds']:.0f} s)", file=sys.stderr, flush=True)
+    finalize(out, data, holdout_idx, tune_idx, device)
+    Path(args.out).write_text(json.dumps(out, indent=1))
     print(json.dumps(out["verdict"], indent=1))
     return 0
+
+
+def finalize(out: dict, data, holdout_idx, tune_idx, device) -> None:
+    """Equal final models: the val pick as a K-seed ensemble, beside the CV pick's K-fold ensemble."""
+    pick = out["verdict"]["val_pick"]["candidate"]
+    ens = seed_ensemble_holdout(out["candidates"][pick]["params"], out["epochs"], out["cv"], data, holdout_idx, tune_idx, device)
+    out["val_pick_seed_ensemble"] = ens
+    out["verdict"]["val_pick"]["holdout_dice_fg_seed_ensemble"] = ens["holdout"]["dice_fg"]
+    print(f"val pick (candidate {pick}) as a {ens['seeds']}-seed ensemble: holdout {ens['holdout']['dice_fg']:.4f}",
+          file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
