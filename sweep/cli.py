@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     best = sub.add_parser("best", help="show the best trial; --evaluate retrains it and reports test Dice")
     best.add_argument("--evaluate", action="store_true")
-    best.add_argument("--seeds", type=_positive_int, default=1, help="retrainings with seeds 0..K-1 (default %(default)s)")
+    best.add_argument("--seeds", type=_positive_int, default=3, help="retrainings with seeds 0..K-1, ensembled for the masks (default %(default)s)")
     best.add_argument("--data", default=None, help="data folder (default: the one recorded on the study)")
     best.add_argument("--out", default="best", help="folder for predicted test masks and summary.json (default %(default)s)")
     best.add_argument("--json", action="store_true", help="print one JSON object on stdout")
