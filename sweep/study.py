@@ -116,16 +116,30 @@ def make_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
 
 
 def _tune_sqlite(engine: sqlalchemy.Engine) -> None:
-    """WAL lets workers read while one writes (fewer lock waits; it persists in the file), and
-    with WAL, synchronous=NORMAL risks only the last commits on power loss, never corruption."""
-    sqlalchemy.event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA synchronous=NORMAL"))
-    engine.dispose()  # the constructor's connection predates the listener
-    try:
-        with engine.connect() as conn:
-            if conn.exec_driver_sql("PRAGMA journal_mode").scalar() != "wal":
-                conn.exec_driver_sql("PRAGMA journal_mode=WAL")
-    except sqlalchemy.exc.OperationalError:
-        pass  # another worker holds the lock while switching; the busy timeout covers the rest
+    """Make SQLite safe and quick for several worker processes.
+
+    - Every transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock before its first
+      read). SQLite ignores ``SELECT ... FOR UPDATE``, so with Python's default deferred
+      transactions two workers could both read an enqueued trial as WAITING and both claim it
+      (then one fails with "Cannot tell a COMPLETE trial"); this serialises the claim, as
+      PostgreSQL's row lock does. Waits are covered by the busy timeout.
+    - WAL lets readers (status, dashboard) read while a worker writes; it persists in the file.
+    - With WAL, synchronous=NORMAL risks only the last commits on power loss, never corruption.
+    """
+
+    def on_connect(dbapi_conn, _record) -> None:
+        dbapi_conn.isolation_level = None  # no implicit BEGIN from the driver: "begin" below does it
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            pass  # another worker is switching it right now; the busy timeout covers the rest
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", on_connect)
+    sqlalchemy.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    engine.dispose()  # the constructor's connection predates the listeners
 
 
 def study_exists(storage: RDBStorage, name: str) -> bool:

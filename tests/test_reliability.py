@@ -325,3 +325,42 @@ def test_no_traceback_from_the_real_command_line(tmp_path):
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert res.returncode == 2
     assert res.stderr.strip().count("\n") == 0 and "--trials" in res.stderr and "Traceback" not in res.stderr
+
+
+CLAIMER = """
+import json, sys, time
+import optuna
+from sweep import study as st
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+study = optuna.load_study(study_name="race", storage=st.make_storage(sys.argv[1], heartbeat=False))
+claimed, errors = [], []
+while True:
+    trial = study.ask()
+    x = trial.suggest_float("x", 0, 1)
+    if trial.number >= int(sys.argv[2]):  # the queue is empty: this one was sampled, not enqueued
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        break
+    time.sleep(0.005)
+    try:
+        study.tell(trial, x)
+        claimed.append(trial.number)
+    except Exception as err:
+        errors.append(f"trial {trial.number}: {err}")
+print(json.dumps({"claimed": claimed, "errors": errors}))
+"""
+
+
+@pytest.mark.parametrize("attempt", [0, 1])
+def test_workers_never_claim_the_same_enqueued_trial_on_sqlite(tmp_path, attempt):
+    """SQLite ignores SELECT ... FOR UPDATE: without BEGIN IMMEDIATE two workers could take one queued trial."""
+    url, n = f"sqlite:///{tmp_path / 'race.db'}", 80
+    study = optuna.create_study(study_name="race", storage=sweep.study.make_storage(url, heartbeat=False))
+    for i in range(n):
+        study.enqueue_trial({"x": i / n})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, url, str(n)], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    results = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
+    claimed = [number for r in results for number in r["claimed"]]
+    assert [e for r in results for e in r["errors"]] == []
+    assert sorted(claimed) == list(range(n))  # every queued trial exactly once
