@@ -2,7 +2,7 @@
 
     python benchmarks/precision.py [--seeds 3] [--epochs 50] [--data PATH]
 
-bf16 is kept as the default on CPUs with AMX (and on GPUs) only if its best val dice_fg is
+bf16 is kept as the default on CPUs with AMX or AVX512-BF16 (and on GPUs) only if its best val dice_fg is
 within seed noise of float32's. Prints one JSON object: per precision, the val dice_fg of each
 seed, their mean and std, and seconds per run.
 """
