@@ -6,7 +6,6 @@ loop never synchronises with the host inside an epoch (losses accumulate on the 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable

@@ -22,12 +22,10 @@ import optuna
 import pytest
 from PIL import Image
 
-from data import load_dataset, read_mask
 from sweep.cli import main
 from sweep.notes import dice_table_markdown
 from sweep.pictures import CLASS_COLOURS, overlay_png
-from sweep.report import TEST_OVERLAY, edge_warnings, learning_curves
-from sweep.study import default_artifact_dir
+from sweep.report import edge_warnings, learning_curves
 from tests.conftest import ROOT, SMALL_PARAMS
 
 CHROMIUM = Path("/usr/bin/chromium")
