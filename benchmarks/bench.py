@@ -602,6 +602,7 @@ def overhead_run(url: str, n_trials: int, seed: int = 0) -> dict:
             gc_seconds[0] += time.perf_counter() - gc_seconds[1]
 
     gc.callbacks.append(gc_timer)
+    gc.freeze()  # as sweep.run.optimize does before its trials: the collector then skips the imports' objects
     try:
         progress = Progress(study, n_trials, enabled=False)
         start = time.perf_counter()
