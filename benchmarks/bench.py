@@ -42,7 +42,6 @@ import time
 import traceback
 import uuid
 import warnings
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -55,15 +54,18 @@ import optuna  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.nn import functional as F  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
 
+from benchmarks.naive import mask_path, naive_fit, split_images, sync  # noqa: E402
 from data import load_dataset, make_phantom_dataset, write_mask  # noqa: E402
 from model import SegNet, SegNetConfig  # noqa: E402
 from sweep import study as st  # noqa: E402
-from sweep.objective import Objective, compact_history  # noqa: E402
-from sweep.run import Progress, RunOptions, StopAfterFailures, make_pruner, make_sampler, run  # noqa: E402
+from sweep.objective import Objective  # noqa: E402
+from sweep.options import RunOptions  # noqa: E402
+from sweep.progress import Progress, StopAfterFailures  # noqa: E402
+from sweep.records import FINISHED, compact_history  # noqa: E402
+from sweep.run import run  # noqa: E402
 from sweep.space import suggest  # noqa: E402
+from sweep.strategies import make_pruner, make_sampler  # noqa: E402
 from sweep.train import DeviceSplit, TrainConfig, fit, resolve_device, use_bf16  # noqa: E402
 
 CMRI = ROOT.parent / "shared" / "data" / "cmri"  # the real data, where this checkout has it
@@ -168,12 +170,6 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def sync(device: torch.device) -> None:
-    """Wait for queued device work, so that host clocks time it (a no-op on the CPU)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def median(values) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -192,15 +188,6 @@ class BenchData:
     n_train: int
     n_val: int
     size: tuple[int, int]
-
-
-def _mask_path(split_dir: Path, image: Path) -> Path:
-    path = split_dir / "mask" / f"{image.stem}_mask.png"
-    return path if path.exists() else split_dir / "mask" / image.name
-
-
-def _split_images(split_dir: Path) -> list[Path]:
-    return sorted(p for p in (split_dir / "image").iterdir() if p.suffix.lower() == ".png" and not p.name.startswith("."))
 
 
 def prepare_data(source: str, settings: Settings, tmp: Path) -> BenchData:
@@ -226,14 +213,14 @@ def prepare_data(source: str, settings: Settings, tmp: Path) -> BenchData:
             # A subset without copying the data: links to the first slices of each split.
             folder = tmp / "subset"
             for name in ("train", "val"):
-                for image in _split_images(root / name)[: limits[name] or None]:
+                for image in split_images(root / name)[: limits[name] or None]:
                     for src, dst in ((image, folder / name / "image" / image.name),
-                                     (_mask_path(root / name, image), folder / name / "mask" / f"{image.stem}_mask.png")):
+                                     (mask_path(root / name, image), folder / name / "mask" / f"{image.stem}_mask.png")):
                         dst.parent.mkdir(parents=True, exist_ok=True)
                         dst.symlink_to(src)
             described = f"{root} (first {limits['train']} train / {limits['val']} val slices)"
-    n_train, n_val = len(_split_images(folder / "train")), len(_split_images(folder / "val"))
-    with Image.open(_split_images(folder / "train")[0]) as first:
+    n_train, n_val = len(split_images(folder / "train")), len(split_images(folder / "val"))
+    with Image.open(split_images(folder / "train")[0]) as first:
         size = (first.height, first.width)
     description = f"{described}: {n_train} train / {n_val} val, {size[0]}x{size[1]}"
     return BenchData(folder, description, synthetic, n_train, n_val, size)
@@ -245,96 +232,6 @@ def device_splits(data: BenchData, device: torch.device) -> tuple[DeviceSplit, D
         DeviceSplit.from_arrays(dataset.train.images, dataset.train.masks, device),
         DeviceSplit.from_arrays(dataset.val.images, dataset.val.masks, device),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# The NAIVE baseline: how the original coursework trained
-# --------------------------------------------------------------------------------------------
-
-
-class PngDataset(torch.utils.data.Dataset):
-    """Opens each PNG with Pillow in ``__getitem__``: image ``(1, H, W)`` float in [0, 1], mask ``(H, W)`` long."""
-
-    def __init__(self, split_dir: Path) -> None:
-        self.images = _split_images(Path(split_dir))
-        self.masks = [_mask_path(Path(split_dir), p) for p in self.images]
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, index: int):
-        with Image.open(self.images[index]) as img:
-            image = np.asarray(img, dtype=np.float32) / 255.0
-        with Image.open(self.masks[index]) as img:
-            mask = np.asarray(img, dtype=np.int64)
-        return torch.from_numpy(image).unsqueeze(0), torch.from_numpy(mask)
-
-
-def naive_train_epoch(model, loader, optimizer, criterion, device) -> float:
-    model.train()
-    total = 0.0
-    for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
-        optimizer.zero_grad()
-        probs = F.softmax(model(images), dim=1)
-        loss = criterion(probs, masks)  # cross-entropy of the softmax output: the original's double softmax
-        loss.backward()
-        optimizer.step()
-        total += loss.item()  # a host sync every step, as the original
-    return total / max(len(loader), 1)
-
-
-def naive_evaluate(model, loader, device) -> dict[str, float]:
-    """Stack Dice per class over the split, on the host, batch by batch."""
-    model.eval()
-    inter, n_pred, n_true = (np.zeros(N_CLASSES) for _ in range(3))
-    with torch.no_grad():
-        for images, masks in loader:
-            pred = model(images.to(device)).argmax(dim=1).cpu().numpy()
-            true = masks.numpy()
-            for c in range(N_CLASSES):
-                p, t = pred == c, true == c
-                inter[c] += np.logical_and(p, t).sum()
-                n_pred[c] += p.sum()
-                n_true[c] += t.sum()
-    model.train()
-    denom = n_pred + n_true
-    dice = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
-    return {"dice_fg": float(dice[1:].mean()), "dice_mean4": float(dice.mean())}
-
-
-def naive_fit(
-    model_cfg: SegNetConfig,
-    folder: Path,
-    *,
-    epochs: int,
-    device: torch.device,
-    lr: float = 1e-3,
-    batch_size: int = 10,
-    seed: int = 0,
-    num_workers: int = 0,
-    on_epoch: Callable[[int, dict], None] | None = None,
-) -> list[dict]:
-    """Train like the coursework; one record per epoch with its seconds (train + val)."""
-    torch.manual_seed(seed)
-    model = SegNet.from_config(model_cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    criterion = nn.CrossEntropyLoss()
-    train_loader = DataLoader(PngDataset(folder / "train"), batch_size=batch_size, shuffle=True, num_workers=num_workers)
-    val_loader = DataLoader(PngDataset(folder / "val"), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    history = []
-    for epoch in range(1, epochs + 1):
-        sync(device)
-        start = time.perf_counter()
-        loss = naive_train_epoch(model, train_loader, optimizer, criterion, device)
-        scores = naive_evaluate(model, val_loader, device)
-        sync(device)
-        record = {"epoch": epoch, "seconds": time.perf_counter() - start, "train_loss": loss,
-                  "val_dice_fg": scores["dice_fg"]}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch, record)
-    return history
 
 
 # --------------------------------------------------------------------------------------------
@@ -448,7 +345,7 @@ def ours_sweep(data: BenchData, configs: list[dict], epochs: int, workers: int, 
     summary = run(opts)
     wall = time.perf_counter() - start
     trials = optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in st.FINISHED]
+    finished = [t for t in trials if t.state in FINISHED]
     return {"wall_s": wall, "finished": len(finished), "trials_per_hour": len(finished) / wall * 3600,
             "trial_s": _trial_seconds(finished), "states": summary["states"],
             "best_value": max((t.value for t in finished if t.value is not None), default=None)}
@@ -473,7 +370,7 @@ def naive_sweep(data: BenchData, configs: list[dict], epochs: int, device: torch
 
     study.optimize(objective, n_trials=len(configs))
     wall = time.perf_counter() - start
-    finished = [t for t in study.trials if t.state in st.FINISHED]
+    finished = [t for t in study.trials if t.state in FINISHED]
     return {"wall_s": wall, "finished": len(finished), "trials_per_hour": len(finished) / wall * 3600,
             "trial_s": _trial_seconds(finished), "best_value": study.best_value}
 
@@ -610,7 +507,7 @@ def overhead_run(url: str, n_trials: int, seed: int = 0) -> dict:
             dummy_objective,
             n_trials=n_trials,
             catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=st.FINISHED), progress, StopAfterFailures(),
+            callbacks=[optuna.study.MaxTrialsCallback(n_trials, states=FINISHED), progress, StopAfterFailures(),
                        lambda study, trial: ends.append(time.perf_counter())],
             gc_after_trial=True,
         )
@@ -710,7 +607,7 @@ def memory_in_process(data: BenchData, device: torch.device, trials: int, epochs
         study.enqueue_trial(MEMORY_PARAMS)
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp / "memory-artifacts"))
     (tmp / "memory-artifacts").mkdir(exist_ok=True)
-    objective = Objective(train, val, epochs, seed=0, artifact_store=store)
+    objective = Objective([(train, val)], epochs, seed=0, artifact_store=store)
     rss_before = proc_status_mb("VmRSS")
     rss = []
     study.optimize(objective, n_trials=trials, catch=(Exception,), gc_after_trial=True,

@@ -26,7 +26,9 @@ import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.conftest import SMALL_PARAMS  # noqa: E402
+from sweep.presets import preset  # noqa: E402
+
+SMALL_PARAMS = preset("small")
 
 ENV = {**os.environ, "SEGNET_HEARTBEAT_INTERVAL": "1", "SEGNET_GRACE_PERIOD": "3", "OMP_NUM_THREADS": "1",
        "PYTHONPATH": str(ROOT)}

@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT))
 from data import fold_indices, load_dataset  # noqa: E402
 from sweep.metrics import dice_scores  # noqa: E402
 from sweep.postprocess import predict_probs  # noqa: E402
-from sweep.space import ORIGINAL_PARAMS, configs_from_params, suggest  # noqa: E402
+from sweep.presets import ORIGINAL  # noqa: E402
+from sweep.space import configs_from_params, suggest  # noqa: E402
 from sweep.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16  # noqa: E402
 
 # The best trial of the 30-trial real-data sweep (docs/RESULTS.md, trial 23), rounded.
@@ -169,7 +170,7 @@ def main(argv=None) -> int:
         Path(args.out).write_text(json.dumps(out, indent=1))
         print(json.dumps(out["verdict"], indent=1))
         return 0
-    candidates = [SWEEP_BEST, *random_candidates(max(0, args.candidates - 2), args.seed, args.epochs), ORIGINAL_PARAMS]
+    candidates = [SWEEP_BEST, *random_candidates(max(0, args.candidates - 2), args.seed, args.epochs), dict(ORIGINAL)]
     candidates = candidates[: args.candidates]
     out = {"data": data.describe(), "epochs": args.epochs, "cv": args.cv, "holdout": [data.train.names[i] for i in holdout_idx],
            "tune_train": len(tune_idx), "val": len(data.val), "device": str(device), "candidates": []}

@@ -1,168 +1,239 @@
-"""Argument parsing and exit codes; every command is a plain function in its own module."""
+"""Argument parsing and exit codes; every command is a plain function in its own module.
+
+Read-only commands (status, best without --evaluate, export, report, dashboard) import nothing
+that trains: their modules load only when the command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 
+import sqlalchemy
+from optuna.exceptions import StorageInternalError
+
 from data import DataError
 from sweep.errors import UsageError
+from sweep.predict import add_predict_parser
+from sweep.records import score_label, silence_optuna
+from sweep.strategies import PRUNERS, SAMPLERS
 from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
-    """Bad options end with one line naming the flag (argparse's usage block is two more)."""
+    """Bad options end with one line naming the flag (argparse's usage block is two more).
+
+    Abbreviated flags are refused: ``--trial 5`` must not silently mean ``--trials 5``.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _positive_int(text: str) -> int:
+def _int(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m sweep", description="Hyperparameter sweeps of SegNet on cardiac MR slices.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def storage_flags(p):
-        p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (default %(default)s)")
+def _storage_flags(p: argparse.ArgumentParser, study: bool = True) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (default %(default)s)")
+    if study:
         p.add_argument("--study", default=DEFAULT_STUDY, help="study name (default %(default)s)")
 
+
+def _add_run(sub) -> None:
     run = sub.add_parser("run", help="create or resume a study and run trials until --trials have finished")
-    run.add_argument("--trials", type=_positive_int, default=20, help="target of finished trials, across runs and workers (default %(default)s)")
-    run.add_argument("--epochs", type=_positive_int, default=50, help="epoch budget of each trial (default %(default)s)")
-    run.add_argument("--data", default="phantom", help="'phantom' (built-in synthetic) or a data folder (default %(default)s)")
-    storage_flags(run)
-    run.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
-    run.add_argument("--pruner", choices=("median", "hyperband", "none"), default="median")
-    run.add_argument("--seed", type=int, default=0, help="sampler and training seed (default %(default)s)")
+    run.add_argument("--trials", type=_int, default=20, help="target of finished trials, across runs and workers (default %(default)s)")
+    run.add_argument("--epochs", type=_int, default=50, help="epoch budget of each trial (default %(default)s)")
+    run.add_argument("--data", default="phantom", help="'phantom' (built-in synthetic), a PNG folder, or ACDC / nnU-Net NIfTI (default %(default)s)")
+    _storage_flags(run)
+    run.add_argument("--sampler", choices=tuple(SAMPLERS), default="tpe")
+    run.add_argument("--pruner", choices=tuple(PRUNERS), default="median")
+    run.add_argument("--seed", type=_int, default=0, help="sampler and training seed (default %(default)s)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
-    run.add_argument("--workers", type=_positive_int, default=1, help="worker processes on this machine (default %(default)s)")
+    run.add_argument("--workers", type=_int, default=1, help="worker processes on this machine (default %(default)s)")
     run.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
-    run.add_argument("--enqueue", default=None, metavar="PARAMS.json|JSON", help="run this configuration first, e.g. configs/original.json")
-    run.add_argument("--cv", type=int, default=0, metavar="K",
+    run.add_argument("--enqueue", default=None, metavar="NAME|PARAMS.json|JSON",
+                     help="run this configuration first: a preset (original, small), a JSON file or a JSON object")
+    run.add_argument("--cv", type=_int, default=0, metavar="K",
                      help="K-fold cross-validation over train+val: a trial's value is its mean fold dice_fg "
                           "(default 0: train on train, select on val)")
+    run.add_argument("--groups", default=None, metavar="REGEX",
+                     help="a regex whose first capture on a file or case name is its patient, e.g. 'patient(\\d+)': "
+                          "splits and folds then keep each patient in one part")
+    run.add_argument("--artifacts", default=None, metavar="PATH|s3://BUCKET",
+                     help="where checkpoints and pictures go: a folder all machines share, or an object store "
+                          "(default: beside the SQLite file, else ./artifacts); recorded on the study")
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
 
+
+def _add_best(sub) -> None:
     best = sub.add_parser("best", help="show the best trial; --evaluate retrains it and reports test Dice")
     best.add_argument("--evaluate", action="store_true")
-    best.add_argument("--seeds", type=_positive_int, default=3, help="retrainings with seeds 0..K-1, ensembled for the masks (default %(default)s)")
+    best.add_argument("--seeds", type=_int, default=3, help="retrainings with seeds 0..K-1, ensembled for the masks (default %(default)s)")
     best.add_argument("--data", default=None, help="data folder (default: the one recorded on the study)")
-    best.add_argument("--out", default="best", help="folder for predicted test masks and summary.json (default %(default)s)")
+    best.add_argument("--out", default="best", help="folder for predicted test masks, summary.json and model.pt (default %(default)s)")
     best.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     best.add_argument("--device", default="auto")
     best.add_argument("--quiet", action="store_true")
-    storage_flags(best)
+    _storage_flags(best)
 
+
+def _add_views(sub) -> None:
     status = sub.add_parser("status", help="trials by state, the best trial, running trials with worker and age")
-    storage_flags(status)
+    _storage_flags(status)
     status.add_argument("--json", action="store_true")
-
     export = sub.add_parser("export", help="one CSV row per trial")
     export.add_argument("--csv", required=True, metavar="FILE")
-    storage_flags(export)
-
+    _storage_flags(export)
     report = sub.add_parser("report", help="one self-contained HTML report of the study")
     report.add_argument("--out", default="report.html", metavar="FILE.html")
-    storage_flags(report)
-
+    _storage_flags(report)
     dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage and artifacts")
     dashboard.add_argument("--host", default="127.0.0.1")
     dashboard.add_argument("--port", type=int, default=8080)
-    dashboard.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (default %(default)s)")
+    _storage_flags(dashboard, study=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m sweep", description="Hyperparameter sweeps of SegNet on cardiac MR slices.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_run(sub)
+    _add_best(sub)
+    _add_views(sub)
+    add_predict_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
+    silence_optuna()
     try:
         args = build_parser().parse_args(argv)
-        return _dispatch(args)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that reruns it
+        return COMMANDS[args.command](args)
     except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as err:
+        reason = _storage_reason(err)
+        print(f"error: --storage: {reason}", file=sys.stderr)
+        damaged = any(word in reason for word in ("malformed", "not a database", "file is not a database"))
+        return EXIT_USAGE if damaged else EXIT_ERROR
 
 
-def _quiet_libraries() -> None:
-    """Optuna's logs (a traceback per failed trial) would drown the per-trial lines, which say the same."""
-    import warnings
-
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+def _storage_reason(err: BaseException) -> str:
+    """The database's own words (e.g. "database or disk is full"), one line."""
+    while (inner := getattr(err, "orig", None) or err.__cause__ or err.__context__) is not None:
+        err = inner
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "run":
-        from sweep.run import RunOptions, run, resume_command
+def _run(args: argparse.Namespace) -> int:
+    from sweep.options import RunOptions, resume_command
+    from sweep.run import run
 
-        opts = RunOptions(
-            trials=args.trials, epochs=args.epochs, data=args.data, storage=args.storage, study=args.study,
-            sampler=args.sampler, pruner=args.pruner, seed=args.seed, device=args.device, workers=args.workers,
-            timeout=args.timeout, enqueue=args.enqueue, cv=args.cv, progress=not args.quiet,
-        )
+    opts = RunOptions(
+        trials=args.trials, epochs=args.epochs, data=args.data, storage=args.storage, study=args.study,
+        sampler=args.sampler, pruner=args.pruner, seed=args.seed, device=args.device, workers=args.workers,
+        timeout=args.timeout, enqueue=args.enqueue, cv=args.cv, groups=args.groups, artifacts=args.artifacts,
+        progress=not args.quiet,
+    )
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
+    try:
+        summary = run(opts)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the study is saved. Resume with:\n  {resume_command(opts)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    _print_run_summary(summary, args.json)
+    return EXIT_ERROR if summary["stopped_early"] else EXIT_OK
+
+
+def _best(args: argparse.Namespace) -> int:
+    from sweep import study as st
+    from sweep.best import BestOptions, describe_best
+
+    opts = BestOptions(
+        evaluate=args.evaluate, seeds=args.seeds, data=args.data, out=args.out, json=args.json,
+        storage=args.storage, study=args.study, device=args.device, progress=not args.quiet,
+    )
+    opts.check()
+    if not opts.evaluate:
+        result = describe_best(st.open_study_readonly(opts.storage, opts.study))
+    else:
+        from sweep.evaluate import evaluate_best
+
+        st.check_storage_url(opts.storage)
+        st.require_existing_sqlite(opts.storage)
+        study = st.load_study(st.make_storage(opts.storage, heartbeat=False), opts.study)
         signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
         try:
-            summary = run(opts)
+            result = evaluate_best(study, opts)
         except KeyboardInterrupt:
-            print(f"\ninterrupted; the study is saved. Resume with:\n  {resume_command(opts)}", file=sys.stderr)
+            rerun = shlex.join(["python", "-m", "sweep", *args.argv])
+            print(f"\ninterrupted; nothing was recorded on the study. Rerun with:\n  {rerun}", file=sys.stderr)
             return EXIT_INTERRUPTED
-        _print_run_summary(summary, args.json)
-        return EXIT_ERROR if "stopped after" in summary.get("note", "") else EXIT_OK
+    print(json.dumps(result) if opts.json else _format_best(result))
+    return EXIT_OK
 
-    if args.command == "best":
-        from sweep.best import BestOptions, describe_best, evaluate_best, open_study_readonly
 
-        opts = BestOptions(
-            evaluate=args.evaluate, seeds=args.seeds, data=args.data, out=args.out, json=args.json,
-            storage=args.storage, study=args.study, device=args.device, progress=not args.quiet,
-        )
-        opts.check()
-        study = open_study_readonly(opts.storage, opts.study)
-        result = evaluate_best(study, opts) if opts.evaluate else describe_best(study)
-        if opts.json:
-            print(json.dumps(result))
-        else:
-            _print_best(result)
-        return EXIT_OK
-    if args.command == "status":
-        from sweep.status import format_status, study_status
+def _status(args: argparse.Namespace) -> int:
+    from sweep.status import format_status, study_status
 
-        result = study_status(args.storage, args.study)
-        print(json.dumps(result) if args.json else format_status(result))
-        return EXIT_OK
-    if args.command == "export":
-        from sweep.export import export_csv
+    result = study_status(args.storage, args.study)
+    print(json.dumps(result) if args.json else format_status(result))
+    return EXIT_OK
 
-        rows = export_csv(args.storage, args.study, args.csv)
-        print(f"wrote {rows} trials to {args.csv}")
-        return EXIT_OK
-    if args.command == "report":
-        from sweep.report import write_report
 
-        path = write_report(args.storage, args.study, args.out)
-        print(f"wrote {path}")
-        return EXIT_OK
-    if args.command == "dashboard":
-        from sweep.dashboard import serve
+def _export(args: argparse.Namespace) -> int:
+    from sweep.export import cases_path, export_cases, export_csv
 
-        serve(args.storage, host=args.host, port=args.port)
-        return EXIT_OK
-    raise UsageError(f"unknown command {args.command!r}")
+    rows = export_csv(args.storage, args.study, args.csv)
+    print(f"wrote {rows} trials to {args.csv}")
+    cases = export_cases(args.storage, args.study, args.csv)
+    if cases:
+        print(f"wrote {cases} evaluated test volumes (per-patient Dice, HD95, ASSD) to {cases_path(args.csv)}")
+    return EXIT_OK
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sweep.report import write_report
+
+    print(f"wrote {write_report(args.storage, args.study, args.out)}")
+    return EXIT_OK
+
+
+def _dashboard(args: argparse.Namespace) -> int:
+    from sweep.dashboard import serve
+
+    serve(args.storage, host=args.host, port=args.port)
+    return EXIT_OK
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from sweep.predict import format_summary, run_predict
+
+    print(format_summary(run_predict(args)))
+    return EXIT_OK
+
+
+COMMANDS = {"run": _run, "best": _best, "status": _status, "export": _export, "report": _report,
+            "dashboard": _dashboard, "predict": _predict}
 
 
 def _print_run_summary(summary: dict, as_json: bool) -> None:
@@ -182,33 +253,40 @@ def _print_run_summary(summary: dict, as_json: bool) -> None:
         print("next: python -m sweep best --evaluate")
 
 
-def _print_best(result: dict) -> None:
-    score = f"{result['cv']}-fold cv dice_fg" if result.get("cv") else "val dice_fg"
-    print(f"study {result['study']!r}: best trial {result['trial']}, {score} {result['val_dice_fg']:.4f}")
+def _format_best(result: dict) -> str:
+    cv = result.get("cv")
+    lines = [f"study {result['study']!r}: best trial {result['trial']}, {score_label(cv)} {result['val_dice_fg']:.4f}"]
     val = result.get("val") or {}
-    if val:
-        print(("  cv Dice   " if result.get("cv") else "  val Dice  ") + "  ".join(f"{k[5:]} {v:.4f}" for k, v in val.items() if v is not None))
-    print("  params    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result["params"].items()))
-    test = result.get("test")
+    if any(v is not None for v in val.values()):
+        lines.append(("  cv Dice   " if cv else "  val Dice  ") + "  ".join(f"{k[5:]} {v:.4f}" for k, v in val.items() if v is not None))
+    lines.append("  params    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result["params"].items()))
     if "seeds" in result:
-        if test is None:
-            print("  test      no masks: predicted masks written, no test Dice")
-        else:
-            classes = "  ".join(f"{k[5:]} {test[k]:.4f}±{test[k + '_std']:.4f}" for k in ("dice_rv", "dice_myo", "dice_lv"))
-            print(f"  test Dice {classes}  fg {test['dice_fg']:.4f}±{test['dice_fg_std']:.4f}"
-                  f"  mean4 {test['dice_mean4']:.4f}  ({test['n_images']} images, mean±std over seeds {result['seeds']})")
-            ens = test["ensemble"]
-            lo, hi = ens["dice_fg_ci95"]
-            print(f"  ensemble  fg {ens['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}): the written masks")
-        post = result["postprocess"]
-        chosen_on = "out-of-fold predictions" if result.get("cv") else "val"
-        print(f"  post      rotation TTA {'on' if post['tta'] else 'off'}, largest component {'on' if post['largest_component'] else 'off'} (chosen on {chosen_on})")
-        est = result.get("estimate")
-        if est:
-            lo, hi = est["dice_fg_ci95"]
-            print(f"  expect    fg {est['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}) on unseen slices, "
-                  f"from {est['source']}")
-        print(f"  masks     {result['masks']}")
+        lines += _format_evaluation(result)
+    return "\n".join(lines)
+
+
+def _format_evaluation(result: dict) -> list[str]:
+    test = result.get("test")
+    if test is None:
+        lines = ["  test      no masks: predicted masks written, no test Dice"]
+    else:
+        classes = "  ".join(f"{k[5:]} {test[k]:.4f}±{test[k + '_std']:.4f}" for k in ("dice_rv", "dice_myo", "dice_lv"))
+        ens = test["ensemble"]
+        lo, hi = ens["dice_fg_ci95"]
+        lines = [f"  test Dice {classes}  fg {test['dice_fg']:.4f}±{test['dice_fg_std']:.4f}"
+                 f"  mean4 {test['dice_mean4']:.4f}  ({test['n_images']} images, mean±std over seeds {result['seeds']})",
+                 f"  ensemble  fg {ens['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}): the written masks"]
+    post = result["postprocess"]
+    chosen_on = "out-of-fold predictions" if result.get("cv") else "val"
+    lines.append(f"  post      rotation TTA {'on' if post['tta'] else 'off'}, largest component "
+                 f"{'on' if post['largest_component'] else 'off'} (chosen on {chosen_on})")
+    est = result.get("estimate")
+    if est:
+        lo, hi = est["dice_fg_ci95"]
+        lines.append(f"  expect    fg {est['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}) on unseen slices, "
+                     f"from {est['source']}")
+    lines.append(f"  masks     {result['masks']}")
+    return lines
 
 
 def _fmt(v) -> str:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweep.best import open_study_readonly
-from sweep.errors import UsageError
+import pandas as pd
 
-DROPPED = ("user_attrs_history",)  # per-epoch lists: bulky, and unreadable in a cell
+from sweep.errors import UsageError
+from sweep.records import DICE_KEYS, StudyKey, TrialKey
+from sweep.study import open_study_readonly
+
+DROPPED = (f"user_attrs_{TrialKey.HISTORY}",)  # per-epoch lists: bulky, and unreadable in a cell
 # Always present and first, even where no trial has set them yet (e.g. fail_reason), so that a
 # script reading the CSV does not depend on what happened in the study.
 FIRST = (
-    "number", "state", "dice_bg", "dice_rv", "dice_myo", "dice_lv", "dice_fg", "dice_mean4",
-    "best_epoch", "epochs_run", "seconds", "n_params", "fail_reason", "pruned_at_epoch",
+    "number", "state", *DICE_KEYS, "dice_fg", "dice_mean4",
+    TrialKey.BEST_EPOCH, TrialKey.EPOCHS_RUN, TrialKey.SECONDS, TrialKey.N_PARAMS, TrialKey.FAIL_REASON, TrialKey.PRUNED_AT,
 )
 
 
@@ -30,8 +33,28 @@ def export_csv(storage_url: str, study_name: str, path: str | Path) -> int:
     first = [FIRST[0], FIRST[1], *values, *FIRST[2:]]
     rest = [c for c in frame.columns if c not in first and c not in params]
     frame = frame.reindex(columns=first + params + rest)
+    _write(frame, path)
+    return len(frame)
+
+
+def cases_path(path: str | Path) -> Path:
+    """Where the evaluation's per-patient rows go: beside the trials, ``NAME_cases.csv``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}_cases{path.suffix or '.csv'}")
+
+
+def export_cases(storage_url: str, study_name: str, path: str | Path) -> int:
+    """One row per evaluated test volume (case, patient, phase, Dice, HD95, ASSD per structure),
+    where the study's evaluation was on volume data; returns the rows written (0: no file)."""
+    study = open_study_readonly(storage_url, study_name)
+    cases = ((study.user_attrs.get(StudyKey.EVALUATION) or {}).get("volumes") or {}).get("cases") or []
+    if cases:
+        _write(pd.DataFrame(cases), cases_path(path))
+    return len(cases)
+
+
+def _write(frame: pd.DataFrame, path: str | Path) -> None:
     try:
         frame.to_csv(path, index=False)
     except OSError as err:
         raise UsageError(f"--csv {path}: cannot write ({err.strerror or err})") from None
-    return len(frame)

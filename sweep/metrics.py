@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-CLASS_NAMES = ("bg", "rv", "myo", "lv")  # class ids 0..3
+from sweep.records import CLASS_NAMES
+
 FOREGROUND = (1, 2, 3)
 
 

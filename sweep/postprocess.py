@@ -9,12 +9,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from sweep.metrics import dice_scores
 from sweep.train import predict_logits
 
 TTA_ANGLES = (-10.0, 0.0, 10.0)  # degrees, within the augmentation range the sweep searches
@@ -49,3 +51,42 @@ def keep_largest_component(masks: np.ndarray, classes=(1, 2, 3)) -> np.ndarray:
                 sizes = np.bincount(labels.ravel())[1:]
                 out[i][(labels > 0) & (labels != 1 + int(np.argmax(sizes)))] = 0
     return out
+
+
+def apply_postprocessing(probs: torch.Tensor, post: dict) -> np.ndarray:
+    """Class-id masks ``(N, H, W)`` uint8 from probabilities ``(N, C, H, W)``, cleaned if ``post`` says so."""
+    masks = probs.argmax(1).numpy().astype(np.uint8)
+    return keep_largest_component(masks) if post["largest_component"] else masks
+
+
+@dataclass
+class Probs:
+    """Class probabilities ``(N, C, H, W)`` of the same slices, without and with rotation TTA."""
+
+    plain: torch.Tensor
+    tta: torch.Tensor
+
+    def of(self, tta: bool) -> torch.Tensor:
+        return self.tta if tta else self.plain
+
+    @classmethod
+    def mean(cls, items: list[Probs]) -> Probs:
+        """The ensemble of several models' probabilities."""
+        return cls(torch.stack([p.plain for p in items]).mean(0), torch.stack([p.tta for p in items]).mean(0))
+
+
+def choose_postprocessing(probs: Probs, masks: np.ndarray) -> dict:
+    """Keep each refinement only if it raises the ensemble's held-out ``dice_fg`` (ties: off).
+
+    ``probs`` are the ensemble's probabilities of the held-out slices; ``masks`` their ground
+    truth ``(N, H, W)``.
+    """
+    truth = torch.as_tensor(masks)
+    scores = {}
+    for tta in (False, True):
+        for lcc in (False, True):
+            pred = apply_postprocessing(probs.of(tta), {"tta": tta, "largest_component": lcc})
+            scores[(tta, lcc)] = dice_scores(torch.as_tensor(pred), truth)["dice_fg"]
+    tta, lcc = max(scores, key=lambda k: (round(scores[k], 6), -sum(k)))
+    val_scores = {f"tta={a},lcc={b}".lower(): round(v, 5) for (a, b), v in scores.items()}
+    return {"tta": tta, "largest_component": lcc, "val_dice_fg": val_scores}

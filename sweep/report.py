@@ -17,15 +17,23 @@ import optuna
 import optuna.visualization as vis
 import pandas as pd
 import plotly.graph_objects as go
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
+from sweep import artifacts
+from sweep import records as rec
 from sweep import study as st
-from sweep.best import TEST_OVERLAY, open_study_readonly
 from sweep.errors import UsageError
-from sweep.metrics import CLASS_NAMES
-from sweep.space import ORIGINAL_PARAMS
+from sweep.presets import ORIGINAL
+from sweep.records import CLASS_NAMES, TEST_OVERLAY, StudyKey
+from sweep.records import TrialKey as K
+from sweep.space import EDGE_LIMITS
+from sweep.study import open_study_readonly
 
 TARGET = "val dice_fg"
 TOP_TRIALS = 10
@@ -63,14 +71,17 @@ def edge_warnings(study: optuna.Study) -> list[str]:
         if isinstance(dist, CategoricalDistribution):
             choices = ", ".join(_fmt(c) for c in dist.choices)
             word = "largest" if side == "upper" else "smallest"
+            advice = (f"consider adding {'larger' if side == 'upper' else 'smaller'} values"
+                      if side not in EDGE_LIMITS.get(name, ()) else f"nothing {word[:-3]}er is meaningful here")
             warnings.append(
-                f"{name}: the best {len(values)} trials all use the {word} choice ({shown}; choices {choices}); "
-                f"consider adding {'larger' if side == 'upper' else 'smaller'} values"
+                f"{name}: the best {len(values)} trials all use the {word} choice ({shown}; choices {choices}); {advice}"
             )
         else:
             scale = ", log scale" if dist.log else ""
             advice = "consider widening the range"
-            if side == "lower" and dist.low == 0 and not dist.log:
+            if side in EDGE_LIMITS.get(name, ()):
+                advice = f"the range cannot meaningfully go {'higher' if side == 'upper' else 'lower'}"
+            elif side == "lower" and dist.low == 0 and not dist.log:
                 # 0 usually means "off" (no dropout, no augmentation): nothing lies beyond it.
                 advice = "0 is a natural limit, so the best trials leave it off; widen the range only if it can go lower"
             warnings.append(
@@ -110,7 +121,7 @@ def _edge_side(dist, values: list) -> str | None:
 
 def original_trials(study: optuna.Study) -> list[FrozenTrial]:
     """Trials that ran the original coursework configuration (``configs/original.json``)."""
-    return [t for t in study.get_trials(deepcopy=False) if t.params and _same_params(t.params, ORIGINAL_PARAMS)]
+    return [t for t in study.get_trials(deepcopy=False) if t.params and _same_params(t.params, ORIGINAL)]
 
 
 def _same_params(a: dict, b: dict) -> bool:
@@ -152,7 +163,7 @@ def learning_curves(study: optuna.Study) -> go.Figure:
 
 def history_figure(trial: FrozenTrial) -> go.Figure | None:
     """The best trial's per-epoch losses and per-class validation Dice (its ``history`` attr)."""
-    history = trial.user_attrs.get("history")
+    history = trial.user_attrs.get(K.HISTORY)
     if not history or not history.get("val_dice_fg"):
         return None
     epochs = list(range(1, len(history["val_dice_fg"]) + 1))
@@ -162,11 +173,20 @@ def history_figure(trial: FrozenTrial) -> go.Figure | None:
     for key in [f"val_dice_{c}" for c in CLASS_NAMES] + ["val_dice_fg"]:
         wide = {"width": 3} if key == "val_dice_fg" else {}
         fig.add_trace(go.Scatter(x=epochs, y=history.get(key), name=key[4:], mode="lines+markers", line=wide), 1, 2)
-    best = trial.user_attrs.get("best_epoch")
+    best = trial.user_attrs.get(K.BEST_EPOCH)
     if best:
         fig.add_vline(x=best, line_dash="dot", line_color="#888", annotation_text=f"best epoch {best}", row=1, col=2)
     fig.update_xaxes(title_text="epoch", dtick=_epoch_tick(len(epochs)))
+    # An untrained first epoch can score a loss hundreds of times the rest: log scale keeps the curves readable.
+    fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(title=f"Trial {trial.number}: training history", height=420)
+    return fig
+
+
+def history_plot(study: optuna.Study) -> go.Figure:
+    """Optuna's optimisation history, with whole trial numbers on the axis."""
+    fig = vis.plot_optimization_history(study, target_name=TARGET)
+    fig.update_xaxes(tickformat="d", dtick=max(1, math.ceil(len(study.trials) / 10)))
     return fig
 
 
@@ -184,7 +204,7 @@ class _Page:
     def __init__(self, study: optuna.Study, storage_url: str) -> None:
         self.study = study
         self.storage_url = storage_url
-        self.store = optuna.artifacts.FileSystemArtifactStore(str(st.default_artifact_dir(storage_url)))
+        self.store = artifacts.open_store(artifacts.location_of(study, storage_url))
         self._plotly_embedded = False
 
     def render(self) -> str:
@@ -192,8 +212,7 @@ class _Page:
         ranked = _ranked(s)
         best = ranked[0] if ranked else None
         body = [self.header(ranked)]
-        body.append(self.section("Optimisation history", self.plot(
-            vis.plot_optimization_history(s, target_name=TARGET) if ranked else None, "no complete trial yet")))
+        body.append(self.section("Optimisation history", self.plot(history_plot(s) if ranked else None, "no complete trial yet")))
         body.append(self.section("Learning curves", '<p class="hint">val dice_fg per epoch; pruned trials dashed grey, running ones dotted.</p>'
                                  + self.plot(learning_curves(s) if s.trials else None, "no trials yet")))
         body.append(self.section("Parameter importances", self.importances(ranked)))
@@ -233,16 +252,16 @@ class _Page:
         states = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no trials"
         rows = [
             ("study", f"{s.study_name} in {self.storage_url}"),
-            ("data", attrs.get("data_description") or attrs.get("data_source") or "not recorded"),
+            ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
             ("trials", f"{len(s.trials)} ({states}); epoch budget {attrs.get('epochs', '?')}"),
             ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
             ("selection", f"{attrs['cv']}-fold cross-validation over train+val (values are mean fold dice_fg)"
-             if attrs.get("cv") else "on the val split"),
-            ("versions", ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items())),
+             if attrs.get(StudyKey.CV) else "on the val split"),
+            ("versions", ", ".join(f"{k} {v}" for k, v in attrs.get(StudyKey.VERSIONS, {}).items())),
             ("generated", datetime.now().isoformat(timespec="seconds")),
         ]
         badge = ""
-        if attrs.get("synthetic_data"):
+        if attrs.get(StudyKey.SYNTHETIC):
             badge = '<p class="badge">Synthetic data: the built-in phantom, not real MR images.</p>'
         table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows)
         return f'<h1>{_e("Sweep report: study " + s.study_name)}</h1>\n{badge}<table class="meta">{table}</table>'
@@ -268,17 +287,18 @@ class _Page:
         for name in sorted(ranked[0].params):
             fig = vis.plot_slice(self.study, params=[name], target_name=TARGET)
             fig.update_layout(title=name, showlegend=False, width=None)
-            fig.update_traces(marker={"showscale": False}, selector={"type": "scatter"})
+            # Viridis: Optuna's default white-to-blue scale draws the first trials almost invisibly.
+            fig.update_traces(marker={"showscale": False, "colorscale": "Viridis"}, selector={"type": "scatter"})
             cells.append(f"<div>{self.plot(fig, '', height=300, keep_title=True)}</div>")
-        return '<p class="hint">Colour: trial number (darker is later).</p><div class="grid">' + "".join(cells) + "</div>"
+        return '<p class="hint">Colour: trial number (purple is early, yellow is late).</p><div class="grid">' + "".join(cells) + "</div>"
 
     def best_trial(self, best: FrozenTrial | None) -> str:
         if best is None:
             return _note("no complete trial yet")
         a = best.user_attrs
         facts = (
-            f"Trial {best.number}: {TARGET} {best.value:.4f} at epoch {a.get('best_epoch', '?')} of {a.get('epochs_run', '?')}; "
-            f"{a.get('n_params', 0):,} parameters; {a.get('seconds', 0):.0f} s on {a.get('device', '?')}."
+            f"Trial {best.number}: {TARGET} {best.value:.4f} at epoch {a.get(K.BEST_EPOCH, '?')} of {a.get(K.EPOCHS_RUN, '?')}; "
+            f"{a.get(K.N_PARAMS, 0):,} parameters; {a.get(K.SECONDS, 0):.0f} s on {a.get(K.DEVICE, '?')}."
         )
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
         parts = [f"<p>{_e(facts)}</p><p class='params'>{_e(params)}</p>"]
@@ -295,7 +315,7 @@ class _Page:
         original = original_trials(self.study)
         if not original:
             return _note("this study has no trial with the original configuration: start a study with "
-                         "`--enqueue configs/original.json` to measure the sweep against it")
+                         "`--enqueue original` to measure the sweep against it")
         done = [t for t in original if t.state == TrialState.COMPLETE]
         if not done:
             states = ", ".join(f"trial {t.number} {t.state.name.lower()}" for t in original)
@@ -316,8 +336,8 @@ class _Page:
         rows = []
         for label, t in ((f"original configuration (trial {orig.number})", orig), (f"best (trial {best.number})", best)):
             a = t.user_attrs
-            rows.append(f"<tr><th>{_e(label)}</th>{cells(scores(t))}<td>{a.get('n_params', 0):,}</td>"
-                        f"<td>{a.get('seconds', 0):.0f}</td></tr>")
+            rows.append(f"<tr><th>{_e(label)}</th>{cells(scores(t))}<td>{a.get(K.N_PARAMS, 0):,}</td>"
+                        f"<td>{a.get(K.SECONDS, 0):.0f}</td></tr>")
         diff = [None if a is None or b is None else b - a for a, b in zip(scores(orig), scores(best))]
         rows.append(f"<tr><th>difference</th>{cells(diff, signed=True)}<td></td><td></td></tr>")
         return (f'<p class="hint">Same epoch budget and checkpoint rule; both selected and scored the same way.</p>'
@@ -331,8 +351,8 @@ class _Page:
             a = t.user_attrs
             row = {"trial": t.number, TARGET: t.value}
             row.update({c: a.get(f"dice_{c}") for c in CLASS_NAMES})
-            row.update({"mean4": a.get("dice_mean4"), "best epoch": a.get("best_epoch"), "epochs": a.get("epochs_run"),
-                        "seconds": a.get("seconds"), "n params": a.get("n_params")})
+            row.update({"mean4": a.get("dice_mean4"), "best epoch": a.get(K.BEST_EPOCH), "epochs": a.get(K.EPOCHS_RUN),
+                        "seconds": a.get(K.SECONDS), "n params": a.get(K.N_PARAMS)})
             row.update({k: _fmt(v) for k, v in t.params.items()})
             rows.append(row)
         frame = pd.DataFrame(rows)
@@ -353,13 +373,13 @@ class _Page:
         return f'<ul class="warnings">{items}</ul>'
 
     def evaluation(self) -> str:
-        ev = self.study.user_attrs.get("evaluation")
+        ev = self.study.user_attrs.get(StudyKey.EVALUATION)
         if not ev:
             return _note("not evaluated yet: run `python -m sweep best --evaluate`")
         text = f"Trial {ev['trial']} retrained with seeds {ev['seeds']} and evaluated on {ev.get('n_test_images', '?')} test images."
         test = ev.get("test")
         if test:
-            keys = [f"dice_{c}" for c in CLASS_NAMES] + ["dice_fg", "dice_mean4"]
+            keys = [*rec.DICE_KEYS, "dice_fg", "dice_mean4"]
             head = "".join(f"<th>{_e(k[5:])}</th>" for k in keys)
             cells = "".join(f"<td>{test[k]:.4f}</td>" for k in keys)
             spread = f" ± {test['dice_fg_std']:.4f} over {len(ev['seeds'])} seeds" if len(ev.get("seeds", [])) > 1 else ""
@@ -367,6 +387,8 @@ class _Page:
             parts = [f"<p>{_e(text)} Test dice_fg {test['dice_fg']:.4f}{_e(spread)}.</p>{table}"]
         else:
             parts = [f"<p>{_e(text)} The test split has no masks, so there is no test Dice; predicted masks are in the --out folder.</p>"]
+        if ev.get("volumes"):
+            parts.append(volume_tables(ev["volumes"]))
         overlays = [m for m in optuna.artifacts.get_all_artifact_meta(self.study) if m.filename == TEST_OVERLAY]
         if overlays:  # each evaluation uploads one; the last belongs to the recorded evaluation
             parts.append(self.picture(overlays[-1], "test predictions"))
@@ -378,7 +400,12 @@ class _Page:
             flags += ["--storage", self.storage_url]
         if self.study.study_name != st.DEFAULT_STUDY:
             flags += ["--study", self.study.study_name]
-        run = self.study.user_attrs.get("command", "python -m sweep run  # (command not recorded)")
+        run = self.study.user_attrs.get(StudyKey.COMMAND, "python -m sweep run  # (command not recorded)")
+        ev = self.study.user_attrs.get(StudyKey.EVALUATION) or {}
+        if ev.get("seeds") is not None:
+            flags += ["--seeds", str(len(ev["seeds"]))]
+        if ev.get("out"):
+            flags += ["--out", ev["out"]]
         best = shlex.join(["python", "-m", "sweep", "best", "--evaluate", *flags])
         return f"<pre>{_e(run)}\n{_e(best)}</pre>"
 
@@ -390,6 +417,35 @@ class _Page:
             return _note(f"{meta.filename}: artifact not readable ({err})")
         return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+VOLUME_METRICS = (("dice", "Dice", 3), ("hd95", "HD95 mm", 1), ("assd", "ASSD mm", 1))
+
+
+def volume_tables(volumes: dict) -> str:
+    """Per-patient 3-D evaluation: mean ± std by phase, clinical indices, and every test volume."""
+    head = "".join(f"<th>{_e(label)} {s}</th>" for _, label, _ in VOLUME_METRICS for s in ("RV", "Myo", "LV"))
+    rows = []
+    for phase, m in (volumes.get("summary") or {}).items():
+        cells = "".join(f"<td>{m[f'{key}_{s}'][0]:.{d}f} ± {m[f'{key}_{s}'][1]:.{d}f}</td>"
+                        for key, _, d in VOLUME_METRICS for s in ("rv", "myo", "lv"))
+        rows.append(f"<tr><th>{_e(phase)}</th>{cells}</tr>")
+    parts = [f'<p class="hint">Per test volume on its original grid with its voxel spacing (mean ± std over '
+             f'{len(volumes.get("cases") or [])} volumes).</p><div class="scroll"><table class="top"><tr><th>phase</th>'
+             f'{head}</tr>{"".join(rows)}</table></div>']
+    clinical = volumes.get("clinical")
+    if clinical:
+        keys = [k for k in clinical if k != "n_patients"]
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        cells = "".join(f"<tr><th>{_e(k)}</th><td>{fmt(clinical[k]['r'])}</td><td>{fmt(clinical[k]['bias'])}</td></tr>"
+                        for k in keys)
+        parts.append(f'<p class="hint">Clinical indices of {clinical["n_patients"]} patients against the ground truth '
+                     f'(ml, %, g).</p><table class="top"><tr><th>index</th><th>Pearson r</th><th>mean bias</th></tr>{cells}</table>')
+    if volumes.get("cases"):
+        frame = pd.DataFrame(volumes["cases"])
+        parts.append(f"<details><summary>every test volume</summary><div class=\"scroll\">"
+                     f"{frame.to_html(index=False, classes='top', border=0, na_rep='–')}</div></details>")
+    return "\n".join(parts)
 
 
 def _note(text: str) -> str:

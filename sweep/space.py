@@ -24,39 +24,29 @@ Ranges and why:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import optuna
 
-from model import SegNetConfig
-from sweep.train import TrainConfig
+if TYPE_CHECKING:
+    from model import SegNetConfig
+    from sweep.train import TrainConfig
 
 SPACE_VERSION = 1  # bump whenever a range or parameter changes: studies record it
 MAX_WIDTH = 512  # filter cap of the deep stages, as in SegNet-VGG16
 BATCH_SIZES = (4, 8, 10, 16)
 WIDTHS = (8, 16, 32, 64)
-
-# The original coursework configuration: SegNet-VGG16 widths 64-512, Adam 1e-3, batch 10, plain
-# cross-entropy, constant learning rate, no augmentation. Enqueue it to compare a sweep with it.
-ORIGINAL_PARAMS = {
-    "lr": 1e-3,
-    "weight_decay": 1e-6,
-    "depth": 5,
-    "base_width": 64,
-    "convs_shallow": 2,
-    "convs_deep": 3,
-    "kernel_size": 3,
-    "batch_size": 10,
-    "dice_weight": 0.0,
-    "class_weight_power": 0.0,
-    "dropout": 0.0,
-    "schedule": "constant",
-    "aug_rotate": 0.0,
-    "aug_scale": 0.0,
-    "aug_gamma": 0.0,
-}
+# Sides of a range beyond which no value is meaningful, so that the report's edge warnings do not
+# suggest them: a 1x1 kernel sees no neighbourhood, 96 px allow at most 5 poolings, a stage needs a conv.
+EDGE_LIMITS = {"kernel_size": ("lower",), "depth": ("upper",), "convs_shallow": ("lower",), "convs_deep": ("lower",)}
 
 
 def suggest(trial: optuna.Trial, epochs: int) -> tuple[SegNetConfig, TrainConfig]:
     """Sample (or, for a FixedTrial, read back) a trial's hyperparameters."""
+    # Imported here, so that reading this module's constants (the report's edge warnings) loads no torch.
+    from model import SegNetConfig
+    from sweep.train import TrainConfig
+
     depth = trial.suggest_int("depth", 3, 5)
     convs_shallow = trial.suggest_int("convs_shallow", 1, 3)
     convs_deep = trial.suggest_int("convs_deep", 1, 3)
@@ -86,3 +76,17 @@ def suggest(trial: optuna.Trial, epochs: int) -> tuple[SegNetConfig, TrainConfig
 def configs_from_params(params: dict, epochs: int) -> tuple[SegNetConfig, TrainConfig]:
     """The configs a finished trial's params stand for (used by ``best`` and checks of --enqueue)."""
     return suggest(optuna.trial.FixedTrial(params), epochs)
+
+
+def params_problem(params: dict, epochs: int) -> str | None:
+    """Why ``params`` is not a configuration of this space (a missing, unknown or invalid
+    parameter), or None. FixedTrial alone would ignore unknown names."""
+    trial = optuna.trial.FixedTrial(params)
+    try:
+        suggest(trial, epochs)
+    except (ValueError, KeyError, TypeError) as err:
+        return str(err) or type(err).__name__
+    unknown = sorted(set(params) - set(trial.params))
+    if unknown:
+        return f"unknown parameter(s) {', '.join(unknown)}; the space has {', '.join(sorted(trial.params))}"
+    return None

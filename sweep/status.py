@@ -4,65 +4,73 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-from sweep.best import open_study_readonly
-from sweep.metrics import CLASS_NAMES
+from sweep import records as rec
+from sweep.progress import duration, remaining_seconds
+from sweep.records import ProgressKey, StudyKey, TrialKey
+from sweep.study import open_study_readonly
 
 
 def study_status(storage_url: str, study_name: str) -> dict:
     """Trials by state, the target (of the latest run), the best trial, running trials."""
     study = open_study_readonly(storage_url, study_name)
     trials = study.get_trials(deepcopy=False)
-    states = {s.name.lower(): 0 for s in TrialState}
-    for t in trials:
-        states[t.state.name.lower()] += 1
+    states = rec.state_counts(trials)
     now = datetime.now()  # Optuna stores naive local times
-    running = [
-        {
-            "trial": t.number,
-            "worker": t.user_attrs.get("worker"),
-            "age_s": round((now - t.datetime_start).total_seconds(), 1) if t.datetime_start else None,
-            "started": t.datetime_start.isoformat(timespec="seconds") if t.datetime_start else None,
-        }
-        for t in trials
-        if t.state == TrialState.RUNNING
-    ]
+    running = [_running(t, now) for t in trials if t.state == TrialState.RUNNING]
     return {
         "study": study.study_name,
         "storage": storage_url,
         "states": states,
         "finished": states["complete"] + states["pruned"],
-        "target": recorded_target(study),
-        "best": _best(study),
+        "target": study.user_attrs.get(StudyKey.TARGET),
+        "best": rec.best_summary(study),
         "running": running,
-        "evaluation": study.user_attrs.get("evaluation"),
-        "data": study.user_attrs.get("data_description"),
-        "cv": study.user_attrs.get("cv", 0),
+        "evaluation": study.user_attrs.get(StudyKey.EVALUATION),
+        "data": study.user_attrs.get(StudyKey.DATA_DESCRIPTION),
+        "cv": rec.study_cv(study),
     }
 
 
-def recorded_target(study: optuna.Study) -> int | None:
-    """The ``--trials`` of the latest ``run`` on the study."""
-    return study.user_attrs.get("target")
+def _running(trial: FrozenTrial, now: datetime) -> dict:
+    """A running trial: who runs it, for how long, and how far it has got (its PROGRESS attribute)."""
+    progress = trial.user_attrs.get(TrialKey.PROGRESS) or {}
+    left = remaining_seconds(progress)
+    return {
+        "trial": trial.number,
+        "worker": trial.user_attrs.get(TrialKey.WORKER),
+        "age_s": round((now - trial.datetime_start).total_seconds(), 1) if trial.datetime_start else None,
+        "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+        "epoch": progress.get(ProgressKey.EPOCH),
+        "epochs": progress.get(ProgressKey.EPOCHS, trial.user_attrs.get(TrialKey.EPOCH_BUDGET)),
+        "last_val_dice_fg": progress.get(ProgressKey.LAST),
+        "best_val_dice_fg": progress.get(ProgressKey.BEST),
+        "remaining_s": None if left is None else round(left, 1),
+        "resumed_at_epoch": trial.user_attrs.get(TrialKey.RESUMED_AT),
+    }
 
 
-def _best(study: optuna.Study) -> dict | None:
-    try:
-        t = study.best_trial
-    except ValueError:
-        return None
-    val = {f"dice_{c}": t.user_attrs.get(f"dice_{c}") for c in CLASS_NAMES}
-    return {"trial": t.number, "val_dice_fg": t.value, "params": t.params, "val": val}
+def _running_line(r: dict) -> str:
+    age = _age(r["age_s"]) if r["age_s"] is not None else "?"
+    line = f"running: trial {r['trial']} on {r['worker'] or 'unknown worker'} for {age}"
+    if r.get("epoch") is not None:
+        line += f", epoch {r['epoch']}/{r['epochs'] if r['epochs'] is not None else '?'}"
+        if r.get("last_val_dice_fg") is not None:
+            line += f", dice_fg last {r['last_val_dice_fg']:.4f} best {r['best_val_dice_fg']:.4f}"
+        if r.get("remaining_s") is not None:
+            line += f", ~{duration(r['remaining_s'])} left"
+    if r.get("resumed_at_epoch"):
+        line += f" (resumed after epoch {r['resumed_at_epoch']})"
+    return line
 
 
 def format_status(status: dict) -> str:
     s = status["states"]
     target = f" of {status['target']}" if status["target"] is not None else ""
     lines = [
-        f"study {status['study']!r} in {status['storage']}: {status['finished']}{target} trials finished "
-        f"({s['complete']} complete, {s['pruned']} pruned, {s['fail']} failed, {s['running']} running)"
+        (f"study {status['study']!r} in {status['storage']}: {status['finished']}{target} trials finished "
+         f"({s['complete']} complete, {s['pruned']} pruned, {s['fail']} failed, {s['running']} running)")
     ]
     if status.get("data"):
         lines.append(f"data: {status['data']}")
@@ -71,17 +79,15 @@ def format_status(status: dict) -> str:
         lines.append("best: no complete trial yet")
     else:
         val = "  ".join(f"{k[5:]} {v:.4f}" for k, v in best["val"].items() if v is not None)
-        score = f"{status['cv']}-fold cv dice_fg" if status.get("cv") else "val dice_fg"
-        lines.append(f"best: trial {best['trial']}, {score} {best['val_dice_fg']:.4f}" + (f"  ({val})" if val else ""))
+        lines.append(f"best: trial {best['trial']}, {rec.score_label(status.get('cv'))} {best['val_dice_fg']:.4f}" + (f"  ({val})" if val else ""))
         lines.append("  params " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
-    for r in status["running"]:
-        age = _age(r["age_s"]) if r["age_s"] is not None else "?"
-        lines.append(f"running: trial {r['trial']} on {r['worker'] or 'unknown worker'} for {age}")
+    lines.extend(_running_line(r) for r in status["running"])
     ev = status.get("evaluation")
     if ev:
         test = ev.get("test")
         shown = f"test dice_fg {test['dice_fg']:.4f}" if test else "no test masks"
         lines.append(f"evaluated: trial {ev['trial']}, seeds {ev['seeds']}: {shown}")
+        lines += volume_summary_lines((ev.get("volumes") or {}).get("summary") or {})
     return "\n".join(lines)
 
 
@@ -89,3 +95,17 @@ def _age(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s"
+
+
+def volume_summary_lines(summary: dict) -> list[str]:
+    """Per-patient 3-D figures by phase, as mean over test volumes: Dice, HD95 and ASSD per structure."""
+    lines = []
+    for phase in ("ED", "ES", "all"):
+        if phase not in summary:
+            continue
+        m = summary[phase]
+        parts = [f"{metric} " + "/".join(f"{m[f'{metric}_{s}'][0]:.{digits}f}" for s in ("rv", "myo", "lv"))
+                 for metric, digits in (("dice", 3), ("hd95", 1), ("assd", 1))]
+        lines.append(f"  {phase:3s} (RV/Myo/LV, mean over volumes) " + "  ".join(parts) + "  (mm for distances)")
+    return lines
+

@@ -6,21 +6,17 @@ import os
 import platform
 import sqlite3
 import tempfile
-import warnings
 from pathlib import Path
 
 import optuna
 import sqlalchemy
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
 from sweep.errors import UsageError
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
 DEFAULT_STUDY = "segnet"
-OBJECTIVE_NAME = "val_dice_fg"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # A killed worker stops beating; its RUNNING trial is failed once the beat is GRACE_PERIOD old
 # (checked whenever any worker starts a trial) and re-enqueued with the same params, at most
@@ -32,8 +28,11 @@ MAX_RETRY = 3
 SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for another worker's lock
 
 
-def check_storage_url(url: str) -> str:
-    """Validate a storage URL without creating or changing anything; returns it (normalised)."""
+def check_storage_url(url: str, *, writable: bool = True) -> str:
+    """Validate a storage URL without creating or changing anything; returns it (normalised).
+
+    ``writable=False`` for commands that only read: a study on a read-only mount can be inspected.
+    """
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as err:
@@ -46,7 +45,9 @@ def check_storage_url(url: str) -> str:
         folder = Path(db).resolve().parent
         if not folder.is_dir():
             raise UsageError(f"--storage {url!r}: folder {folder} does not exist")
-        if not _writable(folder):
+        if Path(db).is_dir():
+            raise UsageError(f"--storage {url!r}: {db} is a folder, expected a database file (e.g. {Path(db) / 'studies.db'})")
+        if writable and not _writable(folder):
             raise UsageError(f"--storage {url!r}: folder {folder} is not writable")
         if Path(db).exists() and not _is_sqlite_file(Path(db)):
             raise UsageError(f"--storage {url!r}: {db} exists but is not an SQLite database")
@@ -92,30 +93,40 @@ def _is_sqlite_file(path: Path) -> bool:
         return f.read(16) == b"SQLite format 3\x00"
 
 
-def make_storage(url: str, *, heartbeat: bool = True) -> RDBStorage:
-    """Optuna RDB storage with heartbeats (a dead worker's trial is failed and retried)."""
+def make_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -> RDBStorage:
+    """Optuna RDB storage with heartbeats (a dead worker's trial is failed and retried).
+
+    ``read_only`` opens an SQLite file in SQLite's read-only mode, so that looking at a study
+    can never change it, and works where its folder cannot be written.
+    """
     backend = make_url(url).get_backend_name()
+    if backend == "sqlite" and read_only:
+        db = sqlite_path(url)
+        # On a read-only mount SQLite cannot create its lock files: "immutable" says none are needed,
+        # but it also skips the write-ahead log, so only where that holds no commits.
+        wal = db.with_name(db.name + "-wal")
+        pending = wal.exists() and wal.stat().st_size > 0
+        immutable = "&immutable=1" if not pending and not _writable(db.parent) else ""
+        url = f"sqlite:///file:{db}?mode=ro{immutable}&uri=true"
     engine_kwargs: dict = {"pool_pre_ping": True}
     if backend == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT}}
     else:
         engine_kwargs["connect_args"] = _connect_timeout(backend)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        kwargs = {}
-        if heartbeat:
-            kwargs = dict(
-                heartbeat_interval=HEARTBEAT_INTERVAL,
-                grace_period=GRACE_PERIOD,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-            )
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    kwargs = {}
+    if heartbeat:
+        kwargs = dict(
+            heartbeat_interval=HEARTBEAT_INTERVAL,
+            grace_period=GRACE_PERIOD,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        )
+    storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     if backend == "sqlite":
-        _tune_sqlite(storage.engine)
+        _tune_sqlite(storage.engine, read_only)
     return storage
 
 
-def _tune_sqlite(engine: sqlalchemy.Engine) -> None:
+def _tune_sqlite(engine: sqlalchemy.Engine, read_only: bool = False) -> None:
     """Make SQLite safe and quick for several worker processes.
 
     - Every transaction starts with ``BEGIN IMMEDIATE`` (it takes the write lock before its first
@@ -125,7 +136,10 @@ def _tune_sqlite(engine: sqlalchemy.Engine) -> None:
       PostgreSQL's row lock does. Waits are covered by the busy timeout.
     - WAL lets readers (status, dashboard) read while a worker writes; it persists in the file.
     - With WAL, synchronous=NORMAL risks only the last commits on power loss, never corruption.
+    A read-only connection takes no write lock and changes no setting.
     """
+    if read_only:
+        return
 
     def on_connect(dbapi_conn, _record) -> None:
         dbapi_conn.isolation_level = None  # no implicit BEGIN from the driver: "begin" below does it
@@ -182,5 +196,15 @@ def versions() -> dict[str, str]:
     }
 
 
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+def require_existing_sqlite(url: str) -> None:
+    """A read-only command on an SQLite file that does not exist would create an empty one."""
+    db = sqlite_path(url)
+    if db is not None and not db.exists():
+        raise UsageError(f"--storage {url!r}: {db} does not exist (run `python -m sweep run` first)")
+
+
+def open_study_readonly(url: str, name: str) -> optuna.Study:
+    """The study for commands that only read it (status, best, export, report): no heartbeat."""
+    check_storage_url(url, writable=False)
+    require_existing_sqlite(url)
+    return load_study(make_storage(url, heartbeat=False, read_only=True), name)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench
+from benchmarks import bench, naive
 from sweep.space import configs_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_phantom_data_is_a_coursework_folder(phantom_data):
 
 
 def test_png_dataset_reads_images_and_masks(phantom_data):
-    image, mask = bench.PngDataset(phantom_data.folder / "train")[0]
+    image, mask = naive.PngDataset(phantom_data.folder / "train")[0]
     assert image.shape == (1, 96, 96) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     assert mask.shape == (96, 96) and mask.dtype == torch.int64
@@ -41,7 +41,7 @@ def test_png_dataset_reads_images_and_masks(phantom_data):
 def test_naive_baseline_trains_with_a_finite_loss(phantom_data):
     torch.set_num_threads(1)
     cfg = bench.SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
-    history = bench.naive_fit(cfg, phantom_data.folder, epochs=1, device=torch.device("cpu"), batch_size=5)
+    history = naive.naive_fit(cfg, phantom_data.folder, epochs=1, device=torch.device("cpu"), batch_size=5)
     assert len(history) == 1
     record = history[0]
     assert math.isfinite(record["train_loss"]) and record["seconds"] > 0

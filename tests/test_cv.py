@@ -9,9 +9,11 @@ import torch
 
 from data import fold_indices, load_dataset
 from sweep.cli import main
+from sweep.presets import preset
 from sweep.space import configs_from_params
 from sweep.train import DeviceSplit, fit, fit_folds
-from tests.conftest import SMALL_PARAMS
+
+SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
 
 
 @pytest.mark.parametrize(("n", "k"), [(72, 5), (72, 4), (10, 3), (5, 5)])

@@ -15,11 +15,14 @@ import optuna
 import pytest
 import torch
 
-import sweep.run
+import sweep.objective
 from sweep.cli import main
-from tests.conftest import ROOT, SMALL_PARAMS
+from sweep.presets import preset
+from sweep.progress import MAX_CONSECUTIVE_FAILURES
 from tests.test_data import _coursework, _image, _png
 
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
 FAST_HEARTBEAT = {"SEGNET_HEARTBEAT_INTERVAL": "1", "SEGNET_GRACE_PERIOD": "3"}
 
 
@@ -209,10 +212,10 @@ def test_sweep_stops_after_consecutive_failures_and_says_why(in_tmp, monkeypatch
     monkeypatch.setattr(sweep.objective, "fit_folds", broken)
     assert main(["run", "--trials", "20", "--epochs", "1", "--quiet"]) == 1
     out = capsys.readouterr().out
-    assert f"stopped after {sweep.run.MAX_CONSECUTIVE_FAILURES} failed trials in a row" in out
+    assert f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row" in out
     assert "RuntimeError: something systematic" in out
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
-    assert len(study.trials) == sweep.run.MAX_CONSECUTIVE_FAILURES
+    assert len(study.trials) == MAX_CONSECUTIVE_FAILURES
 
 
 # --- bad input: exit 2, one line naming it, existing study byte-identical -----------------
@@ -303,6 +306,16 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         (["run", "--data", str(ROOT.parent / "shared" / "data" / "cmri")], "other data"),
         (["run", "--enqueue", '{"lr": 0.1}'], "--enqueue"),
         (["run", "--frobnicate"], "frobnicate"),
+        (["run", "--seed", "-1"], "--seed"),
+        (["run", "--timeout", "nan"], "--timeout"),
+        (["run", "--trial", "5"], "--trial"),  # abbreviations are not taken for --trials
+        (["run", "--enqueue", json.dumps({**SMALL_PARAMS, "learning_rate": 0.5})], "learning_rate"),
+        (["run", "--storage", "sqlite:///."], "is a folder"),
+        (["status", "--storage", "sqlite:///."], "is a folder"),
+        (["run", "--artifacts", "/no/such/folder/artifacts"], "--artifacts"),
+        (["run", "--artifacts", "s3://bucket/with/prefix"], "--artifacts"),
+        pytest.param(["best", "--evaluate", "--device", "cuda"], "--device",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
     ],
 )
 def test_bad_flags_are_refused_before_the_study_is_touched(existing_study, monkeypatch, capsys, argv, named):
@@ -331,6 +344,7 @@ CLAIMER = """
 import json, sys, time
 import optuna
 from sweep import study as st
+
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="race", storage=st.make_storage(sys.argv[1], heartbeat=False))
 claimed, errors = [], []

@@ -1,19 +1,24 @@
 """End-to-end sweeps on tiny budgets, through the same entry point users call."""
 
 import json
+from pathlib import Path
+
 import optuna
 import pytest
 import torch
 
 from data import load_dataset
-
-from sweep.cli import main
 from model import SegNet
+from sweep.cli import main
 from sweep.objective import Objective
-from sweep.run import make_sampler, parse_enqueue
+from sweep.presets import preset
+from sweep.run import parse_enqueue
 from sweep.space import BATCH_SIZES, configs_from_params, suggest
+from sweep.strategies import make_sampler
 from sweep.train import DeviceSplit
-from tests.conftest import ROOT, SMALL_PARAMS
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
 
 
 def load(url="sqlite:///studies.db", name="segnet"):
@@ -99,7 +104,7 @@ def test_pruning_really_prunes(tmp_path):
     good, bad = dict(SMALL_PARAMS, lr=5e-3, batch_size=8), dict(SMALL_PARAMS, lr=1e-5, batch_size=8)
     for params in (good, good, bad):
         study.enqueue_trial(params)
-    study.optimize(Objective(train, val, epochs=5), n_trials=3)
+    study.optimize(Objective([(train, val)], epochs=5), n_trials=3)
     states = [t.state.name for t in study.trials]
     assert states == ["COMPLETE", "COMPLETE", "PRUNED"], [t.intermediate_values for t in study.trials]
     pruned = study.trials[2]

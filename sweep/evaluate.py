@@ -1,0 +1,290 @@
+"""`python -m sweep best --evaluate`: retrain the best trial, score it on unseen slices, write what ships.
+
+In named steps: load the study's data and check it; retrain the best configuration once per
+seed on the search's folds; choose the post-processing and estimate the figure to expect on
+unseen slices; predict and score the test split; write masks, pictures, the summary and the
+model file, and record the evaluation on the study.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from tqdm.auto import tqdm
+
+from data import (
+    Dataset,
+    assemble,
+    load_dataset,
+    read_truth,
+    volume_spacing,
+    write_labels_nifti,
+    write_mask,
+)
+from data import preprocessing as volume_preprocessing
+from sweep import artifacts
+from sweep import records as rec
+from sweep.best import BestOptions, describe_best
+from sweep.errors import UsageError
+from sweep.folds import Selection, selection_folds
+from sweep.metrics import (
+    bootstrap_dice_fg,
+    dice_from_counts,
+    dice_scores,
+    per_image_counts,
+)
+from sweep.model_file import ModelBundle, current_versions, ensemble_probs, save_bundle
+from sweep.pictures import overlay_png
+from sweep.postprocess import (
+    Probs,
+    apply_postprocessing,
+    choose_postprocessing,
+    predict_probs,
+)
+from sweep.records import StudyKey
+from sweep.space import configs_from_params
+from sweep.train import fit_folds, load_model, resolve_device, use_bf16
+from sweep.volume_metrics import (
+    case_metrics,
+    clinical_agreement,
+    clinical_indices,
+    summarize_cases,
+)
+
+
+@dataclass
+class Retraining:
+    """One seed's retraining of the best configuration: one model per fold."""
+
+    seed: int
+    val_dice_fg: float  # mean fold dice_fg at the best epoch
+    best_epoch: int
+    state_dicts: list[dict]  # per fold, on the CPU
+    held_out: Probs  # (N_selection, C, H, W): each selection slice predicted by the fold that held it out
+    test: Probs  # (N_test, C, H, W): the mean over this seed's fold models
+
+    def summary(self) -> dict:
+        return {"seed": self.seed, "val_dice_fg": self.val_dice_fg, "best_epoch": self.best_epoch}
+
+
+def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
+    """Retrain the best trial from scratch ``opts.seeds`` times and evaluate it on the test split.
+
+    Each seed's checkpoint is chosen on val (or the folds), as in the search. The written masks
+    are the seeds' ensemble (mean probabilities); rotation TTA and largest-component cleaning
+    are applied only where they raise the ensemble's held-out ``dice_fg``. With test masks:
+    per-class Dice as mean and std over seeds, and the ensemble's Dice with a bootstrap 95 %
+    interval over test images.
+    """
+    best = describe_best(study)
+    data = load_checked_data(study, opts.data)
+    device = resolve_device_or_fail(opts.device)
+    selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))
+    runs = retrain(best, selection, data, opts, device)
+    post = choose_postprocessing(Probs.mean([r.held_out for r in runs]), selection.masks)
+    masks = apply_postprocessing(Probs.mean([r.test for r in runs]).of(post["tta"]), post)
+    model_cfg, _ = configs_from_params(best["params"], best["epochs"])
+    bundle = ModelBundle(
+        members=[r.state_dicts for r in runs], model_config=model_cfg.to_dict(), tta=post["tta"],
+        largest_component=post["largest_component"], preprocessing=preprocessing_record(data), params=best["params"],
+        data_fingerprint=data.fingerprint, study=study.study_name, trial=best["trial"], versions=current_versions(),
+    )
+    result = {
+        **{k: best[k] for k in ("study", "trial", "params", "val_dice_fg", "val")},
+        "selection": f"{best['cv']}-fold cross-validation over train+val" if best["cv"] else "val",
+        "cv": best["cv"],
+        "seeds": [r.seed for r in runs],
+        "test": score_test(runs, post, masks, data.test.masks),
+        "n_test_images": len(data.test),
+        "postprocess": post,
+        "estimate": held_out_estimate(runs, post, selection, best["cv"]),
+        "runs": [r.summary() for r in runs],
+        "data": data.describe(),
+        "synthetic_data": data.synthetic,
+        "out": opts.out,
+    }
+    if data.volumes:
+        result["volumes"] = evaluate_volumes(data, masks, Path(opts.out) / "masks")
+    files = write_outputs(result, data, masks, Path(opts.out), bundle)
+    record_evaluation(study, result, files, artifacts.open_store(artifacts.location_of(study, opts.storage)))
+    return result
+
+
+def load_checked_data(study: optuna.Study, source: str | None) -> Dataset:
+    """The study's data (or ``--data``), refused if its train/val are not what the study was tuned on."""
+    source = source or study.user_attrs.get(StudyKey.DATA_SOURCE)
+    if source is None:
+        raise UsageError(f"--study {study.study_name!r}: records no data source; pass --data")
+    data = load_dataset(source)
+    recorded = study.user_attrs.get(StudyKey.DATA_FINGERPRINT)
+    if recorded is not None and recorded != data.fingerprint:
+        raise UsageError(f"--data {source}: not the train/val data study {study.study_name!r} was tuned on")
+    return data
+
+
+def resolve_device_or_fail(name: str) -> torch.device:
+    try:
+        return resolve_device(name)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--device {name!r}: {err}") from None
+
+
+def retrain(best: dict, selection: Selection, data: Dataset, opts: BestOptions, device: torch.device) -> list[Retraining]:
+    """Train the best configuration once per seed (on every fold) and predict held-out and test slices."""
+    model_cfg, train_cfg = configs_from_params(best["params"], best["epochs"])
+    bf16 = use_bf16(device)
+    test_images = torch.as_tensor(data.test.images, device=device).unsqueeze(1)
+    runs = []
+    bar = tqdm(total=opts.seeds * train_cfg.epochs, desc="retrain best", unit="epoch", disable=not opts.progress, file=sys.stderr)
+    for seed in range(opts.seeds):
+        bar.set_postfix(seed=seed)
+        fit = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=lambda epoch, record: bar.update(1))
+        models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
+        runs.append(Retraining(
+            seed, fit.best_value, fit.best_epoch, fit.state_dicts,
+            held_out=_held_out_probs(models, selection, bf16),
+            test=Probs(*(ensemble_probs([models], test_images, bf16, tta) for tta in (False, True))),
+        ))
+    bar.close()
+    return runs
+
+
+def _held_out_probs(models: list, selection: Selection, bf16: bool) -> Probs:
+    """Each selection slice predicted by the model of the fold that held it out."""
+    shape = (len(selection.masks), 4, *selection.masks.shape[1:])
+    out = Probs(torch.zeros(shape), torch.zeros(shape))
+    for model, (_, held), idx in zip(models, selection.folds, selection.held_out):
+        out.plain[torch.as_tensor(idx)] = predict_probs(model, held.images, bf16, False).cpu()
+        out.tta[torch.as_tensor(idx)] = predict_probs(model, held.images, bf16, True).cpu()
+    return out
+
+
+def score_test(runs: list[Retraining], post: dict, ensemble: np.ndarray, truth: np.ndarray | None) -> dict | None:
+    """Test Dice per seed (mean and std) and of the written ensemble masks (with a bootstrap interval)."""
+    if truth is None:
+        return None
+    truth_t = torch.as_tensor(truth)
+    per_seed = [dice_scores(torch.as_tensor(apply_postprocessing(r.test.of(post["tta"]), post)), truth_t) for r in runs]
+    test = aggregate_test(per_seed, len(truth))
+    counts = per_image_counts(torch.as_tensor(ensemble), truth_t)
+    test["ensemble"] = {k: round(v, 5) for k, v in dice_from_counts(counts.sum(0)).items()}
+    test["ensemble"]["dice_fg_ci95"] = [round(x, 5) for x in bootstrap_dice_fg(counts)]
+    return test
+
+
+def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, cv: int) -> dict:
+    """What to expect on unseen slices: the written masks' recipe scored on slices no model trained on.
+
+    With ``--cv`` these are the out-of-fold predictions of all train+val slices; otherwise the
+    val split. Either was also used to select the configuration (and the post-processing), so
+    the figure leans optimistic, more so for a 12-slice val split than for a 72-slice pool.
+    The interval is a 95 % bootstrap over slices.
+    """
+    masks = selection.masks
+    pred = apply_postprocessing(Probs.mean([r.held_out for r in runs]).of(post["tta"]), post)
+    counts = per_image_counts(torch.as_tensor(pred), torch.as_tensor(masks))
+    scores = {k: round(v, 5) for k, v in dice_from_counts(counts.sum(0)).items()}
+    scores["dice_fg_ci95"] = [round(x, 5) for x in bootstrap_dice_fg(counts)]
+    source = f"out-of-fold predictions of the {len(masks)} train+val slices ({cv} folds)" if cv else f"the {len(masks)} val slices"
+    return {"source": source, "n_images": len(masks), **scores}
+
+
+def aggregate_test(per_seed: list[dict], n_images: int) -> dict:
+    """Mean over seeds of each Dice, with its spread over seeds (``*_std``)."""
+    keys = [*rec.DICE_KEYS, "dice_fg", "dice_mean4"]
+    out: dict = {"n_images": n_images}
+    for key in keys:
+        values = np.array([r[key] for r in per_seed])
+        out[key] = round(float(values.mean()), 5)
+        out[f"{key}_std"] = round(float(values.std(ddof=1)) if len(values) > 1 else 0.0, 5)
+    return out
+
+
+def preprocessing_record(data: Dataset) -> dict:
+    """How the model's inputs were made, for model.pt: the volume preprocessing, or plain slices."""
+    if data.volumes:
+        return volume_preprocessing()
+    return {"kind": "slices", "image_size": list(data.image_shape),
+            "intensity": "grey PNG scaled to [0, 1], then each slice to zero mean and unit variance"}
+
+
+def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bundle: ModelBundle) -> list[Path]:
+    """Test masks (PNG per slice, or NIfTI per volume), the test picture, summary.json and model.pt
+    under ``out``; returns the files to record on the study."""
+    mask_dir = out / "masks"
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    if not data.volumes:  # volume data: evaluate_volumes wrote one NIfTI per test volume
+        for name, mask in zip(data.test.names, masks):
+            write_mask(mask_dir / f"{name}_mask.png", mask)
+    result["masks"] = str(mask_dir.resolve())
+    model_path = save_bundle(bundle, out / "model.pt")
+    result["model"] = str(model_path.resolve())
+    overlay_path = out / rec.TEST_OVERLAY
+    overlay_png(data.test.images, data.test.masks, masks, overlay_path)
+    summary_path = out / "summary.json"
+    summary_path.write_text(json.dumps(result, indent=2))
+    return [summary_path, overlay_path, model_path]
+
+
+def record_evaluation(study: optuna.Study, result: dict, files: list[Path], store) -> None:
+    """The evaluation goes on the study (attribute and artifacts), never into a trial."""
+    keys = ("trial", "seeds", "test", "val_dice_fg", "n_test_images", "postprocess", "estimate", "cv", "out", "model")
+    recorded = {k: result[k] for k in keys}
+    if result.get("volumes"):  # per-patient figures: a few kB even for ACDC's 100 test volumes
+        recorded["volumes"] = result["volumes"]
+    study.set_user_attr(StudyKey.EVALUATION, recorded)
+    for path in files:
+        optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+
+
+def evaluate_volumes(data: Dataset, masks: np.ndarray, mask_dir: Path) -> dict:
+    """Stack the test split's predicted slices back into each volume on its original grid, write
+    ``CASE.nii.gz`` with the source's geometry, and score every volume that has a ground truth.
+
+    Returns ``{"cases": [...], "summary": {ED, ES, all}, "clinical": {...}}`` (clinical indices
+    only where patients have both an ED and an ES volume with ground truth, as in ACDC).
+    """
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    cases, predicted, truths = [], {}, {}
+    for case, idx in _slices_by_case(data.test.slices).items():
+        volume = data.volumes[case]
+        labels = assemble(volume, masks[idx])
+        write_labels_nifti(mask_dir / f"{case}.nii.gz", labels, volume)
+        truth = read_truth(volume)
+        if truth is None:
+            continue
+        predicted[case], truths[case] = labels, truth
+        scores = case_metrics(labels, truth, volume_spacing(volume))
+        cases.append({"case": case, "patient": volume.patient, "phase": volume.phase, **scores})
+    return {"n_volumes": len(_slices_by_case(data.test.slices)), "cases": cases, "summary": summarize_cases(cases),
+            "clinical": _clinical(data, predicted, truths)}
+
+
+def _slices_by_case(slices) -> dict[str, np.ndarray]:
+    """Indices of each case's slices, ordered by slice index."""
+    by_case: dict[str, list[tuple[int, int]]] = {}
+    for i, (case, z) in enumerate(slices):
+        by_case.setdefault(case, []).append((z, i))
+    return {case: np.array([i for _, i in sorted(pairs)]) for case, pairs in by_case.items()}
+
+
+def _clinical(data: Dataset, predicted: dict, truths: dict) -> dict | None:
+    """LV/RV EDV, ESV, EF and myocardial mass of each patient with ED and ES, against the truth."""
+    phases: dict[str, dict[str, str]] = {}
+    for case in predicted:
+        volume = data.volumes[case]
+        if volume.phase in ("ED", "ES"):
+            phases.setdefault(volume.patient, {})[volume.phase] = case
+    pairs = [(p["ED"], p["ES"]) for p in phases.values() if len(p) == 2]
+    if not pairs:
+        return None
+    spacing = {case: volume_spacing(data.volumes[case]) for pair in pairs for case in pair}
+    pred = [clinical_indices(predicted[ed], predicted[es], spacing[ed], spacing[es]) for ed, es in pairs]
+    true = [clinical_indices(truths[ed], truths[es], spacing[ed], spacing[es]) for ed, es in pairs]
+    return {"n_patients": len(pairs), **clinical_agreement(pred, true)}

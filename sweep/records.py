@@ -1,0 +1,132 @@
+"""What a study and its trials record: the attribute names, and the summaries every command reads.
+
+DESIGN.md's "What a study records", in code. Commands, the report and ``export`` read the study
+through these names and functions only, so an attribute is spelled in one place. Imports Optuna
+and nothing that trains.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+OBJECTIVE_NAME = "val_dice_fg"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+CLASS_NAMES = ("bg", "rv", "myo", "lv")  # class ids 0..3
+DICE_KEYS = tuple(f"dice_{c}" for c in CLASS_NAMES)
+
+
+class StudyKey:
+    """Study user attributes."""
+
+    DATA_FINGERPRINT = "data_fingerprint"  # Dataset.fingerprint: a study refuses other data
+    DATA_SOURCE = "data_source"  # "phantom" or the data folder; `best` reloads it
+    DATA_DESCRIPTION = "data_description"  # one line for people
+    SYNTHETIC = "synthetic_data"  # True for the phantom: output must say so
+    SPLIT_PATIENTS = "split_patients"  # {"train": [...], "val": [...], "test": [...]}: who went where
+    SPACE_VERSION = "space_version"
+    EPOCHS = "epochs"  # the epoch budget of the study's trials
+    VERSIONS = "versions"  # package versions of the run that made the study
+    CV = "cv"  # K of --cv K, 0 for selection on val
+    CV_FOLDS = "cv_folds"  # the slice names of each fold
+    TARGET = "target"  # --trials of the latest run
+    COMMAND = "command"  # the latest run's command, which resumes the study
+    EVALUATION = "evaluation"  # the latest `best --evaluate`'s figures
+    ARTIFACTS = "artifacts"  # {"location": folder or s3://bucket, "host": who recorded it}
+
+
+class TrialKey:
+    """Trial user attributes."""
+
+    EPOCH_BUDGET = "epoch_budget"
+    N_PARAMS = "n_params"
+    DEVICE = "device"
+    WORKER = "worker"  # host:pid
+    CV = "cv"
+    BEST_EPOCH = "best_epoch"  # 1-based
+    EPOCHS_RUN = "epochs_run"
+    SECONDS = "seconds"
+    HISTORY = "history"  # per-epoch curves, one list per HISTORY_KEYS entry
+    PRUNED_AT = "pruned_at_epoch"
+    FAIL_REASON = "fail_reason"
+    CHECKPOINT = "checkpoint_artifact"  # artifact id of the best-so-far weights
+    CV_FOLD_SCORES = "cv_dice_fg_folds"
+    PROGRESS = "progress"  # while running, updated every epoch: a dict of ProgressKey names
+    RESUMED_AT = "resumed_at_epoch"  # on a retry: the epochs its resume point held (0: started over)
+    # Per-class Dice at the best epoch go by their own names: DICE_KEYS, "dice_fg", "dice_mean4".
+
+
+class ProgressKey:
+    """The entries of a running trial's TrialKey.PROGRESS."""
+
+    EPOCH = "epoch"  # epochs done
+    EPOCHS = "epochs"  # the epoch budget
+    LAST = "last"  # val dice_fg of the latest epoch (None before the first)
+    BEST = "best"  # best val dice_fg so far
+    SECONDS = "seconds"  # training time so far, earlier runs of a resumed trial included
+
+
+TEST_OVERLAY = "test_overlay.png"  # the evaluation's test picture among the study's artifacts
+
+HISTORY_KEYS = ("train_loss", "val_loss", "val_dice_bg", "val_dice_rv", "val_dice_myo", "val_dice_lv", "val_dice_fg")
+
+
+def silence_optuna() -> None:
+    """Optuna's logs (a traceback per failed trial) would drown the per-trial lines, which say the
+    same; its experimental-feature warnings (heartbeats, artifacts) say nothing to a user."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def score_label(cv: int) -> str:
+    """What a trial's value is: "val dice_fg" or "5-fold cv dice_fg"."""
+    return f"{cv}-fold cv dice_fg" if cv else "val dice_fg"
+
+
+def study_cv(study: optuna.Study) -> int:
+    return study.user_attrs.get(StudyKey.CV, 0)
+
+
+def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """Trials by state, every state present: {"complete": 3, "pruned": 1, "fail": 0, ...}."""
+    counts = {s.name.lower(): 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name.lower()] += 1
+    return counts
+
+
+def count_finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def class_dice(attrs: Mapping) -> dict[str, float | None]:
+    """A trial's per-class val Dice at its best epoch."""
+    return {key: attrs.get(key) for key in DICE_KEYS}
+
+
+def best_summary(study: optuna.Study) -> dict | None:
+    """The best trial as every command shows it, or None before the first complete trial."""
+    try:
+        t = study.best_trial
+    except ValueError:
+        return None
+    return {"trial": t.number, "val_dice_fg": t.value, "params": t.params, "val": class_dice(t.user_attrs)}
+
+
+def compact_history(history: list[dict[str, float]]) -> dict[str, list[float]]:
+    """Per-epoch curves as one list per quantity, rounded: small enough for a trial attribute."""
+    return {key: [round(record[key], 5) for record in history] for key in HISTORY_KEYS}
+
+
+def trial_summary(history: list[dict[str, float]], best: dict[str, float], seconds: float) -> dict:
+    """The attributes a trial records when it ends (complete or pruned); ``best`` is its best epoch's record."""
+    return {
+        TrialKey.BEST_EPOCH: best["epoch"],
+        TrialKey.EPOCHS_RUN: len(history),
+        TrialKey.SECONDS: round(seconds, 2),
+        **{key[len("val_"):]: round(best[key], 5) for key in best if key.startswith("val_dice_")},
+        TrialKey.HISTORY: compact_history(history),
+    }

@@ -1,0 +1,145 @@
+"""Workers: the loop that runs trials, and the processes that run several loops on one machine."""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing
+import os
+import signal
+import sys
+import time
+
+import optuna
+import torch
+from optuna.exceptions import StorageInternalError
+from sqlalchemy.exc import SQLAlchemyError
+
+from data import Dataset, load_dataset
+from sweep import artifacts
+from sweep import records as rec
+from sweep import study as st
+from sweep.folds import selection_folds
+from sweep.objective import Objective
+from sweep.options import RunOptions
+from sweep.progress import Progress, StopAfterFailures
+from sweep.resume import resume_folder
+from sweep.strategies import make_pruner, make_sampler
+from sweep.train import resolve_device
+
+EXIT_INTERRUPTED, EXIT_TRIPPED = 130, 3  # a worker process's exit codes besides 0
+POLL_SECONDS = 2.0
+
+
+def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int, callbacks=()) -> StopAfterFailures:
+    """One worker's loop: run trials until the study's target of finished trials is reached."""
+    storage = st.make_storage(opts.storage)
+    study = optuna.load_study(study_name=opts.study, storage=storage, pruner=make_pruner(opts.pruner, opts.epochs))
+    # Distinct seeds per worker and per resumption, so that no two draw the same start-up configurations.
+    study.sampler = make_sampler(opts.sampler, opts.seed + 7919 * len(study.trials) + 104729 * worker)
+    location = artifacts.location_of(study, opts.storage, warn=worker == 0)
+    selection = selection_folds(data, opts.cv, device, study.user_attrs.get(rec.StudyKey.CV_FOLDS))
+    objective = Objective(
+        selection.folds, opts.epochs, seed=opts.seed, artifact_store=artifacts.open_store(location),
+        resume_dir=resume_folder(artifacts.resume_base(location, opts.storage)),
+        on_progress=next((c.show_trial for c in callbacks if isinstance(c, Progress)), None),
+    )
+    failures = StopAfterFailures()
+    # gc_after_trial runs a full collection; freezing the long-lived objects of the torch and
+    # optuna imports (~200k) makes it ~5x cheaper.
+    gc.freeze()
+    try:
+        study.optimize(
+            objective,
+            timeout=opts.timeout,
+            catch=(Exception,),
+            callbacks=[optuna.study.MaxTrialsCallback(opts.trials, states=rec.FINISHED), failures, *callbacks],
+            gc_after_trial=True,
+        )
+    except AssertionError as err:
+        # Optuna asserts when the storage cannot record how a trial ended (a full disk, a lost
+        # server); the storage's own error is the context, and the one worth reporting.
+        if isinstance(err.__context__, (SQLAlchemyError, StorageInternalError)):
+            raise err.__context__  # noqa: B904 - keeps the storage error's own cause, the database's words
+        raise
+    return failures
+
+
+def worker_device(name: str, worker: int) -> torch.device:
+    """Worker i uses GPU i mod count; several workers may share one GPU."""
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", worker % torch.cuda.device_count())
+    return device
+
+
+def _worker_main(opts: RunOptions, worker: int) -> None:
+    """Entry point of a worker process (spawned; quiet; Ctrl-C/SIGTERM end the running trial as FAIL)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    rec.silence_optuna()
+    device = worker_device(opts.device, worker)
+    if device.type == "cpu":
+        # Split the cores between workers: oversubscribed intra-op threads slow every worker down.
+        torch.set_num_threads(max(1, available_cores() // opts.workers))
+    try:
+        failures = optimize(opts, load_dataset(opts.data, groups=opts.groups), device, worker)
+    except KeyboardInterrupt:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(EXIT_TRIPPED if failures.tripped else 0)
+
+
+def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress) -> bool:
+    """Start ``opts.workers`` processes on this machine and follow the study until they end.
+
+    Returns whether a worker stopped after too many failed trials in a row.
+    """
+    ctx = multiprocessing.get_context("spawn")  # no forked CUDA or thread pools
+    procs = [ctx.Process(target=_worker_main, args=(opts, i), name=f"sweep-worker-{i}") for i in range(opts.workers)]
+    for p in procs:
+        p.start()
+    try:
+        _follow(study, procs, progress)
+    except KeyboardInterrupt:
+        stop_workers(procs)
+        raise
+    codes = [p.exitcode for p in procs]
+    if any(code == EXIT_INTERRUPTED or (code is not None and code < 0) for code in codes):
+        raise KeyboardInterrupt  # a worker was interrupted or killed: say how to resume
+    if any(code not in (0, EXIT_TRIPPED) for code in codes):
+        raise RuntimeError(f"a worker ended with exit codes {codes}")
+    return EXIT_TRIPPED in codes
+
+
+def _follow(study: optuna.Study, procs, progress: Progress) -> None:
+    """Show each trial that finishes, until every worker has ended."""
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    while True:
+        alive = any(p.is_alive() for p in procs)
+        trials = study.get_trials(deepcopy=False)
+        for t in trials:
+            if t.state.is_finished() and t.number not in seen:
+                seen.add(t.number)
+                progress(study, t)
+        progress.show_running(trials)
+        if not alive:
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def stop_workers(procs, timeout: float = 30.0) -> None:
+    """Ask workers to stop (their running trials end as FAIL, the storage stays consistent)."""
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
