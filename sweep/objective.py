@@ -6,6 +6,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,19 +19,31 @@ from model import SegNetConfig, count_parameters
 from model.segnet import SegNet
 from sweep.notes import dice_table_markdown
 from sweep.pictures import overlay_png
+from sweep.records import ProgressKey, TrialKey, trial_summary
+from sweep.resume import (
+    ResumeFile,
+    enqueue_retry,
+    frozen,
+    resume_interval,
+    root_trial_number,
+)
 from sweep.space import suggest
-from sweep.train import DeviceSplit, DivergedError, FitResult, Fold, TrainConfig, fit_folds, load_model, predict_logits, use_bf16
+from sweep.train import (
+    DivergedError,
+    FitResult,
+    Fold,
+    TrainConfig,
+    fit_folds,
+    load_model,
+    predict_logits,
+    use_bf16,
+)
 
-HISTORY_KEYS = ("train_loss", "val_loss", "val_dice_bg", "val_dice_rv", "val_dice_myo", "val_dice_lv", "val_dice_fg")
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def compact_history(history: list[dict[str, float]]) -> dict[str, list[float]]:
-    """Per-epoch curves as one list per quantity, rounded: small enough for a trial attribute."""
-    return {key: [round(record[key], 5) for record in history] for key in HISTORY_KEYS}
 
 
 def save_checkpoint(path: Path, model_cfg: SegNetConfig, train_cfg: TrainConfig, result: FitResult, params: dict) -> None:
@@ -52,82 +65,142 @@ def save_checkpoint(path: Path, model_cfg: SegNetConfig, train_cfg: TrainConfig,
 
 @dataclass
 class Objective:
-    """Train on ``train``, select and report on ``val``; or, given ``folds``, cross-validate.
+    """One trial: sample its hyperparameters, train one model per fold, report the mean fold ``dice_fg``.
 
-    With folds (``--cv K``) a trial trains one model per fold in lockstep and its value and
-    intermediate values are the mean fold ``dice_fg`` (``train``/``val`` are then the first
-    fold's, used for the dashboard picture).
+    ``folds`` is one (train, val) pair when selecting on val, or K pairs with ``--cv K``; the
+    models train in lockstep and every epoch reports the mean over folds, so the pruner acts
+    on the running score either way. The dashboard picture shows the first fold's val slices.
+
+    With ``resume_dir`` (``sweep.resume.resume_folder`` of the study's artifact folder) a trial
+    keeps a resume point there, at most every ``resume_every`` seconds (default:
+    ``sweep.resume.resume_interval()``); an interrupted trial is queued again with its params
+    and its retry continues from that point, with the seed of the chain's first trial.
+    ``on_progress(trial_number, progress)`` is called after every epoch with the trial's
+    ``TrialKey.PROGRESS`` record (``ProgressKey`` names), e.g. to show it on a progress bar.
     """
 
-    train: DeviceSplit
-    val: DeviceSplit
+    folds: list[Fold]
     epochs: int
     seed: int = 0
     artifact_store: optuna.artifacts.FileSystemArtifactStore | None = None
-    folds: list[Fold] | None = None
-
-    @classmethod
-    def cross_validated(cls, folds: list[Fold], epochs: int, **kwargs) -> Objective:
-        return cls(folds[0][0], folds[0][1], epochs, folds=folds, **kwargs)
+    resume_dir: Path | None = None
+    resume_every: float | None = None
+    on_progress: Callable[[int, dict], None] | None = None
+    bf16: bool | None = None  # None: where the device runs it fast (sweep.train.use_bf16)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        model_cfg, train_cfg = suggest(trial, self.epochs)
-        device = self.train.images.device
-        trial.set_user_attr("epoch_budget", self.epochs)
-        with torch.device("meta"):  # count without allocating or initialising the weights
-            trial.set_user_attr("n_params", count_parameters(SegNet.from_config(model_cfg)))
-        trial.set_user_attr("device", str(device))
-        trial.set_user_attr("worker", worker_name())
-        if self.folds:
-            trial.set_user_attr("cv", len(self.folds))
-        history: list[dict[str, float]] = []
-        start = time.perf_counter()
-
-        def record(result_like: dict) -> None:
-            for key, value in result_like.items():
-                trial.set_user_attr(key, value)
-
-        def on_epoch(epoch: int, rec: dict[str, float]) -> None:
-            history.append(rec)
-            trial.report(rec["val_dice_fg"], epoch)
-            if trial.should_prune():
-                best = max(history, key=lambda r: r["val_dice_fg"])
-                record(_summary(history, best, time.perf_counter() - start))
-                trial.set_user_attr("pruned_at_epoch", epoch)
-                raise optuna.TrialPruned(f"val dice_fg {rec['val_dice_fg']:.4f} at epoch {epoch} behind the median")
-
+        root = root_trial_number(frozen(trial))
+        point_file = ResumeFile(self.resume_dir, trial.study.study_name, root)
         try:
-            folds = self.folds or [(self.train, self.val)]
-            result = fit_folds(model_cfg, train_cfg, folds, seed=self.seed + trial.number, on_epoch=on_epoch)
-        except optuna.TrialPruned:
-            raise
+            value = self._run(trial, root, point_file)
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM)")
+            # The retry copies this trial's user attributes: queue it before the reason is recorded.
+            if not enqueue_retry(trial):
+                point_file.remove()
+            trial.set_user_attr(TrialKey.FAIL_REASON, INTERRUPTED)
             raise
-        except Exception as err:
-            trial.set_user_attr("fail_reason", failure_reason(err))
-            if isinstance(err, torch.OutOfMemoryError) and device.type == "cuda":
-                torch.cuda.empty_cache()
+        except BaseException:
+            point_file.remove()  # pruned or failed for good: nothing will resume it
             raise
-        best = history[result.best_epoch - 1]
-        record(_summary(history, best, result.seconds))
-        if self.folds:
-            trial.set_user_attr("cv_dice_fg_folds", [round(f["dice_fg"], 5) for f in result.fold_scores])
+        point_file.remove()
+        return value
+
+    def _run(self, trial: optuna.Trial, root: int, point_file: ResumeFile) -> float:
+        model_cfg, train_cfg = suggest(trial, self.epochs)
+        self._record_setup(trial, model_cfg)
+        seed = self.seed + root  # the chain's seed: a retry trains as its first trial would have
+        point_file.identity = {"params": trial.params, "epochs": self.epochs, "folds": len(self.folds), "seed": seed}
+        point = point_file.load()
+        history: list[dict[str, float]] = []
+        start = time.perf_counter() - (point["seconds"] if point else 0.0)
+
+        def on_epoch(epoch: int, record: dict[str, float]) -> None:
+            history.append(record)
+            trial.report(record["val_dice_fg"], epoch)
+            self._show_progress(trial, history, time.perf_counter() - start)
+            if trial.should_prune():
+                _prune(trial, history, time.perf_counter() - start)
+
+        if root != trial.number:
+            trial.set_user_attr(TrialKey.RESUMED_AT, point["epoch"] if point else 0)
+        self._replay(trial, point, history, on_epoch)
+        result = self._fit(
+            trial, model_cfg, train_cfg, on_epoch, seed=seed, resume=point,
+            on_resume_point=point_file.save if self.resume_dir is not None else None,
+            resume_every=resume_interval() if self.resume_every is None else self.resume_every,
+        )
+        _set_attrs(trial, trial_summary(result.history, result.history[result.best_epoch - 1], result.seconds))
+        if len(self.folds) > 1:
+            trial.set_user_attr(TrialKey.CV_FOLD_SCORES, [round(f["dice_fg"], 5) for f in result.fold_scores])
         self._maybe_upload_checkpoint(trial, model_cfg, train_cfg, result)
         self._show_in_dashboard(trial, model_cfg, result)
         return result.best_value
+
+    def _replay(self, trial: optuna.Trial, point: dict | None, history: list, on_epoch) -> None:
+        """Report the epochs a resume point already holds, so that curves and the pruner see them.
+
+        Only the last one is put to the pruner (``on_epoch`` checks after each report, and the
+        earlier epochs passed that check when they ran); without a point the progress restarts.
+        """
+        done = point["history"] if point else []
+        for record in done[:-1]:
+            history.append(record)
+            trial.report(record["val_dice_fg"], record["epoch"])
+        if done:
+            on_epoch(done[-1]["epoch"], done[-1])
+        else:
+            self._show_progress(trial, history, 0.0)
+
+    def _show_progress(self, trial: optuna.Trial, history: list[dict[str, float]], seconds: float) -> None:
+        """The trial's PROGRESS attribute (what `status` and the bar show), and the ``on_progress`` hook."""
+        progress = {
+            ProgressKey.EPOCH: len(history),
+            ProgressKey.EPOCHS: self.epochs,
+            ProgressKey.LAST: round(history[-1]["val_dice_fg"], 5) if history else None,
+            ProgressKey.BEST: round(max(r["val_dice_fg"] for r in history), 5) if history else None,
+            ProgressKey.SECONDS: round(seconds, 1),
+        }
+        trial.set_user_attr(TrialKey.PROGRESS, progress)
+        if self.on_progress is not None:
+            self.on_progress(trial.number, progress)
+
+    def _record_setup(self, trial: optuna.Trial, model_cfg: SegNetConfig) -> None:
+        trial.set_user_attr(TrialKey.EPOCH_BUDGET, self.epochs)
+        with torch.device("meta"):  # count without allocating or initialising the weights
+            trial.set_user_attr(TrialKey.N_PARAMS, count_parameters(SegNet.from_config(model_cfg)))
+        trial.set_user_attr(TrialKey.DEVICE, str(self.device))
+        trial.set_user_attr(TrialKey.WORKER, worker_name())
+        if len(self.folds) > 1:
+            trial.set_user_attr(TrialKey.CV, len(self.folds))
+
+    def _fit(self, trial: optuna.Trial, model_cfg, train_cfg, on_epoch, **kwargs) -> FitResult:
+        """Train; a failure records its reason on the trial before Optuna marks it FAIL."""
+        try:
+            return fit_folds(model_cfg, train_cfg, self.folds, on_epoch=on_epoch, bf16=self.bf16, **kwargs)
+        except (optuna.TrialPruned, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            trial.set_user_attr(TrialKey.FAIL_REASON, failure_reason(err))
+            if isinstance(err, torch.OutOfMemoryError) and self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+
+    @property
+    def device(self) -> torch.device:
+        return self.folds[0][0].images.device
 
     def _show_in_dashboard(self, trial, model_cfg, result) -> None:
         """A picture of the best epoch's val predictions (artifact) and a Dice table (note)."""
         optuna_dashboard.save_note(trial, dice_table_markdown(trial.user_attrs))
         if self.artifact_store is None:
             return
-        device = self.val.images.device
-        model = load_model(model_cfg, result.state_dict, device)
-        pred = predict_logits(model, self.val.images, use_bf16(device)).argmax(1).cpu().numpy().astype(np.uint8)
+        val = self.folds[0][1]
+        model = load_model(model_cfg, result.state_dict, self.device)
+        bf16 = use_bf16(self.device) if self.bf16 is None else self.bf16
+        pred = predict_logits(model, val.images, bf16).argmax(1).cpu().numpy().astype(np.uint8)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial{trial.number}_val_predictions.png"
-            overlay_png(self.val.images[:, 0].cpu().numpy(), self.val.masks.cpu().numpy().astype(np.uint8), pred, path)
+            overlay_png(val.images[:, 0].cpu().numpy(), val.masks.cpu().numpy().astype(np.uint8), pred, path)
             optuna.artifacts.upload_artifact(
                 artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial, mimetype="image/png"
             )
@@ -148,7 +221,7 @@ class Objective:
                 artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,
                 mimetype="application/octet-stream",
             )
-        trial.set_user_attr("checkpoint_artifact", artifact_id)
+        trial.set_user_attr(TrialKey.CHECKPOINT, artifact_id)
 
 
 def failure_reason(err: BaseException) -> str:
@@ -163,11 +236,15 @@ def failure_reason(err: BaseException) -> str:
     return f"{kind}: {text[0]}" if text else kind
 
 
-def _summary(history: list[dict[str, float]], best: dict[str, float], seconds: float) -> dict:
-    return {
-        "best_epoch": best["epoch"],
-        "epochs_run": len(history),
-        "seconds": round(seconds, 2),
-        **{key[len("val_"):]: round(best[key], 5) for key in best if key.startswith("val_dice_")},
-        "history": compact_history(history),
-    }
+def _prune(trial: optuna.Trial, history: list[dict[str, float]], seconds: float) -> None:
+    """Record what a pruned trial ran, then stop it."""
+    record = history[-1]
+    best = max(history, key=lambda r: r["val_dice_fg"])
+    _set_attrs(trial, trial_summary(history, best, seconds))
+    trial.set_user_attr(TrialKey.PRUNED_AT, record["epoch"])
+    raise optuna.TrialPruned(f"val dice_fg {record['val_dice_fg']:.4f} at epoch {record['epoch']} behind the median")
+
+
+def _set_attrs(trial: optuna.Trial, attrs: dict) -> None:
+    for key, value in attrs.items():
+        trial.set_user_attr(key, value)

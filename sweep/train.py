@@ -22,6 +22,9 @@ from sweep.metrics import dice_counts, dice_from_counts
 
 EVAL_BATCH = 64  # slices per forward pass when evaluating: the whole val split in one or two passes
 WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule (at least one epoch's steps)
+# Default seconds between resume points: copying every fold's weights and optimiser state each
+# epoch would cost more than the minute of training an interruption can then lose.
+RESUME_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,9 @@ def fit_folds(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     keep_state: bool = True,
     bf16: bool | None = None,
+    resume: dict | None = None,
+    on_resume_point: Callable[[dict], None] | None = None,
+    resume_every: float = RESUME_SECONDS,
 ) -> FitResult:
     """Train one model per fold, in lockstep: every epoch trains each fold's model once more.
 
@@ -257,6 +263,12 @@ def fit_folds(
     one with the best mean; ``state_dicts`` holds every fold's weights at that epoch and
     ``fold_scores`` each fold's Dice there. With one fold this is plain training with a
     val split (``fit``).
+
+    ``on_resume_point(point)`` receives a resume point (``resume_point``) at the end of an
+    epoch, before ``on_epoch``, at most every ``resume_every`` seconds. Given such a point as
+    ``resume`` (same configs, folds and ``seed``), training continues with the next epoch and
+    ends exactly as an uninterrupted run would (on the CPU; CUDA kernels may not be
+    deterministic).
     """
     device = folds[0][0].images.device
     torch.manual_seed(seed)
@@ -266,30 +278,104 @@ def fit_folds(
     runs = [_FoldRun(model_cfg, train_cfg, train, device) for train, _ in folds]
 
     result = FitResult(best_value=-math.inf, best_epoch=0, best_scores={})
-    start = time.perf_counter()
-    for epoch in range(1, train_cfg.epochs + 1):
-        losses, fold_scores = [], []
-        for run, (train, held_out) in zip(runs, folds):
-            loss = float(train_epoch(run.model, run.optimizer, run.scheduler, train, train_cfg, run.weights, generator, bf16))
-            if not math.isfinite(loss):
-                raise DivergedError(f"training loss became {loss} in epoch {epoch}")
-            losses.append(loss)
-            fold_scores.append(evaluate(run.model, held_out, bf16))
-        scores = {key: float(np.mean([s[key] for s in fold_scores])) for key in fold_scores[0]}
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in scores.items()}}
+    if resume is not None:
+        _restore(resume, runs, generator, result)
+    start = time.perf_counter() - result.seconds
+    last_point = time.perf_counter()
+    for epoch in range(result.epochs_run + 1, train_cfg.epochs + 1):
+        record, fold_scores = _run_epoch(runs, folds, train_cfg, generator, bf16, epoch)
         result.history.append(record)
-        if scores["dice_fg"] > result.best_value:
-            result.best_value, result.best_epoch = scores["dice_fg"], epoch
-            result.best_scores = {k: v for k, v in scores.items() if k.startswith("dice_")}
-            result.fold_scores = [{k: v for k, v in s.items() if k.startswith("dice_")} for s in fold_scores]
-            if keep_state:
-                result.state_dicts = [
-                    {k: v.detach().to("cpu", copy=True) for k, v in run.model.state_dict().items()} for run in runs
-                ]
+        if record["val_dice_fg"] > result.best_value:
+            _keep_best(result, record, fold_scores, runs if keep_state else None)
         result.seconds = time.perf_counter() - start
+        if on_resume_point is not None and time.perf_counter() - last_point >= resume_every:
+            on_resume_point(resume_point(runs, generator, result))
+            last_point = time.perf_counter()
         if on_epoch is not None:
             on_epoch(epoch, record)
     return result
+
+
+def _run_epoch(runs, folds: list[Fold], cfg: TrainConfig, generator, bf16: bool, epoch: int):
+    """One more epoch of every fold's model; the record of the epoch (means over folds) and each fold's scores."""
+    losses, fold_scores = [], []
+    for run, (train, held_out) in zip(runs, folds):
+        loss = float(train_epoch(run.model, run.optimizer, run.scheduler, train, cfg, run.weights, generator, bf16))
+        if not math.isfinite(loss):
+            raise DivergedError(f"training loss became {loss} in epoch {epoch}")
+        losses.append(loss)
+        fold_scores.append(evaluate(run.model, held_out, bf16))
+    scores = {key: float(np.mean([s[key] for s in fold_scores])) for key in fold_scores[0]}
+    record = {"epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in scores.items()}}
+    return record, fold_scores
+
+
+def _keep_best(result: FitResult, record: dict, fold_scores: list[dict], runs) -> None:
+    """Make ``record``'s epoch the best so far (with every fold's weights, on the CPU, unless ``runs`` is None)."""
+    result.best_value, result.best_epoch = record["val_dice_fg"], record["epoch"]
+    result.best_scores = {k[len("val_"):]: v for k, v in record.items() if k.startswith("val_dice_")}
+    result.fold_scores = [{k: v for k, v in s.items() if k.startswith("dice_")} for s in fold_scores]
+    if runs is not None:
+        result.state_dicts = [_to_cpu(run.model.state_dict()) for run in runs]
+
+
+def resume_point(runs, generator: torch.Generator, result: FitResult) -> dict:
+    """Everything needed to continue training after ``result``'s last epoch: a CPU copy, safe to keep.
+
+    Every fold's model, optimiser and schedule, torch's global RNG (dropout draws from it) and
+    the training generator (shuffling, augmentation), and the best-so-far and history.
+    """
+    device = generator.device
+    return {
+        "epoch": result.epochs_run,
+        "folds": [
+            _to_cpu({"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(), "scheduler": r.scheduler.state_dict()})
+            for r in runs
+        ],
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "generator": generator.get_state(),
+        "best": {
+            "value": result.best_value,
+            "epoch": result.best_epoch,
+            "scores": dict(result.best_scores),
+            "fold_scores": [dict(s) for s in result.fold_scores],
+            "state_dicts": list(result.state_dicts),  # already CPU copies, replaced and never changed in place
+        },
+        "history": [dict(r) for r in result.history],
+        "seconds": result.seconds,
+    }
+
+
+def _restore(point: dict, runs, generator: torch.Generator, result: FitResult) -> None:
+    """Put the models, optimisers, schedules, RNGs and the result back where ``point`` left them."""
+    if len(point["folds"]) != len(runs):
+        raise ValueError(f"resume point has {len(point['folds'])} folds, this fit {len(runs)}")
+    for run, saved in zip(runs, point["folds"]):
+        run.model.load_state_dict(saved["model"])
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(point["torch_rng"])
+    if point["cuda_rng"] is not None and generator.device.type == "cuda":
+        torch.cuda.set_rng_state(point["cuda_rng"], generator.device)
+    generator.set_state(point["generator"])
+    best = point["best"]
+    result.best_value, result.best_epoch = best["value"], best["epoch"]
+    result.best_scores, result.fold_scores = dict(best["scores"]), [dict(s) for s in best["fold_scores"]]
+    result.state_dicts = list(best["state_dicts"])
+    result.history = [dict(r) for r in point["history"]]
+    result.seconds = point["seconds"]
+
+
+def _to_cpu(obj):
+    """A copy of nested dicts, lists and tuples with every tensor copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
 
 
 class _FoldRun:
