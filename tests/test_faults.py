@@ -1,0 +1,119 @@
+"""Faults outside the tool's control: a damaged database, a read-only mount, a full disk, signals."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sweep.cli import main
+from sweep.presets import preset
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = preset("small")
+
+
+def copy_study(source: Path, target: Path) -> None:
+    """studies.db with its WAL files (recent commits may still live there) and its artifacts."""
+    for path in source.glob("studies.db*"):
+        shutil.copy(path, target / path.name)
+    shutil.copytree(source / "artifacts", target / "artifacts")
+
+
+@pytest.fixture(scope="module")
+def made_study(tmp_path_factory):
+    """A real one-trial study (studies.db and artifacts) to damage and mount."""
+    folder = tmp_path_factory.mktemp("made")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL)]) == 0
+    return folder
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "Traceback" not in err[0]
+    return err[0]
+
+
+@pytest.mark.parametrize("argv", [["status"], ["best"], ["export", "--csv", "t.csv"], ["report"], ["run", "--trials", "2"]])
+def test_a_truncated_database_is_one_line(made_study, tmp_path, monkeypatch, capsys, argv):
+    db = made_study / "studies.db"
+    (tmp_path / "studies.db").write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    line = _one_line_error(capsys)
+    assert "malformed" in line or "not a database" in line
+
+
+@pytest.fixture
+def read_only_copy(made_study, tmp_path):
+    """The study on a real read-only mount (root can write through file permissions, not through ro)."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        copy_study(made_study, mnt)
+        subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
+        yield mnt
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)  # lazy: pooled connections may hold it
+
+
+def test_a_study_on_a_read_only_mount_can_be_inspected(read_only_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(read_only_copy)
+    before = hashlib.sha256((read_only_copy / "studies.db").read_bytes()).hexdigest()
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["finished"] == 1
+    assert main(["best", "--json"]) == 0
+    assert main(["export", "--csv", str(tmp_path / "t.csv")]) == 0
+    assert main(["report", "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").stat().st_size > 0
+    assert hashlib.sha256((read_only_copy / "studies.db").read_bytes()).hexdigest() == before
+    capsys.readouterr()
+    assert main(["run", "--trials", "2"]) == 2  # writing is refused in one line
+    assert "not writable" in _one_line_error(capsys)
+
+
+def test_a_full_disk_during_run_is_one_line(tmp_path, capsys):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        argv = ["run", "--trials", "50", "--epochs", "1", "--quiet", "--storage", f"sqlite:///{mnt / 'studies.db'}",
+                "--artifacts", str(mnt / "artifacts"), "--enqueue", json.dumps(SMALL)]
+        code = main(argv)
+        out = capsys.readouterr()
+        assert code == 1, out
+        assert "Traceback" not in out.err
+        assert "full" in out.err or "No space left" in out.out
+    finally:
+        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)  # lazy: pooled connections may hold it
+
+
+def test_sigterm_during_evaluate_says_how_to_rerun(made_study, tmp_path):
+    copy_study(made_study, tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "best", "--evaluate", "--seeds", "50", "--out", "ev"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "retrain best" not in seen:  # the progress bar: retraining has started
+        chunk = proc.stderr.read(1)
+        assert chunk, f"ended early: {seen}"
+        seen += chunk
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=600)
+    assert proc.returncode == 130
+    assert "Traceback" not in rest
+    assert "python -m sweep best --evaluate --seeds 50 --out ev" in rest
