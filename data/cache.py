@@ -1,0 +1,101 @@
+"""Preprocessed volumes, cached once per dataset: ``KEY.npz`` (arrays) + ``KEY.json`` (records).
+
+Decoding and resampling a few hundred ``.nii.gz`` takes long enough to matter when every
+trial worker loads the dataset, so the slices are kept in ``$SEGNET_CACHE_DIR`` (else
+``~/.cache/segnet-sweep/``), never in the data folder, which may be read-only or shared.
+
+The key is a hash of everything the arrays depend on: each file's resolved path, size and
+modification time (so an edited, replaced or moved file is a miss), the case records
+(patient, phase, ...), the preprocessing constants and a format version. A hit opens no
+NIfTI. Files are written under a temporary name and renamed into place, so concurrent
+workers and interrupted writes never leave a half file that a reader would take; the json,
+renamed last, is what marks an entry complete. A cache that cannot be written (read-only
+home) costs time only: a warning, and the data are returned all the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .volumes import Volume, from_levels, to_levels
+
+#: Environment variable naming the cache folder.
+CACHE_ENV = "SEGNET_CACHE_DIR"
+#: Bumped when the cache files' layout changes (2: images as uint16 levels).
+CACHE_FORMAT = 2
+
+Entry = tuple[np.ndarray, "np.ndarray | None", Volume]  # (Z, H, W) images, masks, record
+
+
+def cache_dir() -> Path:
+    """``$SEGNET_CACHE_DIR`` if set, else ``~/.cache/segnet-sweep``."""
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "segnet-sweep"
+
+
+def cache_key(files: list[Path], records: list[dict], constants: dict) -> str:
+    """32 hex chars of a sha256 over file identities (path, size, mtime), case records and
+    preprocessing constants. Only ``stat`` touches the files."""
+    stats = []
+    for path in files:
+        st = Path(path).stat()
+        stats.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns])
+    what = {"format": CACHE_FORMAT, "files": stats, "records": records, "constants": constants}
+    blob = json.dumps(what, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def load(key: str, n: int) -> list[Entry] | None:
+    """The ``n`` cached entries of ``key``, or None on a miss (absent, stale or unreadable)."""
+    folder = cache_dir()
+    meta_path, arrays_path = folder / f"{key}.json", folder / f"{key}.npz"
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") != key or len(meta["volumes"]) != n:
+            return None
+        with np.load(arrays_path, allow_pickle=False) as arrays:
+            entries = []
+            for i, record in enumerate(meta["volumes"]):
+                masks = arrays[f"masks_{i}"] if f"masks_{i}" in arrays.files else None
+                entries.append((from_levels(arrays[f"images_{i}"]), masks, Volume.from_dict(record)))
+        return entries
+    # Any damage (truncated file, old format, missing array) is only a miss: rebuild.
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        return None
+
+
+def _replace_atomically(target: Path, write) -> None:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save(key: str, entries: list[Entry]) -> None:
+    """Store ``entries`` under ``key``; on an unwritable cache, warn and go on."""
+    folder = cache_dir()
+    arrays = {}
+    for i, (images, masks, _) in enumerate(entries):
+        arrays[f"images_{i}"] = to_levels(images)  # exact: images are 16-bit levels already
+        if masks is not None:
+            arrays[f"masks_{i}"] = masks
+    meta = {"key": key, "format": CACHE_FORMAT, "volumes": [v.to_dict() for _, _, v in entries]}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # Uncompressed: loading speed is the point, and float images compress poorly.
+        _replace_atomically(folder / f"{key}.npz", lambda fh: np.savez(fh, **arrays))
+        _replace_atomically(folder / f"{key}.json", lambda fh: fh.write(json.dumps(meta).encode()))
+    except OSError as err:
+        warnings.warn(
+            f"{folder}: cannot cache preprocessed volumes ({err}); they will be preprocessed again next time",
+            stacklevel=2,
+        )
