@@ -5,9 +5,10 @@
 Each cycle starts `python -m sweep run` (small phantom trials), waits until a trial has
 reported an epoch, then ends the worker: SIGKILL on even cycles (a crash), SIGINT on odd ones
 (Ctrl-C). The same command is then rerun until the study is complete. Checked at the end:
-exactly the target of finished trials, unique trial numbers, no RUNNING trial, every killed
-trial FAIL and retried once with its params, every interrupted run exit 130 with the resume
-command. Prints one JSON object.
+exactly the target of finished trials, unique trial numbers, no RUNNING trial, every killed or
+interrupted trial FAIL and retried with its params, continuing from its resume point (a
+point every epoch here), every interrupted run exit 130 with the resume command. Prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from sweep.presets import preset  # noqa: E402
 SMALL_PARAMS = preset("small")
 
 ENV = {**os.environ, "SEGNET_HEARTBEAT_INTERVAL": "1", "SEGNET_GRACE_PERIOD": "3", "OMP_NUM_THREADS": "1",
-       "PYTHONPATH": str(ROOT)}
+       "SEGNET_RESUME_SECONDS": "0", "PYTHONPATH": str(ROOT)}  # a resume point every epoch
 S = optuna.trial.TrialState
 
 
@@ -63,7 +64,7 @@ def main() -> None:
         url = args.storage or f"sqlite:///{tmp}/studies.db"
         name = f"drill{os.getpid()}"
         study = optuna.create_study(study_name=name, storage=url, direction="maximize")
-        for i in range(args.trials + args.cycles):  # small configurations; retries queue behind them
+        for i in range(args.trials):  # small configurations; retries of struck trials queue behind them
             study.enqueue_trial(dict(SMALL_PARAMS, lr=SMALL_PARAMS["lr"] * (1 + i / 20)))
         cmd = [sys.executable, "-m", "sweep", "run", "--trials", str(args.trials), "--epochs", str(args.epochs),
                "--storage", url, "--study", name, "--quiet"]
@@ -101,6 +102,8 @@ def main() -> None:
         trials = study.trials
         finished = [t for t in trials if t.state in (S.COMPLETE, S.PRUNED)]
         retried = {t.system_attrs.get("failed_trial"): t for t in trials if "failed_trial" in t.system_attrs}
+        struck = killed + interrupted
+        resumed = {n: retried[n].user_attrs.get("resumed_at_epoch") for n in struck if n in retried}
         result = {
             "storage": url.split(":")[0],
             "target": args.trials,
@@ -111,18 +114,20 @@ def main() -> None:
             "finished": len(finished),
             "unique_numbers": len({t.number for t in trials}) == len(trials),
             "running_left": len([t for t in trials if t.state == S.RUNNING]),
-            "killed_trials_failed": all(trials[n].state == S.FAIL for n in killed),
-            "killed_trials_retried_with_same_params": all(
-                n in retried and retried[n].params == trials[n].params for n in killed
+            "struck_trials_failed": all(trials[n].state == S.FAIL for n in struck),
+            "struck_trials_retried_with_same_params": all(
+                n in retried and retried[n].params == trials[n].params for n in struck
             ),
+            "retries_resumed_at_epoch": resumed,  # trial struck -> the epoch its retry continued after
+            "retries_resumed": sum(1 for v in resumed.values() if v),
             "finished_trials_lost": 0 if len(finished) >= args.trials else args.trials - len(finished),
         }
         result["ok"] = (
             result["finished"] == args.trials
             and result["unique_numbers"]
             and result["running_left"] == 0
-            and result["killed_trials_failed"]
-            and result["killed_trials_retried_with_same_params"]
+            and result["struck_trials_failed"]
+            and result["struck_trials_retried_with_same_params"]
             and resumed_ok == len(interrupted)
         )
         if args.storage:

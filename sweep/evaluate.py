@@ -121,7 +121,7 @@ def load_checked_data(study: optuna.Study, source: str | None) -> Dataset:
     source = source or study.user_attrs.get(StudyKey.DATA_SOURCE)
     if source is None:
         raise UsageError(f"--study {study.study_name!r}: records no data source; pass --data")
-    data = load_dataset(source)
+    data = load_dataset(source, groups=study.user_attrs.get(StudyKey.GROUPS))
     recorded = study.user_attrs.get(StudyKey.DATA_FINGERPRINT)
     if recorded is not None and recorded != data.fingerprint:
         raise UsageError(f"--data {source}: not the train/val data study {study.study_name!r} was tuned on")
@@ -252,7 +252,8 @@ def evaluate_volumes(data: Dataset, masks: np.ndarray, mask_dir: Path) -> dict:
     """
     mask_dir.mkdir(parents=True, exist_ok=True)
     cases, predicted, truths = [], {}, {}
-    for case, idx in _slices_by_case(data.test.slices).items():
+    by_case = data.test.case_indices()
+    for case, idx in by_case.items():
         volume = data.volumes[case]
         labels = assemble(volume, masks[idx])
         write_labels_nifti(mask_dir / f"{case}.nii.gz", labels, volume)
@@ -262,16 +263,8 @@ def evaluate_volumes(data: Dataset, masks: np.ndarray, mask_dir: Path) -> dict:
         predicted[case], truths[case] = labels, truth
         scores = case_metrics(labels, truth, volume_spacing(volume))
         cases.append({"case": case, "patient": volume.patient, "phase": volume.phase, **scores})
-    return {"n_volumes": len(_slices_by_case(data.test.slices)), "cases": cases, "summary": summarize_cases(cases),
+    return {"n_volumes": len(by_case), "cases": cases, "summary": summarize_cases(cases),
             "clinical": _clinical(data, predicted, truths)}
-
-
-def _slices_by_case(slices) -> dict[str, np.ndarray]:
-    """Indices of each case's slices, ordered by slice index."""
-    by_case: dict[str, list[tuple[int, int]]] = {}
-    for i, (case, z) in enumerate(slices):
-        by_case.setdefault(case, []).append((z, i))
-    return {case: np.array([i for _, i in sorted(pairs)]) for case, pairs in by_case.items()}
 
 
 def _clinical(data: Dataset, predicted: dict, truths: dict) -> dict | None:

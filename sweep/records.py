@@ -27,6 +27,7 @@ class StudyKey:
     DATA_DESCRIPTION = "data_description"  # one line for people
     SYNTHETIC = "synthetic_data"  # True for the phantom: output must say so
     SPLIT_PATIENTS = "split_patients"  # {"train": [...], "val": [...], "test": [...]}: who went where
+    GROUPS = "groups"  # --groups REGEX that named the patients (None: the layout's own, or none)
     SPACE_VERSION = "space_version"
     EPOCHS = "epochs"  # the epoch budget of the study's trials
     VERSIONS = "versions"  # package versions of the run that made the study
