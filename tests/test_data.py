@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,42 +20,16 @@ from data import (
     split_indices,
     write_mask,
 )
+from tests.helpers import (
+    random_image,
+    random_mask,
+    write_coursework,
+    write_png,
+    write_split,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CMRI = ROOT / ".." / "shared" / "data" / "cmri"
-
-
-# --- helpers: tiny datasets written with Pillow ---------------------------------------
-
-def _png(path: Path, arr: np.ndarray, mode: str | None = None) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img = Image.fromarray(arr) if mode is None else Image.fromarray(arr).convert(mode)
-    img.save(path, format="PNG")
-    return path
-
-
-def _image(seed: int, shape=(16, 16)) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
-
-
-def _mask(seed: int, shape=(16, 16)) -> np.ndarray:
-    return np.random.default_rng(seed + 1000).integers(0, 4, shape, dtype=np.uint8)
-
-
-def _write_split(folder: Path, names, masks=True, shape=(16, 16)) -> None:
-    (folder / "image").mkdir(parents=True, exist_ok=True)
-    for name in names:
-        seed = zlib.crc32(name.encode())  # stable across runs, unlike hash()
-        _png(folder / "image" / f"{name}.png", _image(seed, shape))
-        if masks:
-            _png(folder / "mask" / f"{name}_mask.png", _mask(seed, shape))
-
-
-def _coursework(root: Path, n=(4, 2, 3), test_masks=False) -> Path:
-    for split, count in zip(("train", "val", "test"), n):
-        _write_split(root / split, [f"{split}{i:02d}" for i in range(count)],
-                     masks=split != "test" or test_masks)
-    return root
 
 
 def _raises(match: str, source, **kw) -> str:
@@ -134,12 +107,12 @@ def test_unknown_layout(tmp_path):
 
 
 def test_coursework_needs_train_and_val(tmp_path):
-    _write_split(tmp_path / "train", ["a", "b"])
+    write_split(tmp_path / "train", ["a", "b"])
     _raises(f"{tmp_path}: coursework layout needs train/ and val/, val/ is missing", tmp_path)
 
 
 def test_empty_split(tmp_path):
-    root = _coursework(tmp_path)
+    root = write_coursework(tmp_path)
     for p in (root / "val" / "image").iterdir():
         p.unlink()
     (root / "val" / "image" / "notes.txt").write_text("not an image")
@@ -147,13 +120,13 @@ def test_empty_split(tmp_path):
 
 
 def test_split_without_image_folder(tmp_path):
-    root = _coursework(tmp_path)
+    root = write_coursework(tmp_path)
     (root / "train" / "image").rename(root / "train" / "images")
     _raises(f"{root / 'train'}: no image/ folder", root)
 
 
 def test_train_without_mask_folder(tmp_path):
-    root = _coursework(tmp_path)
+    root = write_coursework(tmp_path)
     for p in (root / "train" / "mask").iterdir():
         p.unlink()
     (root / "train" / "mask").rmdir()
@@ -161,15 +134,15 @@ def test_train_without_mask_folder(tmp_path):
 
 
 def test_image_without_mask(tmp_path):
-    root = _coursework(tmp_path)
+    root = write_coursework(tmp_path)
     (root / "train" / "mask" / "train02_mask.png").unlink()
     msg = _raises(f"{root / 'train' / 'image' / 'train02.png'}: no mask", root)
     assert str(root / "train" / "mask" / "train02_mask.png") in msg
 
 
 def test_orphan_masks_and_other_files_are_ignored(tmp_path):
-    root = _coursework(tmp_path)
-    _png(root / "train" / "mask" / "ghost_mask.png", _mask(0))
+    root = write_coursework(tmp_path)
+    write_png(root / "train" / "mask" / "ghost_mask.png", random_mask(0))
     (root / "train" / "image" / "readme.txt").write_text("hi")
     (root / "train" / "image" / ".hidden.png").write_bytes(b"junk")
     (root / "train" / "image" / "sub.png").mkdir()
@@ -178,18 +151,18 @@ def test_orphan_masks_and_other_files_are_ignored(tmp_path):
 
 
 def test_test_split_masks_optional(tmp_path):
-    root = _coursework(tmp_path)
+    root = write_coursework(tmp_path)
     assert load_dataset(str(root)).test.masks is None  # no mask/ folder
     (root / "test" / "mask").mkdir()
     assert load_dataset(str(root)).test.masks is None  # empty mask/ folder
-    _write_split(root / "test", ["test00", "test01", "test02"])
+    write_split(root / "test", ["test00", "test01", "test02"])
     ds = load_dataset(str(root))
     assert ds.test.masks.shape == (3, 16, 16)
     assert "(no test masks)" not in ds.describe()
 
 
 def test_test_split_partial_masks(tmp_path):
-    root = _coursework(tmp_path, test_masks=True)
+    root = write_coursework(tmp_path, test_masks=True)
     (root / "test" / "mask" / "test01_mask.png").unlink()
     (root / "test" / "mask" / "test02_mask.png").unlink()
     _raises(f"{root / 'test' / 'image' / 'test01.png'}: no mask", root)
@@ -197,8 +170,8 @@ def test_test_split_partial_masks(tmp_path):
 
 def test_missing_test_folder_is_an_empty_split(tmp_path):
     root = tmp_path
-    _write_split(root / "train", ["a", "b"])
-    _write_split(root / "val", ["c"])
+    write_split(root / "train", ["a", "b"])
+    write_split(root / "val", ["c"])
     ds = load_dataset(str(root))
     assert len(ds.test) == 0 and ds.test.masks is None and ds.test.images.shape == (0, 16, 16)
     assert ds.describe().endswith("2 train / 1 val / 0 test (no test masks), 16x16")
@@ -208,7 +181,7 @@ def test_missing_test_folder_is_an_empty_split(tmp_path):
 
 @pytest.fixture
 def root(tmp_path) -> Path:
-    return _coursework(tmp_path)
+    return write_coursework(tmp_path)
 
 
 def test_not_a_png(root):
@@ -219,53 +192,53 @@ def test_not_a_png(root):
 
 def test_truncated_png(root):
     bad = root / "val" / "image" / "val01.png"
-    _png(bad, np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
+    write_png(bad, np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8))
     bad.write_bytes(bad.read_bytes()[:300])
     _raises(f"{bad}: not a readable PNG image (", root)
 
 
 def test_jpeg_named_png(root):
     bad = root / "train" / "image" / "train00.png"
-    Image.fromarray(_image(0)).save(bad, format="JPEG")
+    Image.fromarray(random_image(0)).save(bad, format="JPEG")
     _raises(f"{bad}: not a readable PNG image (the file is JPEG)", root)
 
 
 def test_colour_image(root):
     bad = root / "train" / "image" / "train01.png"
-    rgb = np.stack([_image(1), _image(2), _image(3)], -1)
-    _png(bad, rgb)
+    rgb = np.stack([random_image(1), random_image(2), random_image(3)], -1)
+    write_png(bad, rgb)
     _raises(f"{bad}: colour image (mode RGB), expected greyscale", root)
 
 
 def test_grey_rgb_image_is_accepted(tmp_path):
-    grey = _image(1)
-    path = _png(tmp_path / "g.png", np.stack([grey] * 3, -1))
+    grey = random_image(1)
+    path = write_png(tmp_path / "g.png", np.stack([grey] * 3, -1))
     np.testing.assert_array_equal(read_image(path), grey / np.float32(255))
 
 
 def test_alpha_image(root):
     bad = root / "train" / "image" / "train01.png"
-    _png(bad, _image(1), mode="LA")
+    write_png(bad, random_image(1), mode="LA")
     _raises(f"{bad}: image with an alpha channel (mode LA)", root)
 
 
 def test_colour_palette_image(root):
     bad = root / "train" / "image" / "train01.png"
-    rgb = np.stack([_image(1), _image(2), _image(3)], -1)
+    rgb = np.stack([random_image(1), random_image(2), random_image(3)], -1)
     Image.fromarray(rgb).quantize(16).save(bad)
     _raises(f"{bad}: colour image (mode P)", root)
 
 
 def test_animated_png(root):
     bad = root / "train" / "image" / "train01.png"
-    frames = [Image.fromarray(_image(i)) for i in range(2)]
+    frames = [Image.fromarray(random_image(i)) for i in range(2)]
     frames[0].save(bad, save_all=True, append_images=frames[1:])
     _raises(f"{bad}: animated PNG with 2 frames", root)
 
 
 def test_16bit_image_scaled(tmp_path):
     arr = np.array([[0, 1000], [32768, 65535]], np.uint16)
-    path = _png(tmp_path / "x16.png", arr)
+    path = write_png(tmp_path / "x16.png", arr)
     assert Image.open(path).mode.startswith("I")
     out = read_image(path)
     assert out.dtype == np.float32
@@ -274,41 +247,41 @@ def test_16bit_image_scaled(tmp_path):
 
 def test_8bit_image_values(tmp_path):
     arr = np.array([[0, 1], [128, 255]], np.uint8)
-    out = read_image(_png(tmp_path / "x.png", arr))
+    out = read_image(write_png(tmp_path / "x.png", arr))
     assert out.dtype == np.float32 and out.shape == (2, 2)
     np.testing.assert_array_equal(out, arr.astype(np.float32) / 255)
 
 
 def test_images_of_different_sizes(root):
     bad = root / "val" / "image" / "val01.png"
-    _png(bad, _image(5, (16, 20)))
+    write_png(bad, random_image(5, (16, 20)))
     msg = _raises(f"{bad}: image is 16x20 but ", root)
     assert str(root / "train" / "image" / "train00.png") in msg and "is 16x16" in msg
 
 
 def test_mask_shape_differs_from_image(root):
     bad = root / "train" / "mask" / "train03_mask.png"
-    _png(bad, _mask(3, (16, 12)))
+    write_png(bad, random_mask(3, (16, 12)))
     msg = _raises(f"{bad}: mask is 16x12 but its image ", root)
     assert str(root / "train" / "image" / "train03.png") in msg
 
 
 def test_mask_values_out_of_range(root):
     bad = root / "val" / "mask" / "val00_mask.png"
-    m = _mask(0)
+    m = random_mask(0)
     m[0, :3] = [4, 255, 85]
-    _png(bad, m)
+    write_png(bad, m)
     _raises(f"{bad}: mask values must be class ids 0..3, found 4, 85, 255", root)
 
 
 def test_colour_mask(root):
     bad = root / "train" / "mask" / "train00_mask.png"
-    _png(bad, np.stack([_mask(0), _mask(1), _mask(2)], -1))
+    write_png(bad, np.stack([random_mask(0), random_mask(1), random_mask(2)], -1))
     _raises(f"{bad}: colour image (mode RGB)", root)
 
 
 def test_palette_mask_reads_indices(tmp_path):
-    m = _mask(0)
+    m = random_mask(0)
     img = Image.fromarray(m).convert("P")  # indices equal the grey values here
     img.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 744)
     path = tmp_path / "p_mask.png"
@@ -326,8 +299,8 @@ def test_missing_file():
 
 def _pool(root: Path, n: int, mask_suffix="_mask") -> Path:
     for i in range(n):
-        _png(root / "image" / f"s{i:03d}.png", _image(i))
-        _png(root / "mask" / f"s{i:03d}{mask_suffix}.png", _mask(i))
+        write_png(root / "image" / f"s{i:03d}.png", random_image(i))
+        write_png(root / "mask" / f"s{i:03d}{mask_suffix}.png", random_mask(i))
     return root
 
 
@@ -343,8 +316,8 @@ def test_pool_layout_split_is_seeded_and_recorded(tmp_path):
     assert ds.val.names == tuple(f"s{i:03d}" for i in val)
     # Images and masks stay paired with their names through the split.
     k = int(test[0])
-    np.testing.assert_array_equal(ds.test.masks[0], _mask(k))
-    np.testing.assert_array_equal(ds.test.images[0], _image(k) / np.float32(255))
+    np.testing.assert_array_equal(ds.test.masks[0], random_mask(k))
+    np.testing.assert_array_equal(ds.test.images[0], random_image(k) / np.float32(255))
     again = load_dataset(str(root))
     assert again.train.names == ds.train.names and again.fingerprint == ds.fingerprint
     other = load_dataset(str(root), seed=1)
@@ -408,20 +381,20 @@ def test_fingerprint_tracks_train_and_val_data(root):
     assert len(fp) == 16 and int(fp, 16) >= 0
     assert load_dataset(str(root)).fingerprint == fp
     # Test data is not part of it (held-back masks may arrive later).
-    _write_split(root / "test", ["test00", "test01", "test02"])
+    write_split(root / "test", ["test00", "test01", "test02"])
     assert load_dataset(str(root)).fingerprint == fp
     # One train pixel changes it.
     path = root / "train" / "image" / "train01.png"
     arr = np.asarray(Image.open(path)).copy()
     arr[3, 3] ^= 1
-    _png(path, arr)
+    write_png(path, arr)
     fp_pixel = load_dataset(str(root)).fingerprint
     assert fp_pixel != fp
     # One val label changes it.
     path = root / "val" / "mask" / "val00_mask.png"
     m = np.asarray(Image.open(path)).copy()
     m[0, 0] = (m[0, 0] + 1) % 4
-    _png(path, m)
+    write_png(path, m)
     assert load_dataset(str(root)).fingerprint not in (fp, fp_pixel)
 
 
@@ -437,7 +410,7 @@ def test_import_has_no_heavy_or_upward_dependencies():
 # --- mask writing -----------------------------------------------------------------------
 
 def test_write_read_mask_round_trip(tmp_path):
-    m = _mask(7, (20, 24)).astype(np.int64)
+    m = random_mask(7, (20, 24)).astype(np.int64)
     path = tmp_path / "out" / "deep" / "x_mask.png"
     write_mask(path, m)
     with Image.open(path) as img:

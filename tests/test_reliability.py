@@ -19,7 +19,7 @@ import sweep.objective
 from sweep.cli import main
 from sweep.presets import preset
 from sweep.progress import MAX_CONSECUTIVE_FAILURES
-from tests.test_data import _coursework, _image, _png
+from tests.helpers import random_image, write_coursework, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
@@ -235,7 +235,7 @@ def digest(folder: Path) -> dict:
 
 
 def _bad_data(root: Path, kind: str) -> Path:
-    data = _coursework(root / "data", n=(3, 2, 2))
+    data = write_coursework(root / "data", n=(3, 2, 2))
     img = data / "train" / "image" / "train00.png"
     msk = data / "train" / "mask" / "train00_mask.png"
     if kind == "empty split":
@@ -246,17 +246,17 @@ def _bad_data(root: Path, kind: str) -> Path:
         msk.unlink()
         return msk
     if kind == "mask values":
-        _png(msk, np.full((16, 16), 7, np.uint8))
+        write_png(msk, np.full((16, 16), 7, np.uint8))
         return msk
     if kind == "mask shape":
-        _png(msk, np.zeros((16, 12), np.uint8))
+        write_png(msk, np.zeros((16, 12), np.uint8))
         return msk
     if kind == "image sizes":
-        _png(data / "val" / "image" / "val00.png", _image(0, (20, 20)))
-        _png(data / "val" / "mask" / "val00_mask.png", np.zeros((20, 20), np.uint8))
+        write_png(data / "val" / "image" / "val00.png", random_image(0, (20, 20)))
+        write_png(data / "val" / "mask" / "val00_mask.png", np.zeros((20, 20), np.uint8))
         return data / "val" / "image" / "val00.png"
     if kind == "colour":
-        _png(img, np.stack([_image(1), _image(2), _image(3)], -1))
+        write_png(img, np.stack([random_image(1), random_image(2), random_image(3)], -1))
         return img
     if kind == "truncated":
         img.write_bytes(img.read_bytes()[:40])
