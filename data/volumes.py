@@ -1,7 +1,10 @@
 """NIfTI volumes to 2-D training slices and back: one documented preprocessing.
 
 Each volume ``(X, Y, Z)`` (file voxel order, see ``nifti.py``) becomes ``Z`` slices
-``(SLICE_SIZE, SLICE_SIZE)``, slice ``z`` being ``volume[:, :, z]`` with rows along X:
+``(SLICE_SIZE, SLICE_SIZE)``, slice ``z`` being ``volume[:, :, z]`` with rows along X. Z is
+the through-plane axis: the voxel axis with clearly the thickest voxels, wherever a writer
+put it (``through_plane_axis``; the third one, as ACDC and nnU-Net write it, where no axis
+stands out), moved last before anything else and back in ``assemble``:
 
 1. in-plane resampling to ``TARGET_SPACING_MM`` (linear for images, nearest for labels),
    the through-plane axis untouched (5-10 mm ACDC slices are far too thick to resample);
@@ -47,14 +50,14 @@ CLIP_PERCENTILES = (0.5, 99.5)
 #: far finer than MR noise, and the cache then holds 2 bytes per pixel, not 4.
 INTENSITY_LEVELS = 65535
 #: Bumped whenever the arrays this module produces change, so caches of old ones are not used.
-PREPROCESSING_VERSION = 1
+PREPROCESSING_VERSION = 2
 
 
 def preprocessing() -> dict:
     """The preprocessing constants as one JSON-able dict (for caches and model files)."""
     return {
         "kind": "volumes", "version": PREPROCESSING_VERSION, "target_spacing_mm": TARGET_SPACING_MM,
-        "slice_size": SLICE_SIZE, "clip_percentiles": list(CLIP_PERCENTILES), "slice_axis": 2,
+        "slice_size": SLICE_SIZE, "clip_percentiles": list(CLIP_PERCENTILES), "slice_axis": "thickest voxel axis, else the third",
         "intensity_levels": INTENSITY_LEVELS,
     }
 
@@ -95,11 +98,22 @@ class Volume:
     group: str | None = None
     height: float | None = None
     weight: float | None = None
+    slice_axis: int = 2  # the voxel axis slices are cut across (``through_plane_axis``)
+
+    @property
+    def plane_shape(self) -> tuple[int, int, int]:
+        """The source shape with the slice axis moved last: (in-plane, in-plane, slices)."""
+        return _moved(self.shape, self.slice_axis)
+
+    @property
+    def plane_spacing(self) -> tuple[float, float, float]:
+        """``spacing`` in the order of ``plane_shape``."""
+        return _moved(self.spacing, self.slice_axis)
 
     @property
     def n_slices(self) -> int:
-        """Z: the number of slices along the third voxel axis."""
-        return self.shape[2]
+        """The number of slices along the slice axis."""
+        return self.shape[self.slice_axis]
 
     def to_dict(self) -> dict:
         """JSON-able fields (tuples as lists, the affine as nested lists)."""
@@ -116,6 +130,20 @@ class Volume:
             kw[key] = tuple(kw[key])
         kw["affine"] = np.asarray(kw["affine"], np.float64)
         return cls(**kw)
+
+
+def _moved(values: tuple, axis: int) -> tuple:
+    """``values`` (one per voxel axis) with entry ``axis`` moved last."""
+    return tuple(v for i, v in enumerate(values) if i != axis) + (values[axis],)
+
+
+def through_plane_axis(spacing: tuple[float, float, float]) -> int:
+    """The voxel axis slices are cut across: the one whose voxels are clearly the thickest
+    (a short-axis stack's 5-10 mm against 1-2 mm in-plane), whichever position a writer put
+    it in; the third axis, as in ACDC and nnU-Net files, where no axis stands out."""
+    thickest = int(np.argmax(spacing))
+    others = [s for i, s in enumerate(spacing) if i != thickest]
+    return thickest if spacing[thickest] > 1.5 * max(others) else 2
 
 
 def case_id(image_path: os.PathLike | str) -> str:
@@ -170,7 +198,7 @@ def _resample(vol: np.ndarray, volume: Volume, order: int) -> np.ndarray:
     """
     from scipy import ndimage
 
-    q = [volume.target_spacing / s for s in volume.spacing[:2]]
+    q = [volume.target_spacing / s for s in volume.plane_spacing[:2]]
     offset = [(c + 0.5) * qa - 0.5 for c, qa in zip(volume.crop, q)] + [0.0]
     out = ndimage.affine_transform(
         vol, np.array([q[0], q[1], 1.0]), offset=offset,
@@ -216,17 +244,18 @@ def preprocess_volume(
         label_path = Path(label_path).resolve()
         labels = read_label_volume(label_path, img, image_path)
     spacing = _spacing(img, image_path)
-    resampled, crop = _plane_geometry(vol.shape, spacing, target_spacing, size)
-    normalised, window = _normalise(vol)
+    axis = through_plane_axis(spacing)
+    resampled, crop = _plane_geometry(_moved(vol.shape, axis), _moved(spacing, axis), target_spacing, size)
+    normalised, window = _normalise(np.moveaxis(vol, axis, 2))
     volume = Volume(
         case=case_id(image_path), patient=case_id(image_path), phase=None,
         image_path=str(image_path), label_path=None if label_path is None else str(label_path),
         shape=tuple(int(n) for n in vol.shape), affine=np.asarray(img.affine, np.float64), spacing=spacing,
         target_spacing=float(target_spacing), resampled_shape=resampled, crop=crop, size=(size, size),
-        intensity_range=window,
+        intensity_range=window, slice_axis=axis,
     )
     images = quantise(np.clip(_resample(normalised, volume, order=1), 0, 1)).transpose(2, 0, 1)
-    masks = None if labels is None else _resample(labels, volume, order=0).transpose(2, 0, 1)
+    masks = None if labels is None else _resample(np.moveaxis(labels, axis, 2), volume, order=0).transpose(2, 0, 1)
     images = np.ascontiguousarray(images, np.float32)
     return images, None if masks is None else np.ascontiguousarray(masks), volume
 
@@ -234,7 +263,7 @@ def preprocess_volume(
 def _back_indices(n_out: int, volume: Volume, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """For each source index along in-plane ``axis``: its nearest crop pixel, and whether
     that pixel lies in the crop (else the source voxel was cut off). Both (n_out,)."""
-    q = volume.target_spacing / volume.spacing[axis]
+    q = volume.target_spacing / volume.plane_spacing[axis]
     u = (np.arange(n_out) + 0.5) / q - 0.5  # source voxel centres in resampled-grid pixels
     # A rim voxel may fall a fraction past the rounded resampled grid: it takes the edge pixel.
     r = np.clip(np.floor(u + 0.5).astype(np.int64), 0, volume.resampled_shape[axis] - 1) - volume.crop[axis]
@@ -254,12 +283,12 @@ def assemble(volume: Volume, slice_masks: np.ndarray) -> np.ndarray:
     expected = (volume.n_slices, *volume.size)
     if slice_masks.shape != expected:
         raise ValueError(f"assemble: {volume.case} needs slices {expected}, got {slice_masks.shape}")
-    rows, row_in = _back_indices(volume.shape[0], volume, 0)
-    cols, col_in = _back_indices(volume.shape[1], volume, 1)
+    rows, row_in = _back_indices(volume.plane_shape[0], volume, 0)
+    cols, col_in = _back_indices(volume.plane_shape[1], volume, 1)
     out = slice_masks[:, rows][:, :, cols].transpose(1, 2, 0).astype(np.uint8)
     out[~row_in] = 0
     out[:, ~col_in] = 0
-    return np.ascontiguousarray(out)
+    return np.ascontiguousarray(np.moveaxis(out, 2, volume.slice_axis))
 
 
 def read_truth(volume: Volume) -> np.ndarray | None:

@@ -490,3 +490,41 @@ def test_import_stays_light():
     code = f"import sys, data; print(sorted(m for m in sys.modules if m.split('.')[0] in {heavy}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_stack_written_slice_axis_first_is_cut_across_its_thick_axis(tmp_path):
+    """Another writer may put the 10 mm axis first: slices are still cut across it, and
+    predictions map back onto that file's own grid."""
+    import nibabel as nib
+
+    from data import assemble, preprocess_volume, read_truth, write_labels_nifti
+    from data.volume_phantom import make_volume_pair
+
+    pair = make_volume_pair(5, "NOR", (120, 136), 9, (1.5, 1.5, 10.0))
+    image, labels = pair["ED"]
+    perm = (2, 0, 1)  # (X, Y, Z) -> (Z, X, Y)
+    affine = pair["affine"][:, list(perm) + [3]]  # voxel axes permuted, world unchanged
+    for name, arr in (("img", image), ("gt", labels)):
+        nib.save(nib.Nifti1Image(np.transpose(arr, perm), affine), tmp_path / f"{name}.nii.gz")
+
+    images, masks, volume = preprocess_volume(tmp_path / "img.nii.gz", tmp_path / "gt.nii.gz")
+    assert volume.slice_axis == 0 and images.shape[0] == 9 and masks.shape[0] == 9
+    reference, ref_masks, _ = preprocess_volume(*_write_pair(tmp_path / "ref", image, labels, pair["affine"]))
+    np.testing.assert_array_equal(masks, ref_masks)
+    np.testing.assert_allclose(images, reference, atol=1e-4)
+
+    back = assemble(volume, masks)
+    truth = read_truth(volume)
+    assert back.shape == truth.shape == (9, 120, 136)
+    assert np.mean(back == truth) > 0.999
+    write_labels_nifti(tmp_path / "pred.nii.gz", back, volume)
+    np.testing.assert_allclose(nib.load(tmp_path / "pred.nii.gz").affine, affine, atol=1e-5)
+
+
+def _write_pair(folder, image, labels, affine):
+    import nibabel as nib
+
+    folder.mkdir()
+    nib.save(nib.Nifti1Image(image, affine), folder / "img.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), folder / "gt.nii.gz")
+    return folder / "img.nii.gz", folder / "gt.nii.gz"
