@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import sweep.objective
+from sweep import study as st
 from sweep.cli import main
 from sweep.presets import preset
 from sweep.progress import MAX_CONSECUTIVE_FAILURES
@@ -67,6 +68,19 @@ def enqueued_study(storage: str, n: int, name: str = "segnet") -> None:
         study.enqueue_trial(params)
 
 
+def wait_until_stale_trial_failed(url: str, number: int, timeout: float = 300) -> None:
+    """Poll (as every worker does when it starts a trial) until the dead worker's trial is failed."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(st, "HEARTBEAT_INTERVAL", 1)
+        mp.setattr(st, "GRACE_PERIOD", 3)
+        study = optuna.load_study(study_name="segnet", storage=st.make_storage(url))
+    deadline = time.monotonic() + timeout
+    while study.trials[number].state == optuna.trial.TrialState.RUNNING:
+        assert time.monotonic() < deadline, "the killed worker's trial was never failed"
+        optuna.storages.fail_stale_trials(study)
+        time.sleep(0.2)
+
+
 def finished_trials(study):
     return study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))
 
@@ -79,7 +93,7 @@ def test_killed_worker_trial_fails_and_is_retried_with_its_params(tmp_path):
     victim = wait_for_running_epoch(tmp_path / "studies.db")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(4)  # let the heartbeat go stale (grace period 3 s in this test)
+    wait_until_stale_trial_failed(f"sqlite:///{tmp_path / 'studies.db'}", victim.number)
     rerun = subprocess.run(sweep_cmd(*args), cwd=tmp_path, env={**os.environ, **FAST_HEARTBEAT}, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr
     study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{tmp_path / 'studies.db'}")
