@@ -18,3 +18,18 @@ def cmri_path():
         pytest.skip(f"real data not found at {CMRI}")
     return CMRI
 
+
+@pytest.fixture(scope="session")
+def one_trial_study(tmp_path_factory):
+    """A real study of one small trial (studies.db and artifacts); tests copy it or assert it unchanged."""
+    import json
+
+    from sweep.cli import main
+    from sweep.presets import preset
+
+    folder = tmp_path_factory.mktemp("one-trial-study")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(folder)
+        assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(preset("small"))]) == 0
+    return folder
+

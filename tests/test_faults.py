@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -27,14 +28,21 @@ def copy_study(source: Path, target: Path) -> None:
     shutil.copytree(source / "artifacts", target / "artifacts")
 
 
-@pytest.fixture(scope="module")
-def made_study(tmp_path_factory):
-    """A real one-trial study (studies.db and artifacts) to damage and mount."""
-    folder = tmp_path_factory.mktemp("made")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL)]) == 0
-    return folder
+@pytest.fixture
+def made_study(one_trial_study):
+    return one_trial_study
+
+
+@contextmanager
+def tmpfs(mountpoint: Path, size: str):
+    """A fresh tmpfs at ``mountpoint`` (skips the test where mounting is not allowed)."""
+    mountpoint.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "--lazy", str(mountpoint)], capture_output=True)  # lazy: pooled connections may hold it
 
 
 def _one_line_error(capsys) -> str:
@@ -58,16 +66,10 @@ def test_a_truncated_database_is_one_line(made_study, tmp_path, monkeypatch, cap
 @pytest.fixture
 def read_only_copy(made_study, tmp_path):
     """The study on a real read-only mount (root can write through file permissions, not through ro)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "ro", "8m") as mnt:
         copy_study(made_study, mnt)
         subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True)
         yield mnt
-    finally:
-        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)  # lazy: pooled connections may hold it
 
 
 def test_a_study_on_a_read_only_mount_can_be_inspected(read_only_copy, tmp_path, monkeypatch, capsys):
@@ -86,11 +88,7 @@ def test_a_study_on_a_read_only_mount_can_be_inspected(read_only_copy, tmp_path,
 
 
 def test_a_full_disk_during_run_is_one_line(tmp_path, capsys):
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
+    with tmpfs(tmp_path / "tiny", "400k") as mnt:
         argv = ["run", "--trials", "50", "--epochs", "1", "--quiet", "--storage", f"sqlite:///{mnt / 'studies.db'}",
                 "--artifacts", str(mnt / "artifacts"), "--enqueue", json.dumps(SMALL)]
         code = main(argv)
@@ -98,8 +96,6 @@ def test_a_full_disk_during_run_is_one_line(tmp_path, capsys):
         assert code == 1, out
         assert "Traceback" not in out.err
         assert "full" in out.err or "No space left" in out.out
-    finally:
-        subprocess.run(["umount", "--lazy", str(mnt)], capture_output=True)  # lazy: pooled connections may hold it
 
 
 def test_sigterm_during_evaluate_says_how_to_rerun(made_study, tmp_path):

@@ -235,13 +235,9 @@ def test_sweep_stops_after_consecutive_failures_and_says_why(in_tmp, monkeypatch
 # --- bad input: exit 2, one line naming it, existing study byte-identical -----------------
 
 
-@pytest.fixture(scope="module")
-def existing_study(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("existing")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(folder)
-        assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL_PARAMS)]) == 0
-    return folder
+@pytest.fixture
+def existing_study(one_trial_study):
+    return one_trial_study
 
 
 def digest(folder: Path) -> dict:
