@@ -61,6 +61,7 @@ from model import SegNet, SegNetConfig  # noqa: E402
 from sweep import study as st  # noqa: E402
 from sweep.objective import Objective  # noqa: E402
 from sweep.options import RunOptions  # noqa: E402
+from sweep.presets import preset  # noqa: E402
 from sweep.progress import Progress, StopAfterFailures  # noqa: E402
 from sweep.records import FINISHED, compact_history  # noqa: E402
 from sweep.run import run  # noqa: E402
@@ -80,30 +81,31 @@ ARCHS = {
 # Our trainer set up as the coursework trained: AdamW with no decay is Adam.
 TRAINER_CFG = TrainConfig(lr=1e-3, weight_decay=0.0, batch_size=10, schedule="constant", dice_weight=0.0)
 
-_COMMON = {"weight_decay": 1e-5, "class_weight_power": 0.0, "dropout": 0.0}
 # Eight fixed, plausible small-to-medium configurations of the search space (sweep/space.py),
-# cheapest first (smoke runs take a prefix). The naive loop trains each with its architecture,
-# lr and batch size only (it has no Dice loss, schedule or augmentation: that only favours it).
+# cheapest first (smoke runs take a prefix), as overrides of the small preset. The naive loop trains
+# each with its architecture, lr and batch size only (it has no Dice loss, schedule or augmentation:
+# that only favours it).
 SWEEP_CONFIGS = [
-    {**_COMMON, "lr": 3e-3, "depth": 3, "base_width": 8, "convs_shallow": 1, "convs_deep": 1, "kernel_size": 3,
-     "batch_size": 16, "dice_weight": 0.5, "schedule": "cosine", "aug_rotate": 5.0, "aug_scale": 0.05, "aug_gamma": 0.1},
-    {**_COMMON, "lr": 1e-3, "depth": 4, "base_width": 8, "convs_shallow": 2, "convs_deep": 2, "kernel_size": 3,
-     "batch_size": 10, "dice_weight": 0.0, "schedule": "constant", "aug_rotate": 0.0, "aug_scale": 0.0, "aug_gamma": 0.0},
-    {**_COMMON, "lr": 2e-3, "depth": 4, "base_width": 16, "convs_shallow": 2, "convs_deep": 2, "kernel_size": 3,
-     "batch_size": 10, "dice_weight": 0.3, "schedule": "cosine", "aug_rotate": 10.0, "aug_scale": 0.1, "aug_gamma": 0.2},
-    {**_COMMON, "lr": 5e-4, "depth": 3, "base_width": 16, "convs_shallow": 2, "convs_deep": 3, "kernel_size": 5,
-     "batch_size": 16, "dice_weight": 0.5, "schedule": "constant", "aug_rotate": 5.0, "aug_scale": 0.0, "aug_gamma": 0.0,
-     "class_weight_power": 0.3},
-    {**_COMMON, "lr": 1e-3, "depth": 5, "base_width": 16, "convs_shallow": 2, "convs_deep": 3, "kernel_size": 3,
-     "batch_size": 10, "dice_weight": 0.0, "schedule": "cosine", "aug_rotate": 0.0, "aug_scale": 0.1, "aug_gamma": 0.0},
-    {**_COMMON, "lr": 4e-3, "depth": 4, "base_width": 8, "convs_shallow": 3, "convs_deep": 2, "kernel_size": 5,
-     "batch_size": 8, "dice_weight": 0.7, "schedule": "cosine", "aug_rotate": 15.0, "aug_scale": 0.15, "aug_gamma": 0.3,
-     "dropout": 0.2},
-    {**_COMMON, "lr": 1.5e-3, "depth": 3, "base_width": 32, "convs_shallow": 1, "convs_deep": 2, "kernel_size": 3,
-     "batch_size": 8, "dice_weight": 0.2, "schedule": "constant", "aug_rotate": 8.0, "aug_scale": 0.05, "aug_gamma": 0.1},
-    {**_COMMON, "lr": 8e-4, "depth": 4, "base_width": 32, "convs_shallow": 2, "convs_deep": 2, "kernel_size": 3,
-     "batch_size": 16, "dice_weight": 0.4, "schedule": "cosine", "aug_rotate": 10.0, "aug_scale": 0.1, "aug_gamma": 0.2,
-     "class_weight_power": 0.5, "dropout": 0.1},
+    preset("small", class_weight_power=0.0),
+    preset("small", class_weight_power=0.0, lr=0.001, depth=4, convs_shallow=2, convs_deep=2,
+                    batch_size=10, dice_weight=0.0, schedule='constant', aug_rotate=0.0, aug_scale=0.0,
+                    aug_gamma=0.0),
+    preset("small", class_weight_power=0.0, lr=0.002, depth=4, base_width=16, convs_shallow=2,
+                    convs_deep=2, batch_size=10, dice_weight=0.3, aug_rotate=10.0, aug_scale=0.1,
+                    aug_gamma=0.2),
+    preset("small", lr=0.0005, base_width=16, convs_shallow=2, convs_deep=3, kernel_size=5,
+                    schedule='constant', aug_scale=0.0, aug_gamma=0.0),
+    preset("small", class_weight_power=0.0, lr=0.001, depth=5, base_width=16, convs_shallow=2,
+                    convs_deep=3, batch_size=10, dice_weight=0.0, aug_rotate=0.0, aug_scale=0.1,
+                    aug_gamma=0.0),
+    preset("small", class_weight_power=0.0, dropout=0.2, lr=0.004, depth=4, convs_shallow=3, convs_deep=2,
+                    kernel_size=5, batch_size=8, dice_weight=0.7, aug_rotate=15.0, aug_scale=0.15,
+                    aug_gamma=0.3),
+    preset("small", class_weight_power=0.0, lr=0.0015, base_width=32, convs_deep=2, batch_size=8,
+                    dice_weight=0.2, schedule='constant', aug_rotate=8.0),
+    preset("small", class_weight_power=0.5, dropout=0.1, lr=0.0008, depth=4, base_width=32,
+                    convs_shallow=2, convs_deep=2, dice_weight=0.4, aug_rotate=10.0, aug_scale=0.1,
+                    aug_gamma=0.2),
 ]
 # The memory section's small configuration (SWEEP_CONFIGS[2] with no augmentation: the same work every trial).
 MEMORY_PARAMS = {**SWEEP_CONFIGS[2], "aug_rotate": 0.0, "aug_scale": 0.0, "aug_gamma": 0.0}

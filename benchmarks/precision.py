@@ -19,15 +19,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data import load_dataset  # noqa: E402
+from sweep.presets import preset  # noqa: E402
 from sweep.space import configs_from_params  # noqa: E402
 from sweep.train import DeviceSplit, fit, resolve_device  # noqa: E402
 
 # A configuration of the kind the sweep favours on this data (small widths, Dice+CE, cosine, augmentation).
-PARAMS = {
-    "lr": 3e-3, "weight_decay": 1e-5, "depth": 4, "base_width": 16, "convs_shallow": 2, "convs_deep": 2,
-    "kernel_size": 3, "batch_size": 4, "dice_weight": 0.5, "class_weight_power": 0.3, "dropout": 0.0,
-    "schedule": "cosine", "aug_rotate": 10.0, "aug_scale": 0.1, "aug_gamma": 0.1,
-}
+PARAMS = preset("small", depth=4, base_width=16, convs_shallow=2, convs_deep=2, batch_size=4,
+                         aug_rotate=10.0, aug_scale=0.1)
 
 
 def main() -> None:

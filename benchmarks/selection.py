@@ -41,16 +41,14 @@ sys.path.insert(0, str(ROOT))
 from data import fold_indices, load_dataset  # noqa: E402
 from sweep.metrics import dice_scores  # noqa: E402
 from sweep.postprocess import predict_probs  # noqa: E402
-from sweep.presets import ORIGINAL  # noqa: E402
+from sweep.presets import ORIGINAL, preset  # noqa: E402
 from sweep.space import configs_from_params, suggest  # noqa: E402
 from sweep.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16  # noqa: E402
 
 # The best trial of the 30-trial real-data sweep (docs/RESULTS.md, trial 23), rounded.
-SWEEP_BEST = {
-    "depth": 3, "base_width": 64, "convs_shallow": 1, "convs_deep": 2, "kernel_size": 5, "dropout": 0.42,
-    "lr": 5.4e-4, "weight_decay": 2.1e-5, "batch_size": 4, "schedule": "constant", "dice_weight": 0.09,
-    "class_weight_power": 0.54, "aug_rotate": 10.0, "aug_scale": 0.05, "aug_gamma": 0.32,
-}
+SWEEP_BEST = preset("small", base_width=64, convs_deep=2, kernel_size=5, dropout=0.42, lr=0.00054,
+                             weight_decay=2.1e-05, batch_size=4, schedule='constant', dice_weight=0.09,
+                             class_weight_power=0.54, aug_rotate=10.0, aug_gamma=0.32)
 
 
 def random_candidates(n: int, seed: int, epochs: int) -> list[dict]:
