@@ -167,6 +167,47 @@ def test_two_machines_share_one_server_study(tmp_path, url):
         optuna.delete_study(study_name=name, storage=url)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("url", SERVERS[:1])
+def test_two_workers_interrupted_keep_the_enqueued_baseline_and_resume_it(tmp_path, url):
+    """Ctrl-C on `run --workers 2 --enqueue` against PostgreSQL: the baseline is queued again
+    with its params, and the rerun continues it from its resume point (it was lost before)."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    baseline = json.dumps(dict(SMALL_PARAMS, lr=1.23e-3))
+    args = ["run", "--trials", "2", "--epochs", "8", "--workers", "2", "--storage", url, "--study", name,
+            "--quiet", "--enqueue", baseline]
+    env = {"OMP_NUM_THREADS": "1", "SEGNET_RESUME_SECONDS": "0"}
+    enqueued_study(url, 1, name)  # the other worker's trial: small too, whatever the sampler would draw
+    proc = start(tmp_path, *args, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not any(len(t.intermediate_values) >= 2 for t in _server_trials(url, name)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "Traceback" not in err, err
+        rerun = subprocess.run(sweep_cmd(*args), cwd=tmp_path, capture_output=True, text=True,
+                               env={**os.environ, "PYTHONPATH": str(ROOT), **env})
+        assert rerun.returncode == 0, rerun.stderr
+        study = optuna.load_study(study_name=name, storage=url)
+        runs = [t for t in study.trials if t.params.get("lr") == pytest.approx(1.23e-3)]
+        assert runs[0].state == optuna.trial.TrialState.FAIL and runs[0].user_attrs["fail_reason"].startswith("interrupted")
+        assert runs[-1].state == optuna.trial.TrialState.COMPLETE
+        assert runs[-1].user_attrs["resumed_at_epoch"] >= 2  # continued, not restarted
+        assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    finally:
+        proc.kill()
+        optuna.delete_study(study_name=name, storage=url)
+
+
+def _server_trials(url: str, name: str) -> list:
+    try:
+        return optuna.load_study(study_name=name, storage=url).trials
+    except KeyError:  # not created yet
+        return []
+
+
 @pytest.mark.parametrize("url", SERVERS)
 def test_server_is_reachable_when_configured(url):
     """When CI names a database server, its tests must run: an unreachable server fails here."""
