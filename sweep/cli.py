@@ -285,7 +285,15 @@ def _format_evaluation(result: dict) -> list[str]:
         lo, hi = est["dice_fg_ci95"]
         lines.append(f"  expect    fg {est['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}) on unseen slices, "
                      f"from {est['source']}")
+    if result.get("volumes"):
+        from sweep.status import volume_summary_lines
+
+        lines += volume_summary_lines(result["volumes"]["summary"])
+        for key, agreement in (result["volumes"].get("clinical") or {}).items():
+            r = "–" if agreement["r"] is None else f"{agreement['r']:.3f}"
+            lines.append(f"  clinical  {key}: r {r}, bias {agreement['bias']:+.2f}")
     lines.append(f"  masks     {result['masks']}")
+    lines.append(f"  model     {result['model']}")
     return lines
 
 

@@ -248,7 +248,8 @@ def evaluate_volumes(data: Dataset, masks: np.ndarray, mask_dir: Path) -> dict:
     ``CASE.nii.gz`` with the source's geometry, and score every volume that has a ground truth.
 
     Returns ``{"cases": [...], "summary": {ED, ES, all}, "clinical": {...}}`` (clinical indices
-    only where patients have both an ED and an ES volume with ground truth, as in ACDC).
+    and ``clinical_patients`` only where patients have both an ED and an ES volume with ground
+    truth, as in ACDC).
     """
     mask_dir.mkdir(parents=True, exist_ok=True)
     cases, predicted, truths = [], {}, {}
@@ -263,12 +264,16 @@ def evaluate_volumes(data: Dataset, masks: np.ndarray, mask_dir: Path) -> dict:
         predicted[case], truths[case] = labels, truth
         scores = case_metrics(labels, truth, volume_spacing(volume))
         cases.append({"case": case, "patient": volume.patient, "phase": volume.phase, **scores})
-    return {"n_volumes": len(by_case), "cases": cases, "summary": summarize_cases(cases),
-            "clinical": _clinical(data, predicted, truths)}
+    out = {"n_volumes": len(by_case), "cases": cases, "summary": summarize_cases(cases)}
+    clinical, n_patients = _clinical(data, predicted, truths)
+    if clinical:
+        out["clinical"], out["clinical_patients"] = clinical, n_patients
+    return out
 
 
-def _clinical(data: Dataset, predicted: dict, truths: dict) -> dict | None:
-    """LV/RV EDV, ESV, EF and myocardial mass of each patient with ED and ES, against the truth."""
+def _clinical(data: Dataset, predicted: dict, truths: dict) -> tuple[dict | None, int]:
+    """LV/RV EDV, ESV, EF and myocardial mass of each patient with ED and ES, against the truth;
+    and how many patients that is."""
     phases: dict[str, dict[str, str]] = {}
     for case in predicted:
         volume = data.volumes[case]
@@ -276,8 +281,8 @@ def _clinical(data: Dataset, predicted: dict, truths: dict) -> dict | None:
             phases.setdefault(volume.patient, {})[volume.phase] = case
     pairs = [(p["ED"], p["ES"]) for p in phases.values() if len(p) == 2]
     if not pairs:
-        return None
+        return None, 0
     spacing = {case: volume_spacing(data.volumes[case]) for pair in pairs for case in pair}
     pred = [clinical_indices(predicted[ed], predicted[es], spacing[ed], spacing[es]) for ed, es in pairs]
     true = [clinical_indices(truths[ed], truths[es], spacing[ed], spacing[es]) for ed, es in pairs]
-    return {"n_patients": len(pairs), **clinical_agreement(pred, true)}
+    return clinical_agreement(pred, true), len(pairs)

@@ -435,11 +435,11 @@ def volume_tables(volumes: dict) -> str:
              f'{head}</tr>{"".join(rows)}</table></div>']
     clinical = volumes.get("clinical")
     if clinical:
-        keys = [k for k in clinical if k != "n_patients"]
+        keys = list(clinical)
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
         cells = "".join(f"<tr><th>{_e(k)}</th><td>{fmt(clinical[k]['r'])}</td><td>{fmt(clinical[k]['bias'])}</td></tr>"
                         for k in keys)
-        parts.append(f'<p class="hint">Clinical indices of {clinical["n_patients"]} patients against the ground truth '
+        parts.append(f'<p class="hint">Clinical indices of {volumes.get("clinical_patients", "?")} patients against the ground truth '
                      f'(ml, %, g).</p><table class="top"><tr><th>index</th><th>Pearson r</th><th>mean bias</th></tr>{cells}</table>')
     if volumes.get("cases"):
         frame = pd.DataFrame(volumes["cases"])

@@ -51,8 +51,9 @@ def test_acdc_sweep_evaluates_each_patient_at_ed_and_es(volumes_env, capsys):
         patient = case["patient"]
         _assert_same_geometry(volumes_env / "best" / "masks" / f"{case['case']}.nii.gz",
                               root / "testing" / patient / f"{case['case']}.nii.gz")
-    assert volumes["clinical"]["n_patients"] == 2
-    assert set(volumes["clinical"]) >= {"lv_edv", "lv_esv", "lv_ef", "rv_edv", "rv_esv", "rv_ef", "myo_mass"}
+    assert volumes["clinical_patients"] == 2
+    assert set(volumes["clinical"]) == {"lv_edv", "lv_esv", "lv_ef", "rv_edv", "rv_esv", "rv_ef", "myo_mass"}
+    assert all(set(v) == {"r", "bias"} for v in volumes["clinical"].values())
     assert result["test"]["n_images"] > 0  # the pooled slice Dice of today's JSON is kept
 
     # predict on the test volumes gives exactly the masks best --evaluate wrote
@@ -77,6 +78,7 @@ def test_nnunet_sweep_groups_cases_by_patient(volumes_env, capsys):
     patients = [{name.split("_")[0] for name in fold} for fold in folds]
     assert not patients[0] & patients[1]  # no patient in two folds
     assert len(result["volumes"]["cases"]) == len(list((root / "imagesTs").glob("*.nii.gz")))
+    assert "clinical" not in result["volumes"]  # nnU-Net cases carry no ED/ES phase
     for case in result["volumes"]["cases"]:
         _assert_same_geometry(volumes_env / "best" / "masks" / f"{case['case']}.nii.gz",
                               root / "imagesTs" / f"{case['case']}_0000.nii.gz")
