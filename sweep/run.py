@@ -102,6 +102,9 @@ def run(opts: RunOptions) -> dict:
     if opts.cv:
         cv_folds(data, opts.cv)  # enough slices for the folds
     enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue else None
+    note = grouping_note(data, opts)
+    if note:
+        print(note, file=sys.stderr)
     if opts.artifacts is not None:
         artifacts.check(artifacts.resolve(opts.storage, opts.artifacts))
 
@@ -127,6 +130,17 @@ def run(opts: RunOptions) -> dict:
         progress.close()
     note = f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; {reason}" if tripped else None
     return summarize(study, opts, ran=len(study.trials) - before, note=note, stopped_early=tripped)
+
+
+def grouping_note(data: Dataset, opts: RunOptions) -> str | None:
+    """Where no patient is known, say once that cases are split one by one (a leak if one
+    patient has several); None where patients are known or the split is given and unused."""
+    if opts.groups or data.layout in ("phantom", "acdc") or (data.layout == "coursework" and not opts.cv):
+        return None
+    unit = "case" if data.volumes else "image"
+    parts = f"{opts.cv} folds" if opts.cv else "train/val/test"
+    return (f"note: no --groups, so every {unit} counts as its own patient and the {parts} split is made "
+            f"{unit} by {unit}; if a patient has several, name it with --groups REGEX (e.g. --groups 'patient(\\d+)')")
 
 
 def _open_study(opts: RunOptions, data: Dataset) -> optuna.Study:

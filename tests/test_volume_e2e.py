@@ -82,3 +82,15 @@ def test_nnunet_sweep_groups_cases_by_patient(volumes_env, capsys):
     for case in result["volumes"]["cases"]:
         _assert_same_geometry(volumes_env / "best" / "masks" / f"{case['case']}.nii.gz",
                               root / "imagesTs" / f"{case['case']}_0000.nii.gz")
+
+
+def test_without_groups_the_tool_says_cases_are_split_one_by_one(volumes_env):
+    from data import load_dataset
+    from sweep.options import RunOptions
+    from sweep.run import grouping_note
+
+    root = write_nnunet_phantom(volumes_env / "nnunet", 4, seed=5, n_test=1)
+    assert "--groups" in grouping_note(load_dataset(str(root)), RunOptions(data=str(root)))
+    grouped = load_dataset(str(root), groups=r"(patient\d+)")
+    assert grouping_note(grouped, RunOptions(data=str(root), groups=r"(patient\d+)")) is None
+    assert grouping_note(load_dataset("phantom"), RunOptions()) is None
