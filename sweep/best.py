@@ -23,10 +23,14 @@ class BestOptions:
     study: str = st.DEFAULT_STUDY
     device: str = "auto"
     progress: bool = True
+    refit: bool = True  # ship each seed retrained on train+val for its best epoch count (docs/RESULTS.md)
+    top: int = 1  # ensemble the best K trials' configurations (each times --seeds)
 
     def check(self) -> None:
         if self.seeds <= 0:
             raise UsageError(f"--seeds must be a positive integer, got {self.seeds}")
+        if self.top <= 0:
+            raise UsageError(f"--top must be a positive integer, got {self.top}")
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -85,6 +85,11 @@ def _add_best(sub) -> None:
     best.add_argument("--seeds", type=_int, default=3, help="retrainings with seeds 0..K-1, ensembled for the masks (default %(default)s)")
     best.add_argument("--data", default=None, help="data folder (default: the one recorded on the study)")
     best.add_argument("--out", default="best", help="folder for predicted test masks, summary.json and model.pt (default %(default)s)")
+    best.add_argument("--top", type=_int, default=1, metavar="K",
+                      help="ensemble the best K trials' configurations, each retrained --seeds times (default %(default)s)")
+    best.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
+                      help="ship each seed retrained on train+val for its best epoch count; --no-refit ships the "
+                           "models trained on train with the checkpoint chosen on val (default: refit)")
     best.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     best.add_argument("--device", default="auto")
     best.add_argument("--quiet", action="store_true")
@@ -171,6 +176,7 @@ def _best(args: argparse.Namespace) -> int:
     opts = BestOptions(
         evaluate=args.evaluate, seeds=args.seeds, data=args.data, out=args.out, json=args.json,
         storage=args.storage, study=args.study, device=args.device, progress=not args.quiet,
+        refit=args.refit, top=args.top,
     )
     opts.check()
     if not opts.evaluate:
@@ -276,6 +282,11 @@ def _format_evaluation(result: dict) -> list[str]:
         lines = [f"  test Dice {classes}  fg {test['dice_fg']:.4f}±{test['dice_fg_std']:.4f}"
                  f"  mean4 {test['dice_mean4']:.4f}  ({test['n_images']} images, mean±std over seeds {result['seeds']})",
                  f"  ensemble  fg {ens['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}): the written masks"]
+    recipe = result.get("recipe") or {}
+    if recipe:
+        trials = ", ".join(str(t) for t in recipe["trials"])
+        lines.append(f"  recipe    {len(result['seeds'])} seed(s) of trial(s) {trials}"
+                     + ("; each refit on train+val for its best epoch count" if recipe["refit"] else ""))
     post = result["postprocess"]
     chosen_on = "out-of-fold predictions" if result.get("cv") else "val"
     lines.append(f"  post      rotation TTA {'on' if post['tta'] else 'off'}, largest component "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from data import (
     write_mask,
 )
 from data import preprocessing as volume_preprocessing
+from model import SegNetConfig
 from sweep import artifacts
 from sweep import records as rec
 from sweep.best import BestOptions, describe_best
@@ -49,7 +50,14 @@ from sweep.postprocess import (
 )
 from sweep.records import StudyKey
 from sweep.space import configs_from_params
-from sweep.train import fit_folds, load_model, resolve_device, use_bf16
+from sweep.train import (
+    DeviceSplit,
+    fit_final,
+    fit_folds,
+    load_model,
+    resolve_device,
+    use_bf16,
+)
 from sweep.volume_metrics import (
     case_metrics,
     clinical_agreement,
@@ -60,17 +68,19 @@ from sweep.volume_metrics import (
 
 @dataclass
 class Retraining:
-    """One seed's retraining of the best configuration: one model per fold."""
+    """One seed's retraining of one configuration: a model per fold, or its refit on every slice."""
 
+    trial: int
     seed: int
     val_dice_fg: float  # mean fold dice_fg at the best epoch
     best_epoch: int
-    state_dicts: list[dict]  # per fold, on the CPU
+    model_config: SegNetConfig
+    state_dicts: list[dict]  # what ships, on the CPU: one per fold, or the one refit model
     held_out: Probs  # (N_selection, C, H, W): each selection slice predicted by the fold that held it out
-    test: Probs  # (N_test, C, H, W): the mean over this seed's fold models
+    test: Probs  # (N_test, C, H, W): the mean over what ships of this seed
 
     def summary(self) -> dict:
-        return {"seed": self.seed, "val_dice_fg": self.val_dice_fg, "best_epoch": self.best_epoch}
+        return {"trial": self.trial, "seed": self.seed, "val_dice_fg": self.val_dice_fg, "best_epoch": self.best_epoch}
 
 
 def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
@@ -83,27 +93,30 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     interval over test images.
     """
     best = describe_best(study)
+    candidates = top_trials(study, opts.top)
     data = load_checked_data(study, opts.data)
     device = resolve_device_or_fail(opts.device)
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))
-    runs = retrain(best, selection, data, opts, device)
+    refit = opts.refit and not best["cv"]  # fold models of a --cv study together saw every slice already
+    runs = retrain(candidates, selection, data, opts, device, refit)
     post = choose_postprocessing(Probs.mean([r.held_out for r in runs]), selection.masks)
     masks = apply_postprocessing(Probs.mean([r.test for r in runs]).of(post["tta"]), post)
-    model_cfg, _ = configs_from_params(best["params"], best["epochs"])
     bundle = ModelBundle(
-        members=[r.state_dicts for r in runs], model_config=model_cfg.to_dict(), tta=post["tta"],
+        members=[r.state_dicts for r in runs], model_config=runs[0].model_config.to_dict(), tta=post["tta"],
         largest_component=post["largest_component"], preprocessing=preprocessing_record(data), params=best["params"],
         data_fingerprint=data.fingerprint, study=study.study_name, trial=best["trial"], versions=current_versions(),
+        group_configs=[r.model_config.to_dict() for r in runs] if len(candidates) > 1 else [],
     )
     result = {
         **{k: best[k] for k in ("study", "trial", "params", "val_dice_fg", "val")},
         "selection": f"{best['cv']}-fold cross-validation over train+val" if best["cv"] else "val",
         "cv": best["cv"],
-        "seeds": [r.seed for r in runs],
+        "recipe": {"refit": refit, "top": len(candidates), "trials": [c["trial"] for c in candidates]},
+        "seeds": sorted({r.seed for r in runs}),
         "test": score_test(runs, post, masks, data.test.masks),
         "n_test_images": len(data.test),
         "postprocess": post,
-        "estimate": held_out_estimate(runs, post, selection, best["cv"]),
+        "estimate": held_out_estimate(runs, post, selection, best["cv"], refit),
         "runs": [r.summary() for r in runs],
         "data": data.describe(),
         "synthetic_data": data.synthetic,
@@ -135,23 +148,41 @@ def resolve_device_or_fail(name: str) -> torch.device:
         raise UsageError(f"--device {name!r}: {err}") from None
 
 
-def retrain(best: dict, selection: Selection, data: Dataset, opts: BestOptions, device: torch.device) -> list[Retraining]:
-    """Train the best configuration once per seed (on every fold) and predict held-out and test slices."""
-    model_cfg, train_cfg = configs_from_params(best["params"], best["epochs"])
+def top_trials(study: optuna.Study, k: int) -> list[dict]:
+    """The ``k`` best complete trials, best first, as ``describe_best`` describes the best."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    ranked = sorted(complete, key=lambda t: t.value, reverse=True)[:k]
+    epochs = study.user_attrs.get(StudyKey.EPOCHS)
+    return [{"trial": t.number, "params": t.params, "epochs": t.user_attrs.get(rec.TrialKey.EPOCH_BUDGET, epochs)}
+            for t in ranked]
+
+
+def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
+            refit: bool) -> list[Retraining]:
+    """Train each candidate configuration once per seed (on every fold), predict the held-out
+    slices, and (``refit``) retrain it on every labelled slice for its best epoch count."""
     bf16 = use_bf16(device)
     test_images = torch.as_tensor(data.test.images, device=device).unsqueeze(1)
+    everything = DeviceSplit.from_arrays(np.concatenate([data.train.images, data.val.images]),
+                                         np.concatenate([data.train.masks, data.val.masks]), device)
+    budget = sum(c["epochs"] for c in candidates) * opts.seeds * (2 if refit else 1)
     runs = []
-    bar = tqdm(total=opts.seeds * train_cfg.epochs, desc="retrain best", unit="epoch", disable=not opts.progress, file=sys.stderr)
-    for seed in range(opts.seeds):
-        bar.set_postfix(seed=seed)
-        fit = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=lambda epoch, record: bar.update(1))
-        models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
-        runs.append(Retraining(
-            seed, fit.best_value, fit.best_epoch, fit.state_dicts,
-            held_out=_held_out_probs(models, selection, bf16),
-            test=Probs(*(ensemble_probs([models], test_images, bf16, tta) for tta in (False, True))),
-        ))
-    bar.close()
+    with tqdm(total=budget, desc="retrain best", unit="epoch", disable=not opts.progress, file=sys.stderr) as bar:
+        for cand in candidates:
+            model_cfg, train_cfg = configs_from_params(cand["params"], cand["epochs"])
+            for seed in range(opts.seeds):
+                bar.set_postfix(trial=cand["trial"], seed=seed)
+                fit = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=lambda e, r: bar.update(1))
+                models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
+                held_out = _held_out_probs(models, selection, bf16)
+                shipped = fit.state_dicts
+                if refit:
+                    shipped = [fit_final(model_cfg, replace(train_cfg, epochs=fit.best_epoch), everything, seed=seed,
+                                         on_epoch=lambda e, r: bar.update(1))]
+                    models = [load_model(model_cfg, shipped[0], device)]
+                test = Probs(*(ensemble_probs([models], test_images, bf16, tta) for tta in (False, True)))
+                runs.append(Retraining(cand["trial"], seed, fit.best_value, fit.best_epoch, model_cfg, shipped,
+                                       held_out, test))
     return runs
 
 
@@ -178,7 +209,7 @@ def score_test(runs: list[Retraining], post: dict, ensemble: np.ndarray, truth: 
     return test
 
 
-def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, cv: int) -> dict:
+def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, cv: int, refit: bool = False) -> dict:
     """What to expect on unseen slices: the written masks' recipe scored on slices no model trained on.
 
     With ``--cv`` these are the out-of-fold predictions of all train+val slices; otherwise the
@@ -192,6 +223,8 @@ def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, 
     scores = {k: round(v, 5) for k, v in dice_from_counts(counts.sum(0)).items()}
     scores["dice_fg_ci95"] = [round(x, 5) for x in bootstrap_dice_fg(counts)]
     source = f"out-of-fold predictions of the {len(masks)} train+val slices ({cv} folds)" if cv else f"the {len(masks)} val slices"
+    if refit:  # the shipped models also trained on val: scored here are their twins trained without it
+        source += ", predicted by the same recipe trained without them (the shipped refit saw them too)"
     return {"source": source, "n_images": len(masks), **scores}
 
 

@@ -38,8 +38,8 @@ PAD_MODE = "replicate"  # see PadToMultiple
 class ModelBundle:
     """Everything ``predict`` needs to reproduce ``best --evaluate``'s masks."""
 
-    members: list[list[dict]]  # state_dicts grouped by seed: members[seed][fold]
-    model_config: dict  # SegNetConfig.to_dict()
+    members: list[list[dict]]  # state_dicts grouped by seed: members[seed][fold] (with top-k: per trial and seed)
+    model_config: dict  # SegNetConfig.to_dict() of the (first) configuration
     tta: bool  # rotation test-time augmentation (sweep.postprocess.TTA_ANGLES)
     largest_component: bool  # keep the largest 8-connected island per class and slice
     preprocessing: dict  # how inputs became network inputs, as the data source recorded it
@@ -49,10 +49,17 @@ class ModelBundle:
     study: str = ""
     trial: int = -1
     versions: dict = field(default_factory=dict)  # package versions that trained it (current_versions())
+    # One SegNetConfig dict per group of ``members`` where the ensemble mixes configurations
+    # (the top-k trials); empty: every group is ``model_config``. Files without it read as empty.
+    group_configs: list[dict] = field(default_factory=list)
 
     @property
     def config(self) -> SegNetConfig:
         return SegNetConfig.from_dict(self.model_config)
+
+    def configs(self) -> list[SegNetConfig]:
+        """The configuration of each group of ``members``."""
+        return [SegNetConfig.from_dict(c) for c in self.group_configs] or [self.config] * len(self.members)
 
     @property
     def n_members(self) -> int:
@@ -107,6 +114,9 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     return path
 
 
+REQUIRED = ("members", "model_config", "tta", "largest_component", "preprocessing")  # later fields have defaults
+
+
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
     """Read a file written by ``save_bundle``.
 
@@ -127,8 +137,8 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UsageError(f"--model {path}: model format version {version} is newer than this tool reads "
                          f"({FORMAT_VERSION}); upgrade segnet-sweep")
-    names = [f.name for f in fields(ModelBundle)]
-    missing = [n for n in names if n not in record]
+    names = [f.name for f in fields(ModelBundle) if f.name in record]
+    missing = [f.name for f in fields(ModelBundle) if f.name not in record and f.name in REQUIRED]
     if missing:
         raise UsageError(f"--model {path}: damaged model file (missing {', '.join(missing)})")
     bundle = ModelBundle(**{n: record[n] for n in names})
@@ -218,9 +228,8 @@ def as_image_batch(images) -> torch.Tensor:
 def _load_members(bundle: ModelBundle, device: torch.device) -> list[list[PadToMultiple]]:
     """Every member on ``device``, grouped by seed, each able to take any slice size."""
     try:
-        config = bundle.config
         return [[PadToMultiple(load_model(config, state, device), 2**config.depth).eval() for state in seed]
-                for seed in bundle.members]
+                for config, seed in zip(bundle.configs(), bundle.members, strict=True)]
     except (TypeError, ValueError, RuntimeError) as err:  # a hand-edited or mismatched file
         reason = str(err).strip().splitlines()[0][:160]
         raise UsageError(f"model file: weights do not fit its model_config ({reason})") from None

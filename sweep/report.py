@@ -32,7 +32,7 @@ from sweep.errors import UsageError
 from sweep.presets import ORIGINAL
 from sweep.records import CLASS_NAMES, TEST_OVERLAY, StudyKey
 from sweep.records import TrialKey as K
-from sweep.space import EDGE_LIMITS
+from sweep.space import ADDED_OFF, EDGE_LIMITS
 from sweep.study import open_study_readonly
 
 TARGET = "val dice_fg"
@@ -125,6 +125,7 @@ def original_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def _same_params(a: dict, b: dict) -> bool:
+    a, b = {**ADDED_OFF, **a}, {**ADDED_OFF, **b}  # trials of older studies lack the later parameters
     if set(a) != set(b):
         return False
     return all(math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(b[k], float) else a[k] == b[k] for k in b)

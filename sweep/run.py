@@ -17,7 +17,7 @@ from sweep.folds import cv_folds, pool_names
 from sweep.options import RunOptions, resume_command
 from sweep.progress import MAX_CONSECUTIVE_FAILURES, Progress
 from sweep.records import StudyKey
-from sweep.space import SPACE_VERSION, params_problem
+from sweep.space import ADDED_OFF, SPACE_VERSION, params_problem
 from sweep.train import resolve_device
 from sweep.workers import optimize, run_workers, worker_device
 
@@ -37,6 +37,7 @@ def parse_enqueue(value: str, epochs: int) -> dict:
                          f"nor a JSON object ({err})") from None
     if not isinstance(params, dict):
         raise UsageError(f"--enqueue {value!r}: expected a JSON object of parameters")
+    params = {**ADDED_OFF, **params}  # a configuration written before a parameter existed has it off
     problem = params_problem(params, epochs)
     if problem:
         raise UsageError(f"--enqueue {value!r}: not a configuration of this search space ({problem})")

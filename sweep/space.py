@@ -18,8 +18,18 @@ Ranges and why:
 - ``class_weight_power`` 0..1: 0 is unweighted CE, 1 fully balanced.
 - ``dropout`` 0..0.5 at the bottleneck, against overfitting on few slices.
 - ``schedule`` constant (the original) or cosine with warm-up.
-- ``aug_rotate`` 0..20 degrees, ``aug_scale`` 0..0.2, ``aug_gamma`` 0..0.4: small, since a
-  short-axis slice has a meaningful orientation (RV on the left); no flips for the same reason.
+- ``aug_rotate`` 0..45 degrees: the RV's angle around the LV varies over about 100 degrees in
+  the real slices (38-135 degrees, 5th-95th percentile), so rotations of that order are
+  anatomy, not noise; the best trials of a 30-trial sweep sat at the top of the earlier
+  0..20 range. No flips: a mirrored heart (RV on the wrong side) is not anatomy.
+- ``aug_scale`` 0..0.25 (zoom), ``aug_translate`` 0..0.15 (of the field of view): hearts
+  differ in size and position in the crop.
+- ``aug_gamma`` 0..0.7 (|log gamma|; up to a factor 2 in gamma): the best trials sat at the
+  top of the earlier 0..0.4 range. Brightness and contrast are not searched: the per-slice
+  standardisation undoes them (``sweep/augment.py``).
+- ``aug_elastic`` 0..6 px, ``aug_lowres`` 0..1 (down to half resolution), ``aug_blur``
+  0..1 px, ``aug_noise`` 0..0.2 (of a slice's spread): nnU-Net's 2-D ranges in this
+  project's units; 0 switches each off, so the search can find that one does not help.
 """
 
 from __future__ import annotations
@@ -32,12 +42,15 @@ if TYPE_CHECKING:
     from model import SegNetConfig
     from sweep.train import TrainConfig
 
-SPACE_VERSION = 1  # bump whenever a range or parameter changes: studies record it
+SPACE_VERSION = 2  # bump whenever a range or parameter changes: studies record it
 MAX_WIDTH = 512  # filter cap of the deep stages, as in SegNet-VGG16
 BATCH_SIZES = (4, 8, 10, 16)
 WIDTHS = (8, 16, 32, 64)
 # Sides of a range beyond which no value is meaningful, so that the report's edge warnings do not
 # suggest them: a 1x1 kernel sees no neighbourhood, 96 px allow at most 5 poolings, a stage needs a conv.
+# Parameters added after version 1, and the value that means "off": a finished trial of an older
+# study (which lacks them) stands for its configuration with them off.
+ADDED_OFF = {"aug_translate": 0.0, "aug_elastic": 0.0, "aug_lowres": 0.0, "aug_blur": 0.0, "aug_noise": 0.0}
 EDGE_LIMITS = {"kernel_size": ("lower",), "depth": ("upper",), "convs_shallow": ("lower",), "convs_deep": ("lower",)}
 
 
@@ -65,17 +78,23 @@ def suggest(trial: optuna.Trial, epochs: int) -> tuple[SegNetConfig, TrainConfig
         schedule=trial.suggest_categorical("schedule", ("constant", "cosine")),
         dice_weight=trial.suggest_float("dice_weight", 0.0, 1.0),
         class_weight_power=trial.suggest_float("class_weight_power", 0.0, 1.0),
-        aug_rotate=trial.suggest_float("aug_rotate", 0.0, 20.0),
-        aug_scale=trial.suggest_float("aug_scale", 0.0, 0.2),
-        aug_gamma=trial.suggest_float("aug_gamma", 0.0, 0.4),
+        aug_rotate=trial.suggest_float("aug_rotate", 0.0, 45.0),
+        aug_scale=trial.suggest_float("aug_scale", 0.0, 0.25),
+        aug_gamma=trial.suggest_float("aug_gamma", 0.0, 0.7),
+        aug_translate=trial.suggest_float("aug_translate", 0.0, 0.15),
+        aug_elastic=trial.suggest_float("aug_elastic", 0.0, 6.0),
+        aug_lowres=trial.suggest_float("aug_lowres", 0.0, 1.0),
+        aug_blur=trial.suggest_float("aug_blur", 0.0, 1.0),
+        aug_noise=trial.suggest_float("aug_noise", 0.0, 0.2),
         epochs=epochs,
     )
     return model_cfg, train_cfg
 
 
 def configs_from_params(params: dict, epochs: int) -> tuple[SegNetConfig, TrainConfig]:
-    """The configs a finished trial's params stand for (used by ``best`` and checks of --enqueue)."""
-    return suggest(optuna.trial.FixedTrial(params), epochs)
+    """The configs a finished trial's params stand for (used by ``best`` and checks of --enqueue);
+    parameters an older study's trials lack are off (``ADDED_OFF``)."""
+    return suggest(optuna.trial.FixedTrial({**ADDED_OFF, **params}), epochs)
 
 
 def params_problem(params: dict, epochs: int) -> str | None:

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from model import SegNet, SegNetConfig
+from sweep.augment import augment
 from sweep.losses import class_weights, segmentation_loss
 from sweep.metrics import dice_counts, dice_from_counts
 
@@ -40,6 +41,11 @@ class TrainConfig:
     aug_rotate: float = 0.0  # max rotation, degrees (short-axis orientation matters: keep it small)
     aug_scale: float = 0.0  # max relative zoom in or out
     aug_gamma: float = 0.0  # max |log gamma| of an intensity gamma change
+    aug_translate: float = 0.0  # max shift, fraction of the field of view, each axis
+    aug_elastic: float = 0.0  # max elastic displacement, pixels (a smooth 4 x 4 control-point field)
+    aug_lowres: float = 0.0  # max resolution loss: half the slices down-sampled by up to 1 + this, and back
+    aug_blur: float = 0.0  # max Gaussian blur sigma, pixels
+    aug_noise: float = 0.0  # max Gaussian noise, in units of the slice's intensity spread
     epochs: int = 50  # epoch budget
 
     def to_dict(self) -> dict:
@@ -125,32 +131,6 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
     std = images.std(dim=(1, 2, 3), keepdim=True)
     return (images - mean) / (std + 1e-6)
-
-
-def augment(
-    images: torch.Tensor, masks: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random rotation, zoom and gamma, on the device, one draw per slice."""
-    n = images.shape[0]
-    dev = images.device
-    if cfg.aug_rotate > 0 or cfg.aug_scale > 0:
-        u = torch.rand(n, 2, device=dev, generator=generator) * 2 - 1
-        angle = u[:, 0] * math.radians(cfg.aug_rotate)
-        scale = 1 + u[:, 1] * cfg.aug_scale
-        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        zero = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        masks = (
-            F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-            .squeeze(1)
-            .long()
-        )
-    if cfg.aug_gamma > 0:
-        log_gamma = (torch.rand(n, 1, 1, 1, device=dev, generator=generator) * 2 - 1) * cfg.aug_gamma
-        images = images.clamp(min=0).pow(log_gamma.exp())
-    return images, masks
 
 
 def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int) -> float:
@@ -294,6 +274,33 @@ def fit_folds(
         if on_epoch is not None:
             on_epoch(epoch, record)
     return result
+
+
+def fit_final(
+    model_cfg: SegNetConfig,
+    train_cfg: TrainConfig,
+    train: DeviceSplit,
+    *,
+    seed: int = 0,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    bf16: bool | None = None,
+) -> dict:
+    """Train on all of ``train`` for exactly ``train_cfg.epochs`` epochs, nothing held out, and
+    return the last epoch's weights (on the CPU): the refit on every labelled slice, with an
+    epoch count chosen beforehand where slices were held out."""
+    device = train.images.device
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    bf16 = use_bf16(device) if bf16 is None else bf16
+    run = _FoldRun(model_cfg, train_cfg, train, device)
+    for epoch in range(1, train_cfg.epochs + 1):
+        loss = float(train_epoch(run.model, run.optimizer, run.scheduler, train, train_cfg, run.weights, generator, bf16))
+        if not math.isfinite(loss):
+            raise DivergedError(f"training loss became {loss} in epoch {epoch}")
+        if on_epoch is not None:
+            on_epoch(epoch, {"epoch": epoch, "train_loss": loss})
+    return _to_cpu(run.model.state_dict())
 
 
 def _run_epoch(runs, folds: list[Fold], cfg: TrainConfig, generator, bf16: bool, epoch: int):

@@ -7,7 +7,7 @@ import optuna
 import pytest
 import torch
 
-from data import fold_indices, load_dataset
+from data import fold_indices, load_dataset, make_phantom
 from sweep.cli import main
 from sweep.presets import preset
 from sweep.space import configs_from_params
@@ -109,3 +109,18 @@ def test_bad_cv_is_a_usage_error(in_tmp, capsys, cv):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cv" in err[0]
     assert not (in_tmp / "studies.db").exists()
+
+
+def test_fit_final_trains_exactly_its_epochs_on_everything_and_repeats():
+    from sweep.train import fit_final
+
+    images, masks = make_phantom(12, seed=2, size=32)
+    split = DeviceSplit.from_arrays(images, masks, torch.device("cpu"))
+    model_cfg, train_cfg = configs_from_params(dict(SMALL_PARAMS, batch_size=4), 3)
+    seen = []
+    first = fit_final(model_cfg, train_cfg, split, seed=1, on_epoch=lambda epoch, record: seen.append(record))
+    assert [r["epoch"] for r in seen] == [1, 2, 3] and all(np.isfinite(r["train_loss"]) for r in seen)
+    again = fit_final(model_cfg, train_cfg, split, seed=1, bf16=False)
+    other = fit_final(model_cfg, train_cfg, split, seed=1, bf16=False)
+    assert all(torch.equal(again[k], other[k]) for k in again)  # same seed, same weights (float32, CPU)
+    assert set(first) == set(again)
