@@ -130,6 +130,8 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch reports foreign files through many types
         reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        if reason.startswith("Weights only load failed"):  # torch's long advice does not apply here
+            reason = "not a PyTorch file, or one holding pickled code"
         raise UsageError(f"--model {path}: not a model file of segnet-sweep ({reason})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise UsageError(f"--model {path}: not a model file of segnet-sweep (no {FORMAT!r} marker)")
