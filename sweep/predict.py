@@ -170,7 +170,7 @@ def png_notes(bundle: ModelBundle, shapes: list[tuple[int, int]]) -> list[str]:
     prep = bundle.preprocessing or {}
     if prep.get("kind", "slices") != "slices":
         spacing = f" resampled to {prep['target_spacing_mm']} mm" if "target_spacing_mm" in prep else ""
-        return [(f"model trained on {prep.get('kind')} slices{spacing}; PNG slices carry no spacing and are "
+        return [(f"model trained on slices of NIfTI volumes{spacing}; PNG slices carry no spacing and are "
                 "segmented as they are")]
     size = tuple(prep.get("image_size") or ())
     other = sum(1 for s in shapes if size and tuple(s) != size)
