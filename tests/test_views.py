@@ -126,6 +126,22 @@ def test_edge_warnings():
     assert edge_warnings(_in_memory_study([(0.9, 1e-2), (0.8, 1e-2)])) == []  # too few trials to judge
 
 
+def test_no_edge_warning_suggests_values_that_mean_nothing():
+    study = optuna.create_study(direction="maximize")
+    dist = {"kernel_size": optuna.distributions.CategoricalDistribution((3, 5))}
+    for value in (0.9, 0.88, 0.87, 0.5):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"kernel_size": 3}, distributions=dist))
+    [warning] = edge_warnings(study)
+    assert warning.startswith("kernel_size:") and "consider adding" not in warning and "nothing smaller" in warning
+
+
+def test_history_axis_counts_whole_trials():
+    from sweep.report import history_plot
+
+    study = _in_memory_study([(0.5, 1e-3), (0.6, 2e-3), (0.7, 3e-3)])
+    assert history_plot(study).layout.xaxis.tickformat == "d"
+
+
 def test_learning_curves_mark_pruned_trials():
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.8, intermediate_values={1: 0.5, 2: 0.8}))
@@ -228,6 +244,9 @@ def test_report_content(report):
     assert "depth: the best trials sit at the lower edge" in text
     assert "base_width: the best 3 trials all use the smallest choice" in text
     assert "python -m sweep run --trials 3 --epochs 2" in text and "python -m sweep best --evaluate" in text
+    reproduce = re.search(r'<section id="reproduce">.*?</section>', text, re.S).group(0)
+    assert "--enqueue" in reproduce and "--seeds 3 --out best" in reproduce  # the study exactly, not a variant
+    assert "depth: the best trials sit at the lower edge" in text
     assert "test Dice" in text and 'alt="test predictions" src="data:image/png;base64,' in text
 
 
