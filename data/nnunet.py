@@ -23,9 +23,11 @@ from .nifti import is_nifti, nifti_stem
 #: Accepted names (lower case, "_" and "-" read as spaces) of our class ids.
 CLASS_NAMES = {
     0: {"background", "bg", "clear label"},
-    1: {"rv", "right ventricle", "rv cavity", "right ventricular cavity", "right ventricle cavity"},
-    2: {"myo", "myocardium", "lvm", "lv myocardium", "left ventricular myocardium", "left ventricle myocardium"},
-    3: {"lv", "left ventricle", "lv cavity", "left ventricular cavity", "left ventricle cavity"},
+    # nnU-Net's own ACDC conversion (Dataset027_ACDC) names them RV, MLV and LVC.
+    1: {"rv", "rvc", "right ventricle", "rv cavity", "right ventricular cavity", "right ventricle cavity"},
+    2: {"myo", "myocardium", "lvm", "mlv", "lv myo", "lv myocardium", "left ventricular myocardium",
+        "left ventricle myocardium"},
+    3: {"lv", "lvc", "left ventricle", "lv cavity", "lv blood pool", "left ventricular cavity", "left ventricle cavity"},
 }
 _CHANNEL = re.compile(r"^(.+)_(\d{4})$")
 

@@ -157,9 +157,13 @@ def test_nnunet_layout(nnunet_root):
     assert set(grouped.volumes) == set(ds.volumes)
 
 
-def test_nnunet_v1_labels_and_names(nnunet_root, tmp_path):
+@pytest.mark.parametrize("labels", [
+    {"0": "Background", "1": "right_ventricle", "2": "Myocardium", "3": "Left Ventricle"},  # v1
+    {"background": 0, "RV": 1, "MLV": 2, "LVC": 3},  # nnU-Net's own Dataset027_ACDC
+])
+def test_nnunet_labels_by_other_names(nnunet_root, tmp_path, labels):
     meta = json.loads((nnunet_root / "dataset.json").read_text())
-    meta["labels"] = {"0": "Background", "1": "right_ventricle", "2": "Myocardium", "3": "Left Ventricle"}
+    meta["labels"] = labels
     (nnunet_root / "dataset.json").write_text(json.dumps(meta))
     try:
         assert load_dataset(str(nnunet_root)).layout == "nnunet"
