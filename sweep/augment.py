@@ -89,7 +89,7 @@ def _intensity(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generato
         images = _low_resolution(images, cfg.aug_lowres, generator)
     if cfg.aug_blur > 0:
         sigma = (_uniform(n, 1, images, generator).view(n) + 1) / 2 * cfg.aug_blur
-        images = _gaussian_blur(images, sigma)
+        images = _gaussian_blur(images, sigma, cfg.aug_blur)
     if cfg.aug_noise > 0:  # in units of each slice's own spread, as the standardisation will see it
         level = (_uniform(n, 1, images, generator).view(n, 1, 1, 1) + 1) / 2 * cfg.aug_noise
         spread = images.std(dim=(1, 2, 3), keepdim=True)
@@ -99,24 +99,25 @@ def _intensity(images: torch.Tensor, cfg: TrainConfig, generator: torch.Generato
 
 
 def _low_resolution(images: torch.Tensor, max_loss: float, generator: torch.Generator) -> torch.Tensor:
-    """Down-sample a random half of the slices by a factor in [1, 1 + max_loss] and back up
-    (bilinear), as a thicker or coarser acquisition would look; one factor per batch."""
+    """A random half of the slices as a coarser acquisition would look: down-sampled by
+    ``1 + max_loss`` and back up (bilinear), blended with the original by a random weight per
+    slice, which stands in for the factors in between. Sizes come from the config, so nothing
+    waits for the device."""
     n, _, h, w = images.shape
-    u = (_uniform(n + 1, 1, images, generator).view(-1) + 1) / 2
-    factor = 1 + float(u[0]) * max_loss
-    chosen = u[1:] < LOWRES_PROBABILITY
-    if factor <= 1.01 or not bool(chosen.any()):
-        return images
+    factor = 1 + max_loss
     small = F.interpolate(images, size=(max(1, round(h / factor)), max(1, round(w / factor))), mode="bilinear",
                           align_corners=False, antialias=True)
     coarse = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-    return torch.where(chosen.view(n, 1, 1, 1), coarse, images)
+    u = (_uniform(n, 2, images, generator) + 1) / 2
+    weight = torch.where(u[:, :1] < LOWRES_PROBABILITY, u[:, 1:], torch.zeros_like(u[:, 1:])).view(n, 1, 1, 1)
+    return images + weight * (coarse - images)
 
 
-def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian blur with a per-slice ``sigma`` ``(N,)`` in pixels (0: unchanged)."""
+def _gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur with a per-slice ``sigma`` ``(N,)`` <= ``max_sigma`` pixels (0: unchanged);
+    the kernel is sized from ``max_sigma``, so nothing waits for the device."""
     n, _, h, w = images.shape
-    radius = max(1, math.ceil(3 * float(sigma.max())))
+    radius = max(1, math.ceil(3 * max_sigma))
     taps = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
     kernel = torch.exp(-0.5 * (taps[None] / sigma.clamp(min=1e-3)[:, None]) ** 2)
     kernel = kernel / kernel.sum(1, keepdim=True)  # (N, K); sigma ~0 gives a delta
