@@ -377,7 +377,8 @@ class _Page:
         ev = self.study.user_attrs.get(StudyKey.EVALUATION)
         if not ev:
             return _note("not evaluated yet: run `python -m sweep best --evaluate`")
-        text = f"Trial {ev['trial']} retrained with seeds {ev['seeds']} and evaluated on {ev.get('n_test_images', '?')} test images."
+        volumes = f" slices of {ev['volumes']['n_volumes']} volumes" if ev.get("volumes") else " images"
+        text = f"Trial {ev['trial']} retrained with seeds {ev['seeds']} and evaluated on {ev.get('n_test_images', '?')} test{volumes}."
         test = ev.get("test")
         if test:
             keys = [*rec.DICE_KEYS, "dice_fg", "dice_mean4"]
