@@ -46,6 +46,13 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _port(text: str) -> int:
+    port = _int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {port}")
+    return port
+
+
 def _storage_flags(p: argparse.ArgumentParser, study: bool = True) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (default %(default)s)")
     if study:
@@ -108,7 +115,7 @@ def _add_views(sub) -> None:
     _storage_flags(report)
     dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage and artifacts")
     dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=int, default=8080)
+    dashboard.add_argument("--port", type=_port, default=8080)
     _storage_flags(dashboard, study=False)
 
 

@@ -358,6 +358,7 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         (["run", "--enqueue", '{"lr": 0.1}'], "--enqueue"),
         (["run", "--frobnicate"], "frobnicate"),
         (["run", "--seed", "-1"], "--seed"),
+        (["dashboard", "--port", "99999"], "--port"),
         (["run", "--timeout", "nan"], "--timeout"),
         (["run", "--trial", "5"], "--trial"),  # abbreviations are not taken for --trials
         (["run", "--enqueue", json.dumps({**SMALL_PARAMS, "learning_rate": 0.5})], "learning_rate"),
