@@ -63,10 +63,6 @@ class Selection:
     held_out: list[np.ndarray]
     masks: np.ndarray  # (N, H, W) class ids of the selection slices
 
-    @property
-    def description(self) -> str:
-        return f"{len(self.folds)} folds" if len(self.folds) > 1 else "val"
-
 
 def selection_folds(data: Dataset, cv: int, device: torch.device, recorded: list[list[str]] | None = None) -> Selection:
     """Train on train and select on val (``cv`` 0), or K folds over train+val.

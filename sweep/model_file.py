@@ -61,10 +61,6 @@ class ModelBundle:
         """The configuration of each group of ``members``."""
         return [SegNetConfig.from_dict(c) for c in self.group_configs] or [self.config] * len(self.members)
 
-    @property
-    def n_members(self) -> int:
-        return sum(len(seed) for seed in self.members)
-
 
 def current_versions() -> dict:
     """Versions worth recording next to weights: what produced them, should they ever disagree."""

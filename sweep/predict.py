@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from data import read_image, write_mask
 from data.io import png_files
+from data.nifti import is_nifti
 from sweep.errors import UsageError
 from sweep.pictures import overlay_png
 
@@ -42,7 +43,6 @@ EXPORT_FORMATS = ("onnx", "torchscript")
 # for that and still catches a wrong layer, a missing normalisation or mis-ordered unpooling.
 EXPORT_TOLERANCE = 1e-4
 DEFAULT_EXPORT_SIZE = (96, 96)  # the phantom's and the coursework's slice size
-NIFTI_SUFFIXES = (".nii", ".nii.gz")  # as data.nifti's; matched here so PNG-only runs never import it
 
 
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
@@ -92,10 +92,6 @@ def run_predict(args: argparse.Namespace) -> dict:
     return summary
 
 
-def _is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(NIFTI_SUFFIXES)
-
-
 def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
     """PNG and NIfTI files named directly or found directly inside the named folders.
 
@@ -108,7 +104,7 @@ def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
         path = Path(name)
         if path.is_dir():
             found_png = png_files(path)
-            found_nii = sorted(p for p in path.iterdir() if _is_nifti(p) and not p.name.startswith(".") and p.is_file())
+            found_nii = sorted(p for p in path.iterdir() if is_nifti(p))
             if not found_png and not found_nii:
                 raise UsageError(f"{path}: folder holds no PNG or NIfTI (.nii, .nii.gz) files")
             pngs += found_png
@@ -116,7 +112,7 @@ def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
         elif path.is_file():
             if path.suffix.lower() == ".png":
                 pngs.append(path)
-            elif _is_nifti(path):
+            elif is_nifti(path):
                 volumes.append(path)
             else:
                 raise UsageError(f"{path}: not a PNG or NIfTI (.nii, .nii.gz) file")
