@@ -110,6 +110,7 @@ SWEEP_CONFIGS = [
 # The memory section's small configuration (SWEEP_CONFIGS[2] with no augmentation: the same work every trial).
 MEMORY_PARAMS = {**SWEEP_CONFIGS[2], "aug_rotate": 0.0, "aug_scale": 0.0, "aug_gamma": 0.0}
 
+CUDA_EPOCH_FACTOR = 10  # trainer section on a GPU: this many times the profile's timed epochs
 OVERHEAD_EPOCHS = 5  # intermediate values the dummy objective reports (steps), as a short trial of ours
 # Typical trial when the sweep section did not run: a 50-epoch trial of the median SWEEP_CONFIGS
 # configuration on the 60 cmri slices, at about 0.5 s per epoch on 2 CPU cores (estimated on a busy
@@ -241,7 +242,8 @@ def device_splits(data: BenchData, device: torch.device) -> tuple[DeviceSplit, D
 # --------------------------------------------------------------------------------------------
 
 
-def ours_fit(model_cfg: SegNetConfig, train: DeviceSplit, val: DeviceSplit, epochs: int, seed: int = 0) -> list[dict]:
+def ours_fit(model_cfg: SegNetConfig, train: DeviceSplit, val: DeviceSplit, epochs: int, seed: int = 0,
+             bf16: bool | None = None) -> list[dict]:
     """``sweep.train.fit`` with one record per epoch (its seconds: train + val, as fit runs them)."""
     device = train.images.device
     records = []
@@ -256,7 +258,7 @@ def ours_fit(model_cfg: SegNetConfig, train: DeviceSplit, val: DeviceSplit, epoc
                         "val_dice_fg": record["val_dice_fg"]})
         last = now
 
-    fit(model_cfg, replace(TRAINER_CFG, epochs=epochs), train, val, seed=seed, on_epoch=on_epoch)
+    fit(model_cfg, replace(TRAINER_CFG, epochs=epochs), train, val, seed=seed, on_epoch=on_epoch, bf16=bf16)
     return records
 
 
@@ -286,7 +288,10 @@ def section_trainer(b: Bench) -> dict:
     out = {"data_load_s_ours": load_s, "bf16_ours": use_bf16(device), "archs": {}}
     for arch in s.archs:
         cfg = ARCHS[arch]
-        epochs = s.warmup_epochs + s.timed_epochs[arch]
+        warmup, timed = s.warmup_epochs, s.timed_epochs[arch]
+        if device.type == "cuda":  # an epoch is ~0.1 s on an H100: time enough to rise above launch jitter
+            warmup, timed = max(warmup, 3), timed * CUDA_EPOCH_FACTOR
+        epochs = warmup + timed
         flops = conv_flops(cfg, data.size)
         # Train: forward + backward (input and weight gradients) ~ 3x forward; val: forward only.
         epoch_flops = 3 * flops * data.n_train + flops * data.n_val
@@ -299,7 +304,7 @@ def section_trainer(b: Bench) -> dict:
                     history = ours_fit(cfg, train, val, epochs, seed=r)
                 else:
                     history = naive_fit(cfg, data.folder, epochs=epochs, device=device, seed=r)
-                timed = [h["seconds"] for h in history[s.warmup_epochs:]]
+                timed = [h["seconds"] for h in history[warmup:]]
                 per_repeat[side].append({"epoch_s": timed, "median_epoch_s": statistics.median(timed),
                                          "final_train_loss": history[-1]["train_loss"],
                                          "final_val_dice_fg": history[-1]["val_dice_fg"]})

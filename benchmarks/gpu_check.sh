@@ -14,6 +14,8 @@ DEST="${OUT:-./gpu_results}"
 mkdir -p "$DEST"
 PY="${PYTHON:-python}"
 WORKERS="${GPU_CHECK_WORKERS:-1,4}"
+DATA=()  # GPU_CHECK_DATA: the cmri folder where it is not at ../shared/data/cmri (bench.py's default)
+[ -n "${GPU_CHECK_DATA:-}" ] && DATA=(--data "$GPU_CHECK_DATA")
 status=0
 
 nvidia-smi > "$DEST/nvidia-smi.txt" 2>&1 || echo "nvidia-smi not found" > "$DEST/nvidia-smi.txt"
@@ -26,7 +28,7 @@ step() {  # step NAME SECONDS ARGS...: one bench.py run, JSON to $DEST/NAME.json
     local name="$1" limit="$2"
     shift 2
     echo "gpu_check: $name (at most ${limit} s)" >&2
-    if ! timeout "$limit" "$PY" benchmarks/bench.py --json --device cuda "$@" > "$DEST/$name.json" 2> "$DEST/$name.log"; then
+    if ! timeout "$limit" "$PY" benchmarks/bench.py --json --device cuda "${DATA[@]}" "$@" > "$DEST/$name.json" 2> "$DEST/$name.log"; then
         echo "gpu_check: $name failed or timed out; see $DEST/$name.log" >&2
         status=1
     fi

@@ -431,3 +431,21 @@ def test_workers_never_claim_the_same_enqueued_trial_on_sqlite(tmp_path, attempt
     claimed = [number for r in results for number in r["claimed"]]
     assert [e for r in results for e in r["errors"]] == []
     assert sorted(claimed) == list(range(n))  # every queued trial exactly once
+
+
+def test_sqlite_studies_use_the_rollback_journal_and_leave_wal_behind(tmp_path):
+    """WAL's shared-memory index lost a run's writes on a GPU machine; a file left in WAL mode is switched back."""
+    import sqlite3
+
+    old = tmp_path / "old.db"
+    with sqlite3.connect(old) as con:
+        assert con.execute("PRAGMA journal_mode=WAL").fetchone() == ("wal",)
+    for db in (tmp_path / "new.db", old):
+        storage = st.make_storage(f"sqlite:///{db}", heartbeat=False)
+        study = optuna.create_study(study_name="s", storage=storage)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+        storage.engine.dispose()
+        with sqlite3.connect(db) as con:
+            assert con.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert not db.with_name(db.name + "-wal").exists()
+        assert len(optuna.load_study(study_name="s", storage=f"sqlite:///{db}").trials) == 3
