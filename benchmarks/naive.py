@@ -106,13 +106,32 @@ def naive_fit(
     on_epoch: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
     """Train like the coursework; one record per epoch with its seconds (train + val)."""
+    return naive_train(model_cfg, folder, epochs=epochs, device=device, lr=lr, batch_size=batch_size, seed=seed,
+                       num_workers=num_workers, on_epoch=on_epoch)[1]
+
+
+def naive_train(
+    model_cfg: SegNetConfig,
+    folder: Path,
+    *,
+    epochs: int,
+    device: torch.device,
+    lr: float = 1e-3,
+    batch_size: int = 10,
+    seed: int = 0,
+    num_workers: int = 0,
+    on_epoch: Callable[[int, dict], None] | None = None,
+    keep_best: bool = False,
+) -> tuple[nn.Module, list[dict]]:
+    """``naive_fit`` that also returns the model: its last weights, or with ``keep_best`` those
+    of its best val epoch (as a script that checkpoints on val would ship)."""
     torch.manual_seed(seed)
     model = SegNet.from_config(model_cfg).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     criterion = nn.CrossEntropyLoss()
     train_loader = DataLoader(PngDataset(folder / "train"), batch_size=batch_size, shuffle=True, num_workers=num_workers)
     val_loader = DataLoader(PngDataset(folder / "val"), batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    history = []
+    history, best, best_state = [], -1.0, None
     for epoch in range(1, epochs + 1):
         sync(device)
         start = time.perf_counter()
@@ -122,6 +141,10 @@ def naive_fit(
         record = {"epoch": epoch, "seconds": time.perf_counter() - start, "train_loss": loss,
                   "val_dice_fg": scores["dice_fg"]}
         history.append(record)
+        if keep_best and scores["dice_fg"] > best:
+            best, best_state = scores["dice_fg"], {k: v.detach().clone() for k, v in model.state_dict().items()}
         if on_epoch is not None:
             on_epoch(epoch, record)
-    return history
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return model, history

@@ -1,0 +1,84 @@
+"""The time-to-quality benchmark's bookkeeping: held-out folder, budget cut-offs, and its two figures."""
+
+from datetime import datetime, timedelta
+
+import optuna
+import pytest
+
+from benchmarks import bench
+from benchmarks import time_to_quality as ttq
+from data import load_dataset
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return bench.prepare_data("phantom", bench.PROFILES["smoke"], tmp_path_factory.mktemp("ttq-src")).folder
+
+
+def test_held_out_slices_leave_train_and_become_the_scored_test_split(source, tmp_path):
+    held = ttq.make_folder(source, 3, seed=1, dest=tmp_path / "data")
+    data = load_dataset(str(tmp_path / "data"))
+    assert sorted(data.test.names) == held and data.test.masks is not None
+    assert not set(held) & set(data.train.names)
+    original = load_dataset(str(source))
+    assert sorted(data.train.names + data.test.names) == sorted(original.train.names)
+    assert data.val.names == original.val.names
+    assert held != ttq.make_folder(source, 3, seed=2, dest=tmp_path / "other")  # a new draw each repeat
+
+
+def test_a_budget_fraction_sees_only_the_trials_finished_by_then(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ours.db'}"
+    study = optuna.create_study(study_name="ttq", storage=url, direction="maximize")
+    study.set_user_attr("data_source", "somewhere")
+    start = datetime(2026, 1, 1, 12, 0, 0)
+    for value in (0.5, 0.9, 0.95):
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": value}, distributions={"x": optuna.distributions.FloatDistribution(0, 1)}, value=value))
+    # add_trial stamps "now": rewrite the completion times as minutes after `start`
+    trials = study.get_trials(deepcopy=False)
+    for trial, minute in zip(trials, (1, 2, 5)):
+        trial.datetime_start, trial.datetime_complete = start, start + timedelta(minutes=minute)
+    copy = optuna.create_study(study_name="src", storage=url, direction="maximize")
+    copy.add_trials(trials)
+    copy.set_user_attr("data_source", "somewhere")
+
+    def cut(seconds, name):
+        return ttq.truncated_study(url, start, seconds, name, source="src")
+
+    early, best, n = cut(3 * 60, "cut-3")
+    assert (n, best) == (2, 1) and len(early.trials) == 2
+    assert early.user_attrs == {"data_source": "somewhere"}
+    _, best_all, n_all = cut(10 * 60, "cut-10")
+    assert (n_all, best_all) == (3, 2)
+    _, none, zero = cut(30, "cut-0")
+    assert (zero, none) == (0, None)
+
+
+def run_with(ours, plain):
+    return {side: {"checkpoints": {str(f): {"dice_fg": v} for f, v in values.items()}}
+            for side, values in (("ours", ours), ("plain", plain))}
+
+
+def test_gain_and_speedup_from_the_curves():
+    fractions = [0.25, 0.4, 0.5, 1.0]
+    result = {"minutes": 60, "fractions": fractions, "runs": [
+        run_with({0.25: 0.80, 0.4: 0.86, 0.5: 0.87, 1.0: 0.89}, {0.25: 0.80, 0.4: 0.83, 0.5: 0.84, 1.0: 0.86}),
+        run_with({0.25: 0.82, 0.4: 0.86, 0.5: 0.87, 1.0: 0.89}, {0.25: 0.82, 0.4: 0.83, 0.5: 0.86, 1.0: 0.86}),
+    ]}
+    ttq.summarize(result)
+    assert result["curves"]["ours"]["1.0"]["mean"] == pytest.approx(0.89)
+    assert result["curves"]["plain"]["0.5"]["std"] == pytest.approx(0.01414, abs=1e-4)
+    assert result["time_to_quality_gain"] == pytest.approx(0.03)
+    # plain reaches its final 0.86 at 60 min; ours passes 0.86 at 40 % = 24 min
+    assert result["minutes_to_reach"] == {"ours_to_plain_final": 24.0, "plain_to_plain_final": 60.0,
+                                          "plain_to_ours_final": None}
+    assert result["time_to_quality_speedup"] == pytest.approx(2.5)
+
+
+def test_an_approach_that_never_reaches_the_figure_has_no_speedup():
+    result = {"minutes": 10, "fractions": [0.5, 1.0],
+              "runs": [run_with({0.5: 0.70, 1.0: 0.75}, {0.5: 0.80, 1.0: 0.80})]}
+    ttq.summarize(result)
+    assert result["time_to_quality_gain"] == pytest.approx(-0.05)
+    assert result["time_to_quality_speedup"] is None
+    assert result["minutes_to_reach"]["plain_to_plain_final"] == 5.0
