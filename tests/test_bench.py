@@ -72,6 +72,54 @@ def test_conv_flops_of_a_single_conv():
     assert bench.conv_flops(cfg, (16, 16)) == expected
 
 
+def test_conv_shapes_count_every_conv_of_a_training_batch():
+    cfg = bench.SegNetConfig(depth=2, base_width=4, convs_per_stage=(2, 1), kernel_size=3)
+    shapes = bench.conv_shapes(cfg, (16, 16), batch=10)
+    assert all(shape.batch == 10 for shape in shapes)
+    # The same FLOPs as conv_flops counts on one slice, ten times over.
+    assert sum(count * shape.forward_flops() for shape, count in shapes.items()) == 10 * bench.conv_flops(cfg, (16, 16))
+    # encoder 1->4, 4->4 (16x16), 4->8 (8x8); decoder 8->4 (8x8), 4->4 twice (16x16); classifier 4->4
+    assert sum(shapes.values()) == 7
+    assert max(shapes.values()) == 3  # 4->4 at 16x16, without bias: twice in the decoder, once in the encoder
+
+
+def test_conv_probe_reports_a_positive_rate():
+    torch.set_num_threads(1)
+    cfg = bench.SegNetConfig(depth=1, base_width=4, convs_per_stage=(1,))
+    probe = bench.conv_probe(cfg, (16, 16), torch.device("cpu"), bf16=False, min_seconds=0.0)
+    assert probe["distinct"] == len(probe["shapes"]) == 3 and probe["batch"] == bench.TRAINER_CFG.batch_size
+    assert probe["tflops"] > 0 and probe["seconds_per_batch"] > 0
+    assert probe["tflops"] == pytest.approx(probe["train_tflop_per_batch"] / probe["seconds_per_batch"])
+
+
+def test_time_to_quality_figures_from_a_summary_file(tmp_path, monkeypatch):
+    missing = bench.time_to_quality_figures(tmp_path / "none.json")
+    assert missing == {"time_to_quality_gain": None, "time_to_quality_speedup": None, "time_to_quality_source": None}
+    path = tmp_path / "time_to_quality.json"
+    path.write_text(json.dumps({"time_to_quality_gain": 0.05, "time_to_quality_speedup": None,
+                                "machine": {"cpu": "test"}, "minutes": 60, "date": "2026-11-27"}))
+    monkeypatch.setenv(bench.TIME_TO_QUALITY_ENV, str(path))  # the default path, overridden
+    figures = bench.time_to_quality_figures()
+    assert figures["time_to_quality_gain"] == 0.05 and figures["time_to_quality_speedup"] is None
+    assert figures["time_to_quality_source"] == {"path": str(path), "minutes": 60, "date": "2026-11-27",
+                                                 "machine": {"cpu": "test"}}
+    path.write_text("not json")
+    broken = bench.time_to_quality_figures()
+    assert broken["time_to_quality_gain"] is None and "error" in broken["time_to_quality_source"]
+
+
+def test_targets_judge_time_to_quality_and_the_ceiling_not_sweep_throughput():
+    assert "sweep_speedup" not in bench.TARGETS
+    assert bench.TARGETS["trainer_peak_fraction_vgg16"] == (">=", 0.8)
+    assert bench.TARGETS["trainer_peak_fraction_small"] == (">=", 0.6)
+    assert bench.TARGETS["trainer_speedup_small"] == bench.TARGETS["trainer_speedup_vgg16"] == (">=", 2.0)
+    assert bench.TARGETS["time_to_quality_gain"] == (">=", 0.03)
+    assert bench.TARGETS["time_to_quality_speedup"] == (">=", 2.5)
+    met = bench.check_targets({"time_to_quality_gain": 0.02, "time_to_quality_speedup": 3.0, "sweep_speedup": 1.0})
+    assert met == {"time_to_quality_gain": {"target": ">= 0.03", "met": False},
+                   "time_to_quality_speedup": {"target": ">= 2.5", "met": True}}
+
+
 def test_overhead_section_with_tiny_counts(tmp_path):
     torch.set_num_threads(1)
     result = bench.overhead_run(f"sqlite:///{tmp_path / 'o.db'}", 5)
@@ -109,7 +157,8 @@ def run_bench(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
-def test_smoke_json_of_the_cheap_sections(capsys):
+def test_smoke_json_of_the_cheap_sections(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv(bench.TIME_TO_QUALITY_ENV, str(tmp_path / "absent.json"))
     assert bench.main(["--smoke", "--json", "--only", "trainer,overhead", "--data", "phantom"]) == 0
     out, err = capsys.readouterr()
     result = json.loads(out)  # stdout is one JSON object; progress went to stderr
@@ -124,6 +173,37 @@ def test_smoke_json_of_the_cheap_sections(capsys):
     assert {"cpu", "cores", "torch", "bf16", "device"} <= set(result["machine"])
     assert set(result["raw"]) == {"trainer", "overhead"}
     assert result["errors"] == {}
+    assert "sweep_speedup" not in result["targets"]
+    # No time-to-quality summary: the keys are there, null, and not checked against their targets.
+    assert result["time_to_quality_gain"] is None and result["time_to_quality_speedup"] is None
+    assert result["time_to_quality_source"] is None and "time_to_quality_gain" not in result["targets"]
+
+
+def test_smoke_json_of_trainer_and_ceiling(capsys, tmp_path, monkeypatch):
+    ttq = tmp_path / "time_to_quality.json"
+    ttq.write_text(json.dumps({"time_to_quality_gain": 0.04, "time_to_quality_speedup": 2.0,
+                               "machine": "test machine", "minutes": 60}))
+    monkeypatch.setenv(bench.TIME_TO_QUALITY_ENV, str(ttq))
+    assert bench.main(["--smoke", "--json", "--only", "trainer,peak", "--data", "phantom"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["errors"] == {}
+    for arch in bench.ARCHS:  # probed for every architecture, also where the trainer did not run it
+        probe, ceiling = result[f"conv_probe_tflops_{arch}"], result[f"ceiling_tflops_{arch}"]
+        assert probe > 0
+        assert ceiling == max(probe, result["peak_matmul_tflops_bf16"], result["peak_matmul_tflops_fp32"])
+        assert result["raw"]["peak"]["conv_probe"][arch]["bf16"] == result["machine"]["bf16"]
+    fraction = result["trainer_peak_fraction_small"]  # --smoke trains the small architecture only
+    assert fraction == pytest.approx(result["trainer_tflops_small_ours"] / result["ceiling_tflops_small"], rel=1e-9)
+    assert 0 < fraction <= 1.5
+    assert result["trainer_peak_fraction_vgg16"] is None
+    assert not any(key.startswith("trainer_fraction_of_peak") for key in result)
+    assert result["targets"]["trainer_peak_fraction_small"]["target"] == ">= 0.6"
+    assert "sweep_speedup" not in result["targets"]
+    assert (result["time_to_quality_gain"], result["time_to_quality_speedup"]) == (0.04, 2.0)
+    assert result["time_to_quality_source"]["path"] == str(ttq)
+    assert result["time_to_quality_source"]["minutes"] == 60 and result["time_to_quality_source"]["date"]
+    assert result["targets"]["time_to_quality_gain"] == {"target": ">= 0.03", "met": True}
+    assert result["targets"]["time_to_quality_speedup"] == {"target": ">= 2.5", "met": False}
 
 
 @pytest.mark.slow
@@ -134,6 +214,7 @@ def test_smoke_json_of_every_section():
     for key in ("trainer_speedup_small", "sweep_speedup", "sweep_trials_per_hour_ours",
                 "sweep_trials_per_hour_naive", "overhead_pct_5_sqlite", "rss_growth_pct_5_to_20", "peak_rss_mb"):
         assert isinstance(result[key], float), key
+    assert "sweep_speedup" not in result["targets"]
     memory = result["raw"]["memory"]
     assert len(memory["rss_mb"]) == 20
     assert memory["states"] == ["COMPLETE"] * 20
