@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of issue #5 in one go, within 10 minutes on one GPU:
+# Every GPU check in one go, within 10 minutes on one GPU:
 #   1. the trainer comparison on the GPU (ours vs the naive coursework loop), images/s, and the
 #      achieved TFLOP/s of SegNet-VGG16 training set against the card's measured bf16 matmul rate
 #      (torch.matmul 8192^3); conv FLOPs are counted from the model's conv layers, training = 3x forward;
