@@ -4,7 +4,8 @@ A running trial keeps its training state (``sweep.train.resume_point``) in one f
 chain, ``<resume folder>/<study>-trial<root>.pt``, where the root is the chain's original trial
 (a retry has another number, and the seed and the file belong to the chain). The file is
 replaced atomically, so a kill at any moment leaves the previous point or the new one, never
-half of one; it is deleted when the trial ends other than by an interruption.
+half of one; it is deleted when the trial ends other than by an interruption, and a worker
+starting on the study deletes those of chains that nothing continues (``prune_orphans``).
 
 Interruptions that retry: Ctrl-C and SIGTERM (KeyboardInterrupt inside the objective, which
 queues the retry itself, as ``RetryHeartbeatStaleTrialCallback`` does for a killed worker's
@@ -14,6 +15,7 @@ trial) and SIGKILL or a lost machine (noticed by the heartbeat, which queues the
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ from urllib.parse import quote
 import optuna
 import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from sweep.study import MAX_RETRY
 from sweep.train import RESUME_SECONDS
@@ -119,3 +121,23 @@ class ResumeFile:
     def remove(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+def prune_orphans(folder: Path | None, study: optuna.Study) -> list[Path]:
+    """Delete the resume points (and half-written ones) of ``study``'s chains that nothing continues.
+
+    A chain lives while one of its trials is WAITING or RUNNING. One whose worker was killed after
+    its retries were used up, or whose writer died mid-write, would otherwise keep its file for
+    good. Returns the files removed.
+    """
+    if folder is None or not Path(folder).is_dir():
+        return []
+    name = re.compile(rf"^{re.escape(quote(study.study_name, safe=''))}-trial(\d+)\.pt(\.\d+\.tmp)?$")
+    live = {root_trial_number(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))}
+    removed = []
+    for path in Path(folder).iterdir():
+        match = name.match(path.name)
+        if match and int(match.group(1)) not in live:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed

@@ -7,6 +7,7 @@ import torch
 from optuna.trial import TrialState
 
 import sweep.objective
+import sweep.resume
 from data import make_phantom
 from model import SegNetConfig
 from sweep.objective import INTERRUPTED, Objective
@@ -275,3 +276,26 @@ def test_status_shows_a_running_trials_progress(tmp_path):
     line = format_status(status).splitlines()[-1]
     assert line.startswith(f"running: trial {trial.number} on gpu-box:4242 for 0m")
     assert "epoch 5/20, dice_fg last 0.8123 best 0.8456, ~30s left" in line
+
+
+def test_points_of_chains_that_nothing_continues_are_pruned(tmp_path):
+    """A worker killed after its retries were used up leaves a point no trial will take."""
+    study = open_study(tmp_path, heartbeat=False)
+    folder = resume_folder(tmp_path / "artifacts")
+    done, running = study.ask(), study.ask()
+    study.tell(done, state=TrialState.FAIL)  # its chain ended: no retry queued
+    retried = study.ask()
+    study.tell(retried, state=TrialState.FAIL)
+    study.enqueue_trial({}, user_attrs={})  # stand-in for the heartbeat's retry of `retried`:
+    waiting = study.get_trials(states=(TrialState.WAITING,))[0]
+    study._storage.set_trial_system_attr(waiting._trial_id, "failed_trial", retried.number)
+    for root in (done.number, running.number, retried.number):
+        ResumeFile(folder, "segnet", root).save({"epoch": 3})
+    half = folder / f"segnet-trial{done.number}.pt.4242.tmp"  # a writer killed mid-write
+    half.write_bytes(b"partial")
+    ResumeFile(folder, "other", done.number).save({"epoch": 1})  # another study's chain
+    removed = sweep.resume.prune_orphans(folder, study)
+    assert sorted(p.name for p in removed) == sorted([f"segnet-trial{done.number}.pt", half.name])
+    assert resume_files(tmp_path) == sorted([f"other-trial{done.number}.pt", f"segnet-trial{running.number}.pt",
+                                             f"segnet-trial{retried.number}.pt"])
+    assert sweep.resume.prune_orphans(None, study) == []
