@@ -11,6 +11,10 @@ NIfTI. Files are written under a temporary name and renamed into place, so concu
 workers and interrupted writes never leave a half file that a reader would take; the json,
 renamed last, is what marks an entry complete. A cache that cannot be written (read-only
 home) costs time only: a warning, and the data are returned all the same.
+
+The folder is kept under ``$SEGNET_CACHE_MAX_GB`` (default 10): each save removes the entries
+least recently used (a hit refreshes an entry) beyond it, and temporary files that a killed
+writer left more than a day ago.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 
@@ -27,6 +32,10 @@ from .volumes import Volume, from_levels, to_levels
 
 #: Environment variable naming the cache folder.
 CACHE_ENV = "SEGNET_CACHE_DIR"
+#: Environment variable: the most gigabytes the cache folder keeps (default DEFAULT_MAX_GB).
+CACHE_MAX_ENV = "SEGNET_CACHE_MAX_GB"
+DEFAULT_MAX_GB = 10.0
+STALE_TMP_S = 24 * 3600  # a temporary file this old belongs to no live writer
 #: Bumped when the cache files' layout changes (2: images as uint16 levels).
 CACHE_FORMAT = 2
 
@@ -64,6 +73,7 @@ def load(key: str, n: int) -> list[Entry] | None:
             for i, record in enumerate(meta["volumes"]):
                 masks = arrays[f"masks_{i}"] if f"masks_{i}" in arrays.files else None
                 entries.append((from_levels(arrays[f"images_{i}"]), masks, Volume.from_dict(record)))
+        _touch(meta_path)
         return entries
     # Any damage (truncated file, old format, missing array) is only a miss: rebuild.
     except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
@@ -94,8 +104,46 @@ def save(key: str, entries: list[Entry]) -> None:
         # Uncompressed: loading speed is the point, and float images compress poorly.
         _replace_atomically(folder / f"{key}.npz", lambda fh: np.savez(fh, **arrays))
         _replace_atomically(folder / f"{key}.json", lambda fh: fh.write(json.dumps(meta).encode()))
+        prune(folder, keep=key)
     except OSError as err:
         warnings.warn(
             f"{folder}: cannot cache preprocessed volumes ({err}); they will be preprocessed again next time",
             stacklevel=2,
         )
+
+
+def max_bytes() -> int:
+    try:
+        return int(float(os.environ.get(CACHE_MAX_ENV, DEFAULT_MAX_GB)) * 1e9)
+    except ValueError:
+        return int(DEFAULT_MAX_GB * 1e9)
+
+
+def _touch(path: Path) -> None:
+    """Mark an entry as used now (least recently used goes first); a read-only cache just skips it."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(folder: Path, keep: str | None = None, limit: int | None = None) -> list[str]:
+    """Remove the least recently used entries beyond ``limit`` bytes (default ``max_bytes()``),
+    never ``keep``, and stale temporary files; returns the keys removed."""
+    limit = max_bytes() if limit is None else limit
+    now, entries = time.time(), []
+    for path in folder.iterdir():
+        if path.name.startswith(".") and path.name.endswith(".tmp") and now - path.stat().st_mtime > STALE_TMP_S:
+            path.unlink(missing_ok=True)
+        elif path.suffix == ".json":
+            npz = path.with_suffix(".npz")
+            size = path.stat().st_size + (npz.stat().st_size if npz.exists() else 0)
+            entries.append((path.stat().st_mtime, path.stem, size))
+    removed, total = [], 0
+    for _, key, size in sorted(entries, reverse=True):  # most recently used first
+        total += size
+        if total > limit and key != keep:
+            (folder / f"{key}.json").unlink(missing_ok=True)  # first: an entry without it is a miss
+            (folder / f"{key}.npz").unlink(missing_ok=True)
+            removed.append(key)
+    return removed

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -317,6 +318,35 @@ def test_cache_hit_opens_no_nifti(tmp_path, monkeypatch):
     label = root / "training" / "patient002" / "patient002_frame01_gt.nii.gz"
     os.utime(label, ns=(label.stat().st_atime_ns, label.stat().st_mtime_ns + 10**9))
     assert load_dataset(str(root)).fingerprint == first.fingerprint and opened
+
+
+def test_the_cache_keeps_the_recently_used_entries_within_its_limit(tmp_path, monkeypatch):
+    from data import cache
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv(cache.CACHE_ENV, str(folder))
+    root = write_acdc_phantom(tmp_path / "data", 3, n_test=1, size_range=SMALL)
+    load_dataset(str(root))
+    (real,) = [p.stem for p in folder.glob("*.json")]
+    entry_bytes = sum(p.stat().st_size for p in folder.iterdir())
+    now = time.time()
+    for age, key in ((3000, "old"), (2000, "mid")):  # two older entries of the same size
+        for suffix in (".json", ".npz"):
+            (folder / f"{key}{suffix}").write_bytes(b"x" * ((folder / f"{real}{suffix}").stat().st_size))
+            os.utime(folder / f"{key}{suffix}", (now - age, now - age))
+    (folder / ".dead.npz.77.tmp").write_bytes(b"half")  # a writer killed two days ago
+    os.utime(folder / ".dead.npz.77.tmp", (now - 2 * 86400, now - 2 * 86400))
+    (folder / ".live.npz.78.tmp").write_bytes(b"half")  # a writer at work now
+    os.utime(folder / f"{real}.json", (now - 4000, now - 4000))
+    load_dataset(str(root))  # a hit makes the real entry the most recently used
+    assert (folder / f"{real}.json").stat().st_mtime > now - 60
+    assert cache.prune(folder, limit=int(2.5 * entry_bytes)) == ["old"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [".live.npz.78.tmp", f"{real}.json", f"{real}.npz", "mid.json", "mid.npz"])
+    assert cache.prune(folder, keep="mid", limit=0) == [real]  # never the entry just written
+    monkeypatch.setenv(cache.CACHE_MAX_ENV, "0.000001")  # 1 kB: each save keeps its own entry only
+    assert load_dataset(str(root)).volumes
+    assert sorted(p.suffix for p in folder.iterdir() if not p.name.startswith(".")) == [".json", ".npz"]
 
 
 # --- bad input ---------------------------------------------------------------------------
