@@ -8,8 +8,8 @@ Two ways to spend M minutes on the real data, each in its own process, alternati
 first between repeats:
 
 - **ours**: ``python -m sweep run`` with its defaults (TPE, median pruner, 50-epoch trials,
-  the whole search space), stopped with Ctrl-C at the budget; its pick is shipped as
-  ``python -m sweep best --evaluate`` ships it (defaults: 3 seeds, refit on train + val);
+  the whole search space), stopped at the budget by SIGTERM (as Ctrl-C stops it); its pick is
+  shipped as ``python -m sweep best --evaluate`` ships it (3 seeds, refit on train + val);
 - **plain**: the Optuna script a user would write instead (in this file): in-memory study,
   TPE and the median pruner at Optuna's defaults, a similar space (learning rate, depth,
   width, convolutions per stage, kernel size, batch size), the coursework's float32 loop
@@ -89,7 +89,8 @@ def run_ours(folder: Path, work: Path, seconds: float, seed: int, epochs: int) -
     try:
         proc.wait(timeout=seconds)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)
+        # SIGTERM ends `run` as Ctrl-C does; SIGINT itself is ignored by a background job's children.
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=GRACE_S)
         except subprocess.TimeoutExpired:
