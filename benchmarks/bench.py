@@ -280,20 +280,7 @@ def ours_fit(model_cfg: SegNetConfig, train: DeviceSplit, val: DeviceSplit, epoc
 
 def conv_flops(model_cfg: SegNetConfig, size: tuple[int, int]) -> int:
     """Multiply-add FLOPs (2 per MAC) of every convolution in one forward pass of one slice."""
-    model = SegNet.from_config(model_cfg).eval()
-    total = 0
-
-    def hook(module: nn.Conv2d, inputs, output) -> None:
-        nonlocal total
-        kh, kw = module.kernel_size
-        total += 2 * output.numel() * (module.in_channels // module.groups) * kh * kw
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        model(torch.zeros(1, model_cfg.in_channels, *size))
-    for h in handles:
-        h.remove()
-    return total
+    return sum(count * shape.forward_flops() for shape, count in conv_shapes(model_cfg, size, batch=1).items())
 
 
 def section_trainer(b: Bench) -> dict:
@@ -705,7 +692,7 @@ class ConvShape:
     out_width: int
 
     def forward_flops(self) -> int:
-        """Multiply-add FLOPs (2 per MAC) of one forward pass over the batch, as ``conv_flops`` counts."""
+        """Multiply-add FLOPs (2 per MAC) of one forward pass over the batch."""
         kh, kw = self.kernel_size
         out_numel = self.batch * self.out_channels * self.out_height * self.out_width
         return 2 * out_numel * (self.in_channels // self.groups) * kh * kw

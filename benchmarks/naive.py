@@ -93,21 +93,10 @@ def naive_evaluate(model, loader, device) -> dict[str, float]:
     return {"dice_fg": float(dice[1:].mean()), "dice_mean4": float(dice.mean())}
 
 
-def naive_fit(
-    model_cfg: SegNetConfig,
-    folder: Path,
-    *,
-    epochs: int,
-    device: torch.device,
-    lr: float = 1e-3,
-    batch_size: int = 10,
-    seed: int = 0,
-    num_workers: int = 0,
-    on_epoch: Callable[[int, dict], None] | None = None,
-) -> list[dict]:
-    """Train like the coursework; one record per epoch with its seconds (train + val)."""
-    return naive_train(model_cfg, folder, epochs=epochs, device=device, lr=lr, batch_size=batch_size, seed=seed,
-                       num_workers=num_workers, on_epoch=on_epoch)[1]
+def naive_fit(model_cfg: SegNetConfig, folder: Path, **kwargs) -> list[dict]:
+    """Train like the coursework; one record per epoch with its seconds (train + val).
+    Takes ``naive_train``'s keyword arguments."""
+    return naive_train(model_cfg, folder, **kwargs)[1]
 
 
 def naive_train(
