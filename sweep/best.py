@@ -25,12 +25,15 @@ class BestOptions:
     progress: bool = True
     refit: bool = True  # ship each seed retrained on train+val for its best epoch count (docs/RESULTS.md)
     top: int = 1  # ensemble the best K trials' configurations (each times --seeds)
+    holdout: float = 0.2  # share of train patients the estimate's twins never train on (0: estimate on val)
 
     def check(self) -> None:
         if self.seeds <= 0:
             raise UsageError(f"--seeds must be a positive integer, got {self.seeds}")
         if self.top <= 0:
             raise UsageError(f"--top must be a positive integer, got {self.top}")
+        if not 0.0 <= self.holdout < 1.0:
+            raise UsageError(f"--holdout must be a fraction in [0, 1), got {self.holdout}")
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -97,6 +97,10 @@ def _add_best(sub) -> None:
     best.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
                       help="ship each seed retrained on train+val for its best epoch count; --no-refit ships the "
                            "models trained on train with the checkpoint chosen on val (default: refit)")
+    best.add_argument("--holdout", type=float, default=0.2, metavar="F",
+                      help="share of train patients held out of the estimate's retrainings, so that the estimate "
+                           "is scored on slices that neither trained nor selected them; 0 scores it on val, which "
+                           "also selected the trial (default %(default)s)")
     best.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     best.add_argument("--device", default="auto")
     best.add_argument("--quiet", action="store_true")
@@ -183,7 +187,7 @@ def _best(args: argparse.Namespace) -> int:
     opts = BestOptions(
         evaluate=args.evaluate, seeds=args.seeds, data=args.data, out=args.out, json=args.json,
         storage=args.storage, study=args.study, device=args.device, progress=not args.quiet,
-        refit=args.refit, top=args.top,
+        refit=args.refit, top=args.top, holdout=args.holdout,
     )
     opts.check()
     if not opts.evaluate:
@@ -286,8 +290,8 @@ def _format_evaluation(result: dict) -> list[str]:
         classes = "  ".join(f"{k[5:]} {test[k]:.4f}±{test[k + '_std']:.4f}" for k in ("dice_rv", "dice_myo", "dice_lv"))
         ens = test["ensemble"]
         lo, hi = ens["dice_fg_ci95"]
-        lines = [f"  test Dice {classes}  fg {test['dice_fg']:.4f}±{test['dice_fg_std']:.4f}"
-                 f"  mean4 {test['dice_mean4']:.4f}  ({test['n_images']} images, mean±std over seeds {result['seeds']})",
+        lines = [(f"  test Dice {classes}  fg {test['dice_fg']:.4f}±{test['dice_fg_std']:.4f}"
+                  f"  mean4 {test['dice_mean4']:.4f}  ({test['n_images']} images, mean±std over seeds {result['seeds']})"),
                  f"  ensemble  fg {ens['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}): the written masks"]
     recipe = result.get("recipe") or {}
     if recipe:

@@ -33,7 +33,7 @@ from sweep import artifacts
 from sweep import records as rec
 from sweep.best import BestOptions, describe_best
 from sweep.errors import UsageError
-from sweep.folds import Selection, selection_folds
+from sweep.folds import Selection, estimate_holdout, selection_folds, without_holdout
 from sweep.metrics import (
     bootstrap_dice_fg,
     dice_from_counts,
@@ -78,6 +78,7 @@ class Retraining:
     state_dicts: list[dict]  # what ships, on the CPU: one per fold, or the one refit model
     held_out: Probs  # (N_selection, C, H, W): each selection slice predicted by the fold that held it out
     test: Probs  # (N_test, C, H, W): the mean over what ships of this seed
+    estimate: Probs | None = None  # (N_holdout, C, H, W): the held-out train slices, by the fit that left them out
 
     def summary(self) -> dict:
         return {"trial": self.trial, "seed": self.seed, "val_dice_fg": self.val_dice_fg, "best_epoch": self.best_epoch}
@@ -98,7 +99,8 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     device = resolve_device_or_fail(opts.device)
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))
     refit = opts.refit and not best["cv"]  # fold models of a --cv study together saw every slice already
-    runs = retrain(candidates, selection, data, opts, device, refit)
+    held = None if best["cv"] else estimate_holdout(data, opts.holdout)
+    runs = retrain(candidates, selection, data, opts, device, refit, held)
     post = choose_postprocessing(Probs.mean([r.held_out for r in runs]), selection.masks)
     masks = apply_postprocessing(Probs.mean([r.test for r in runs]).of(post["tta"]), post)
     bundle = ModelBundle(
@@ -116,7 +118,7 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         "test": score_test(runs, post, masks, data.test.masks),
         "n_test_images": len(data.test),
         "postprocess": post,
-        "estimate": held_out_estimate(runs, post, selection, best["cv"], refit),
+        "estimate": held_out_estimate(runs, post, selection, best["cv"], refit, data, held),
         "runs": [r.summary() for r in runs],
         "data": data.describe(),
         "synthetic_data": data.synthetic,
@@ -158,32 +160,50 @@ def top_trials(study: optuna.Study, k: int) -> list[dict]:
 
 
 def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
-            refit: bool) -> list[Retraining]:
+            refit: bool, held: np.ndarray | None = None) -> list[Retraining]:
     """Train each candidate configuration once per seed (on every fold), predict the held-out
-    slices, and (``refit``) retrain it on every labelled slice for its best epoch count."""
+    slices, and (``refit``) retrain it on every labelled slice for its best epoch count.
+
+    With ``held`` (train indices, val selection only), these fits leave those slices out and
+    predict them for the estimate; what ships then trains with them: the refit, or without
+    ``refit`` one more fit on all of train, checkpoint on val as in the search.
+    """
     bf16 = use_bf16(device)
     test_images = torch.as_tensor(data.test.images, device=device).unsqueeze(1)
     everything = DeviceSplit.from_arrays(np.concatenate([data.train.images, data.val.images]),
                                          np.concatenate([data.train.masks, data.val.masks]), device)
-    budget = sum(c["epochs"] for c in candidates) * opts.seeds * (2 if refit else 1)
+    twins, hold = (selection, None) if held is None else without_holdout(selection, data, held, device)
+    budget = sum(c["epochs"] for c in candidates) * opts.seeds * (2 if refit or held is not None else 1)
     runs = []
     with tqdm(total=budget, desc="retrain best", unit="epoch", disable=not opts.progress, file=sys.stderr) as bar:
+        def tick(epoch: int, record: dict) -> None:
+            bar.update(1)
+
         for cand in candidates:
             model_cfg, train_cfg = configs_from_params(cand["params"], cand["epochs"])
             for seed in range(opts.seeds):
                 bar.set_postfix(trial=cand["trial"], seed=seed)
-                fit = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=lambda e, r: bar.update(1))
+                fit = fit_folds(model_cfg, train_cfg, twins.folds, seed=seed, on_epoch=tick)
                 models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
-                held_out = _held_out_probs(models, selection, bf16)
+                held_out = _held_out_probs(models, twins, bf16)
+                estimate = None if hold is None else _probs(models[0], hold.images, bf16)
                 shipped = fit.state_dicts
                 if refit:
                     shipped = [fit_final(model_cfg, replace(train_cfg, epochs=fit.best_epoch), everything, seed=seed,
-                                         on_epoch=lambda e, r: bar.update(1))]
-                    models = [load_model(model_cfg, shipped[0], device)]
+                                         on_epoch=tick)]
+                elif hold is not None:
+                    bar.total += cand["epochs"] - fit.best_epoch  # the shipped fit runs the whole budget
+                    shipped = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=tick).state_dicts
+                if shipped is not fit.state_dicts:
+                    models = [load_model(model_cfg, state, device) for state in shipped]
                 test = Probs(*(ensemble_probs([models], test_images, bf16, tta) for tta in (False, True)))
                 runs.append(Retraining(cand["trial"], seed, fit.best_value, fit.best_epoch, model_cfg, shipped,
-                                       held_out, test))
+                                       held_out, test, estimate))
     return runs
+
+
+def _probs(model, images: torch.Tensor, bf16: bool) -> Probs:
+    return Probs(predict_probs(model, images, bf16, False).cpu(), predict_probs(model, images, bf16, True).cpu())
 
 
 def _held_out_probs(models: list, selection: Selection, bf16: bool) -> Probs:
@@ -209,23 +229,41 @@ def score_test(runs: list[Retraining], post: dict, ensemble: np.ndarray, truth: 
     return test
 
 
-def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, cv: int, refit: bool = False) -> dict:
-    """What to expect on unseen slices: the written masks' recipe scored on slices no model trained on.
+def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, cv: int, refit: bool = False,
+                      data: Dataset | None = None, held: np.ndarray | None = None) -> dict:
+    """What to expect on unseen slices: the written masks' recipe scored on slices it never trained on.
 
-    With ``--cv`` these are the out-of-fold predictions of all train+val slices; otherwise the
-    val split. Either was also used to select the configuration (and the post-processing), so
-    the figure leans optimistic, more so for a 12-slice val split than for a 72-slice pool.
-    The interval is a 95 % bootstrap over slices.
+    With ``held`` (the default for a val study), the slices are train patients that the
+    recipe's retrainings left out: neither training nor selection (val) saw them, so the figure
+    is honest; it describes models trained on fewer slices than the shipped ones, so if anything
+    it leans low. Without it: the val split, or with ``--cv`` the out-of-fold predictions of all
+    train+val slices; these also selected the configuration (and the post-processing), so that
+    figure leans optimistic. ``val_dice_fg`` is the same recipe on the selection slices, for
+    comparison. The interval is a 95 % bootstrap over slices.
     """
+    on_selection = _scores(Probs.mean([r.held_out for r in runs]), selection.masks, post)
+    if held is not None:
+        scores = _scores(Probs.mean([r.estimate for r in runs]), data.train.masks[held], post)
+        patients = len(set(np.asarray(data.train.groups)[held]))
+        source = (f"{len(held)} train slices ({patients} patients) held out of the retrainings it scores; "
+                  "the search selected on val")
+        if refit:
+            source += "; the shipped refit trained on them too"
+        return {"source": source, "n_images": len(held), **scores, "val_dice_fg": on_selection["dice_fg"]}
     masks = selection.masks
-    pred = apply_postprocessing(Probs.mean([r.held_out for r in runs]).of(post["tta"]), post)
+    source = f"out-of-fold predictions of the {len(masks)} train+val slices ({cv} folds)" if cv else f"the {len(masks)} val slices"
+    source += ", which also selected the configuration: optimistic"
+    if refit:  # the shipped models also trained on val: scored here are their twins trained without it
+        source += "; predicted by the same recipe trained without them (the shipped refit saw them too)"
+    return {"source": source, "n_images": len(masks), **on_selection, "val_dice_fg": on_selection["dice_fg"]}
+
+
+def _scores(probs: Probs, masks: np.ndarray, post: dict) -> dict:
+    pred = apply_postprocessing(probs.of(post["tta"]), post)
     counts = per_image_counts(torch.as_tensor(pred), torch.as_tensor(masks))
     scores = {k: round(v, 5) for k, v in dice_from_counts(counts.sum(0)).items()}
     scores["dice_fg_ci95"] = [round(x, 5) for x in bootstrap_dice_fg(counts)]
-    source = f"out-of-fold predictions of the {len(masks)} train+val slices ({cv} folds)" if cv else f"the {len(masks)} val slices"
-    if refit:  # the shipped models also trained on val: scored here are their twins trained without it
-        source += ", predicted by the same recipe trained without them (the shipped refit saw them too)"
-    return {"source": source, "n_images": len(masks), **scores}
+    return scores
 
 
 def aggregate_test(per_seed: list[dict], n_images: int) -> dict:

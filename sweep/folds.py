@@ -12,11 +12,12 @@ import numpy as np
 import torch
 
 from data import Dataset
-from data.split import group_fold_indices
+from data.split import group_fold_indices, split_groups
 from sweep.errors import UsageError
 from sweep.train import DeviceSplit, Fold
 
 CV_SEED = 0  # fold assignment: fixed, so that studies with different --seed compare on the same folds
+HOLDOUT_SEED = 0  # which train patients the estimate holds out: fixed, so reruns estimate on the same slices
 
 
 def pool_names(data: Dataset) -> list[str]:
@@ -81,3 +82,29 @@ def selection_folds(data: Dataset, cv: int, device: torch.device, recorded: list
         folds_idx = cv_folds(data, cv)
     masks = np.concatenate([data.train.masks, data.val.masks])
     return Selection(device_folds(data, folds_idx, device), folds_idx, masks)
+
+
+def estimate_holdout(data: Dataset, fraction: float) -> np.ndarray | None:
+    """Indices into train of the slices ``best --evaluate`` scores its estimate on: ``fraction``
+    of the train patients (at least one, never all), chosen by a fixed seed; None for 0.
+
+    The estimate's retrainings never train on them, and the search selected on val, so neither
+    training nor selection saw them.
+    """
+    if not fraction:
+        return None
+    try:
+        _, held = split_groups(list(data.train.groups), HOLDOUT_SEED, (1.0 - fraction, fraction))
+    except ValueError:
+        raise UsageError(f"--holdout {fraction}: {len(set(data.train.groups))} train patients are too few to hold "
+                         "any out; pass --holdout 0") from None
+    return held
+
+
+def without_holdout(selection: Selection, data: Dataset, held: np.ndarray, device: torch.device) -> tuple[Selection, DeviceSplit]:
+    """The val selection with ``held`` taken out of train, and ``held`` as a split of its own."""
+    (_, val), = selection.folds
+    rest = np.setdiff1d(np.arange(len(data.train)), held)
+    train = DeviceSplit.from_arrays(data.train.images[rest], data.train.masks[rest], device)
+    hold = DeviceSplit.from_arrays(data.train.images[held], data.train.masks[held], device)
+    return Selection([(train, val)], selection.held_out, selection.masks), hold

@@ -85,8 +85,8 @@ def test_tiny_sweep_on_real_data(in_tmp, cmri_path, capsys):
     assert main(["best", "--evaluate", "--json", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["test"] is None  # the shared test masks are held back
-    est = result["estimate"]  # ... so the expectation for them comes from the val split
-    assert est["n_images"] == 12 and "val" in est["source"]
+    est = result["estimate"]  # ... so the expectation comes from train slices left out of its retrainings
+    assert est["n_images"] == 12 and "60 train slices" not in est["source"] and "12 train slices" in est["source"]
     assert est["dice_fg_ci95"][0] <= est["dice_fg"] <= est["dice_fg_ci95"][1]
     assert len(list((in_tmp / "best" / "masks").glob("*_mask.png"))) == 48
 

@@ -1,0 +1,111 @@
+"""`best --evaluate`'s estimate is scored on slices that neither trained nor selected what it scores."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from data import Dataset, Split, load_dataset
+from sweep import evaluate
+from sweep.cli import main
+from sweep.folds import estimate_holdout
+
+
+def _dataset(groups: list[str]) -> Dataset:
+    n = len(groups)
+    images = np.zeros((n, 8, 8), np.float32)
+    train = Split(images, np.zeros((n, 8, 8), np.uint8), tuple(f"s{i:02d}" for i in range(n)), tuple(groups))
+    small = Split(images[:2], np.zeros((2, 8, 8), np.uint8), ("v0", "v1"))
+    return Dataset("x", False, "coursework", train, small, small, None)
+
+
+def test_the_estimate_holds_out_whole_train_patients():
+    groups = [f"p{i // 3}" for i in range(30)]  # 10 patients of 3 slices
+    data = _dataset(groups)
+    held = estimate_holdout(data, 0.2)
+    patients = {groups[i] for i in held}
+    assert len(patients) == 2  # a fifth of the patients ...
+    assert sorted(held) == [i for i, g in enumerate(groups) if g in patients]  # ... with all their slices
+    assert np.array_equal(estimate_holdout(data, 0.2), held)  # the same on every rerun
+    assert estimate_holdout(data, 0.0) is None
+
+
+def test_too_few_train_patients_to_hold_out_is_a_usage_error():
+    from sweep.errors import UsageError
+
+    with pytest.raises(UsageError, match="--holdout"):
+        estimate_holdout(_dataset(["p0"] * 4), 0.2)
+
+
+@pytest.fixture
+def trainings(monkeypatch):
+    """Every training of `best --evaluate`: ("folds", train images of each fold) or ("final", images)."""
+    seen = []
+    fit_folds, fit_final = evaluate.fit_folds, evaluate.fit_final
+
+    def spy_folds(model_cfg, train_cfg, folds, **kw):
+        seen.append(("folds", [train.images.clone() for train, _ in folds]))
+        return fit_folds(model_cfg, train_cfg, folds, **kw)
+
+    def spy_final(model_cfg, train_cfg, split, **kw):
+        seen.append(("final", [split.images.clone()]))
+        return fit_final(model_cfg, train_cfg, split, **kw)
+
+    monkeypatch.setattr(evaluate, "fit_folds", spy_folds)
+    monkeypatch.setattr(evaluate, "fit_final", spy_final)
+    return seen
+
+
+def _rows(images: np.ndarray) -> set[bytes]:
+    return {img.tobytes() for img in images}
+
+
+def test_the_estimate_is_scored_on_train_slices_its_retrainings_left_out(in_tmp, capsys, trainings):
+    assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
+    capsys.readouterr()
+    assert main(["best", "--evaluate", "--seeds", "2", "--quiet", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    data = load_dataset("phantom")
+    held = estimate_holdout(data, 0.2)
+    held_rows = _rows(data.train.images[held][:, None])
+    est = result["estimate"]
+    assert est["n_images"] == len(held) > 0 and "held out" in est["source"]
+    assert est["dice_fg_ci95"][0] <= est["dice_fg"] <= est["dice_fg_ci95"][1]
+    assert 0.0 <= est["val_dice_fg"] <= 1.0  # the same recipe on val, which selected it, for comparison
+
+    kinds = [kind for kind, _ in trainings]
+    assert kinds == ["folds", "final", "folds", "final"]  # per seed: the estimate's fit, then the shipped refit
+    for kind, (images,) in trainings:
+        trained = _rows(images.cpu().numpy())
+        if kind == "folds":  # the scored fits never saw the held-out slices ...
+            assert not trained & held_rows and len(images) == len(data.train) - len(held)
+        else:  # ... while what ships trained on every labelled slice
+            assert held_rows <= trained and len(images) == len(data.train) + len(data.val)
+
+
+def test_without_refit_the_shipped_models_still_train_on_every_train_slice(in_tmp, capsys, trainings):
+    assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
+    capsys.readouterr()
+    assert main(["best", "--evaluate", "--seeds", "1", "--no-refit", "--quiet", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    data = load_dataset("phantom")
+    assert [len(images[0]) for _, images in trainings] == [len(data.train) - result["estimate"]["n_images"],
+                                                           len(data.train)]
+
+
+def test_holdout_zero_scores_the_estimate_on_val_and_says_it_is_optimistic(in_tmp, capsys):
+    assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
+    capsys.readouterr()
+    assert main(["best", "--evaluate", "--seeds", "1", "--holdout", "0", "--quiet", "--json"]) == 0
+    est = json.loads(capsys.readouterr().out)["estimate"]
+    assert est["n_images"] == len(load_dataset("phantom").val)
+    assert "optimistic" in est["source"] and est["dice_fg"] == est["val_dice_fg"]
+
+
+def test_a_holdout_outside_zero_to_one_is_refused_in_one_line(in_tmp, capsys):
+    assert main(["best", "--evaluate", "--holdout", "1.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--holdout" in err and len(err.splitlines()) == 1
