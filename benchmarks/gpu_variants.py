@@ -1,25 +1,29 @@
-"""Which numeric settings train SegNet fastest on a GPU: bf16 autocast or float32 (TF32), cuDNN autotuning.
+"""Which settings train SegNet fastest: precision and cuDNN autotuning on a GPU; the optimiser's
+implementation and ``torch.compile`` on either.
 
-The trainer chooses bf16 autocast wherever the device supports it and channels_last always; on a
-CPU with bf16 units that measured 1.2-1.9x faster than float32 (``sweep.train.cpu_has_bf16``).
-On a GPU the networks of this task are small (96 x 96 slices, batches of 2-32), so per-kernel
-launch cost may outweigh arithmetic; this script times each setting in one process, alternating
-the order, and the naive float32 loop beside them::
+The trainer chooses bf16 autocast only where it measured faster (CPUs with bf16 units: 1.2-1.9x;
+not GPUs: float32 with TF32 was 1.3x faster on an H100), channels_last always, and torch's default
+AdamW. This script times each setting in one process, alternating the order between repeats, with
+the naive float32 loop beside them::
 
-    python benchmarks/gpu_variants.py --data ../shared/data/cmri [--epochs 15] [--json]
+    python benchmarks/gpu_variants.py --data ../shared/data/cmri [--epochs 15] [--variants ...] [--json]
 
 Figures are seconds per epoch (train + val), the median over the timed epochs of each repeat,
-then over repeats. It runs on the CPU too (``--device cpu``), where the bf16 choice is the
-trainer's own measurement already.
+then over repeats; ``first_epoch_s`` is the first epoch alone (where ``torch.compile`` compiles).
+Default variants: on a GPU the precision and autotuning ones, on a CPU the trainer against a
+fused or foreach AdamW and a compiled model (``--device cpu``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,21 +32,53 @@ import torch  # noqa: E402
 
 from benchmarks.bench import ARCHS, CMRI, PROFILES, TRAINER_CFG, device_splits, ours_fit, prepare_data  # noqa: E402
 from benchmarks.naive import naive_fit  # noqa: E402
+from sweep import train as trainer  # noqa: E402
 from sweep.train import resolve_device  # noqa: E402
 
-VARIANTS = {  # name: (bf16 autocast, cudnn.benchmark)
-    "bf16": (True, False),
-    "fp32": (False, False),
-    "bf16_autotune": (True, True),
-    "fp32_autotune": (False, True),
+
+@dataclass(frozen=True)
+class Variant:
+    bf16: bool | None = None  # None: the trainer's own choice for the device
+    autotune: bool = False  # torch.backends.cudnn.benchmark
+    adamw: tuple[tuple[str, bool], ...] = ()  # AdamW keyword arguments: fused / foreach
+    compile: bool = False  # torch.compile the model (inductor)
+
+
+VARIANTS = {
+    "trainer": Variant(),
+    "bf16": Variant(bf16=True),
+    "fp32": Variant(bf16=False),
+    "bf16_autotune": Variant(bf16=True, autotune=True),
+    "fp32_autotune": Variant(bf16=False, autotune=True),
+    "fused_adamw": Variant(adamw=(("fused", True),)),
+    "foreach_adamw": Variant(adamw=(("foreach", True),)),
+    "compile": Variant(compile=True),
 }
+DEFAULT_VARIANTS = {"cuda": "bf16,fp32,bf16_autotune,fp32_autotune", "cpu": "trainer,fused_adamw,foreach_adamw,compile"}
 
 
-def time_variant(name: str, arch: str, train, val, epochs: int, warmup: int, seed: int) -> float:
-    bf16, autotune = VARIANTS[name]
-    torch.backends.cudnn.benchmark = autotune
-    records = ours_fit(ARCHS[arch], train, val, warmup + epochs, seed=seed, bf16=bf16)
-    return statistics.median(r["seconds"] for r in records[warmup:])
+@contextlib.contextmanager
+def applied(v: Variant):
+    """The trainer with ``v``'s settings, restored afterwards."""
+    adamw, build = torch.optim.AdamW, trainer.build_model
+    torch.backends.cudnn.benchmark = v.autotune
+    if v.adamw:
+        torch.optim.AdamW = functools.partial(adamw, **dict(v.adamw))
+    if v.compile:
+        trainer.build_model = lambda cfg, device: torch.compile(build(cfg, device))
+    try:
+        yield
+    finally:
+        torch.optim.AdamW, trainer.build_model = adamw, build
+        torch.backends.cudnn.benchmark = False
+
+
+def time_variant(name: str, arch: str, train, val, epochs: int, warmup: int, seed: int) -> tuple[float, float]:
+    """Median seconds per timed epoch, and the first epoch's seconds."""
+    v = VARIANTS[name]
+    with applied(v):
+        records = ours_fit(ARCHS[arch], train, val, warmup + epochs, seed=seed, bf16=v.bf16)
+    return statistics.median(r["seconds"] for r in records[warmup:]), records[0]["seconds"]
 
 
 def main(argv=None) -> int:
@@ -53,6 +89,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="untimed epochs first (default %(default)s)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--archs", default="small,vgg16")
+    p.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} (default: by device)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -60,10 +97,13 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         data = prepare_data(args.data, PROFILES["full"], Path(tmp))
         train, val = device_splits(data, device)
+        variants = (args.variants or DEFAULT_VARIANTS.get(device.type, DEFAULT_VARIANTS["cpu"])).split(",")
         out = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "torch": torch.__version__, "data": data.description, "epochs": args.epochs, "epoch_s": {}}
+               "torch": torch.__version__, "threads": torch.get_num_threads(), "data": data.description,
+               "epochs": args.epochs, "epoch_s": {}, "first_epoch_s": {}}
         for arch in args.archs.split(","):
-            times = {name: [] for name in [*VARIANTS, "naive"]}
+            times = {name: [] for name in [*variants, "naive"]}
+            first = {name: [] for name in times}
             for r in range(args.repeats):
                 names = list(times) if r % 2 == 0 else list(reversed(times))
                 for name in names:
@@ -72,10 +112,14 @@ def main(argv=None) -> int:
                         hist = naive_fit(ARCHS[arch], data.folder, epochs=args.warmup + args.epochs,
                                          device=device, seed=r, batch_size=TRAINER_CFG.batch_size)
                         times[name].append(statistics.median(h["seconds"] for h in hist[args.warmup:]))
+                        first[name].append(hist[0]["seconds"])
                     else:
-                        times[name].append(time_variant(name, arch, train, val, args.epochs, args.warmup, r))
+                        epoch_s, first_s = time_variant(name, arch, train, val, args.epochs, args.warmup, r)
+                        times[name].append(epoch_s)
+                        first[name].append(first_s)
                     print(f"{arch} repeat {r + 1}: {name} {times[name][-1]:.4f} s/epoch", file=sys.stderr, flush=True)
             out["epoch_s"][arch] = {name: statistics.median(v) for name, v in times.items()}
+            out["first_epoch_s"][arch] = {name: statistics.median(v) for name, v in first.items()}
     print(json.dumps(out, indent=1) if args.json else "\n".join(
         f"{arch:6s} " + "  ".join(f"{k} {v:.4f}" for k, v in res.items()) for arch, res in out["epoch_s"].items()))
     return 0
