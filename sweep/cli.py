@@ -70,7 +70,8 @@ def _add_run(sub) -> None:
     run.add_argument("--seed", type=_int, default=0, help="sampler and training seed (default %(default)s)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
     run.add_argument("--workers", type=_int, default=1, help="worker processes on this machine (default %(default)s)")
-    run.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    run.add_argument("--timeout", type=float, default=None, help="end the run after this many seconds: no trial starts later, and a running trial stops at "
+                          "the end of its epoch and resumes on the next run")
     run.add_argument("--enqueue", default=None, metavar="NAME|PARAMS.json|JSON",
                      help="run this configuration first: a preset (original, small), a JSON file or a JSON object")
     run.add_argument("--cv", type=_int, default=0, metavar="K",

@@ -40,6 +40,15 @@ from sweep.train import (
 )
 
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+TIMED_OUT = "stopped at the run's --timeout"
+
+
+class TimeUp(KeyboardInterrupt):
+    """The run's ``--timeout`` passed during a trial: it stops as Ctrl-C stops it (queued to resume)."""
+
+
+def past(deadline: float) -> bool:
+    return time.time() >= deadline
 
 
 def worker_name() -> str:
@@ -87,17 +96,18 @@ class Objective:
     resume_every: float | None = None
     on_progress: Callable[[int, dict], None] | None = None
     bf16: bool | None = None  # None: where the device runs it fast (sweep.train.use_bf16)
+    deadline: float | None = None  # wall-clock time (time.time()) after which a running trial stops at its epoch's end
 
     def __call__(self, trial: optuna.Trial) -> float:
         root = root_trial_number(frozen(trial))
         point_file = ResumeFile(self.resume_dir, trial.study.study_name, root)
         try:
             value = self._run(trial, root, point_file)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
             # The retry copies this trial's user attributes: queue it before the reason is recorded.
             if not enqueue_retry(trial):
                 point_file.remove()
-            trial.set_user_attr(TrialKey.FAIL_REASON, INTERRUPTED)
+            trial.set_user_attr(TrialKey.FAIL_REASON, TIMED_OUT if isinstance(err, TimeUp) else INTERRUPTED)
             raise
         except BaseException:
             point_file.remove()  # pruned or failed for good: nothing will resume it
@@ -120,6 +130,8 @@ class Objective:
             self._show_progress(trial, history, time.perf_counter() - start)
             if trial.should_prune():
                 _prune(trial, history, time.perf_counter() - start)
+            if self.deadline is not None and past(self.deadline):
+                raise TimeUp(f"--timeout reached in epoch {epoch}")
 
         if root != trial.number:
             trial.set_user_attr(TrialKey.RESUMED_AT, point["epoch"] if point else 0)

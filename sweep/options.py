@@ -29,6 +29,7 @@ class RunOptions:
     groups: str | None = None  # regex whose first capture names a slice's patient
     artifacts: str | None = None  # folder or s3://bucket for checkpoints and pictures (default: beside the storage)
     progress: bool = True
+    deadline: float | None = None  # set by `run` from --timeout: wall-clock end shared by every worker
 
     def check(self) -> None:
         """Every option on its own, before anything is read or created."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import optuna
 
 from data import Dataset, load_dataset
-from sweep import artifacts
+from sweep import artifacts, objective
 from sweep import records as rec
 from sweep import study as st
 from sweep.errors import UsageError
@@ -119,6 +121,8 @@ def run(opts: RunOptions) -> dict:
         _announce(opts, data, device, finished)
 
     before = len(study.trials)
+    if opts.timeout is not None:
+        opts = replace(opts, deadline=time.time() + opts.timeout)
     progress = Progress(study, opts.trials, opts.progress)
     try:
         if opts.workers == 1:
@@ -130,6 +134,10 @@ def run(opts: RunOptions) -> dict:
     finally:
         progress.close()
     note = f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; {reason}" if tripped else None
+    if note is None and opts.deadline is not None and objective.past(opts.deadline):
+        resuming = sum(t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False))
+        note = (f"--timeout {opts.timeout:g} s reached" + (f"; {resuming} stopped trial(s) resume on the next run"
+                                                           if resuming else ""))
     return summarize(study, opts, ran=len(study.trials) - before, note=note, stopped_early=tripped)
 
 

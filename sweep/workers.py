@@ -19,7 +19,7 @@ from sweep import artifacts
 from sweep import records as rec
 from sweep import study as st
 from sweep.folds import selection_folds
-from sweep.objective import Objective
+from sweep.objective import Objective, TimeUp
 from sweep.options import RunOptions
 from sweep.progress import Progress, StopAfterFailures
 from sweep.resume import prune_orphans, resume_folder
@@ -45,6 +45,7 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
         selection.folds, opts.epochs, seed=opts.seed, artifact_store=artifacts.open_store(location),
         resume_dir=resume_dir,
         on_progress=next((c.show_trial for c in callbacks if isinstance(c, Progress)), None),
+        deadline=opts.deadline,
     )
     failures = StopAfterFailures()
     # gc_after_trial runs a full collection; freezing the long-lived objects of the torch and
@@ -53,11 +54,13 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
     try:
         study.optimize(
             objective,
-            timeout=opts.timeout,
+            timeout=None if opts.deadline is None else max(0.0, opts.deadline - time.time()),
             catch=(Exception,),
             callbacks=[optuna.study.MaxTrialsCallback(opts.trials, states=rec.FINISHED), failures, *callbacks],
             gc_after_trial=True,
         )
+    except TimeUp:
+        pass  # the running trial stopped at the deadline and is queued to resume: a normal end
     except AssertionError as err:
         # Optuna asserts when the storage cannot record how a trial ended (a full disk, a lost
         # server); the storage's own error is the context, and the one worth reporting.

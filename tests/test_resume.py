@@ -10,7 +10,7 @@ import sweep.objective
 import sweep.resume
 from data import make_phantom
 from model import SegNetConfig
-from sweep.objective import INTERRUPTED, Objective
+from sweep.objective import INTERRUPTED, TIMED_OUT, Objective, TimeUp
 from sweep.presets import preset
 from sweep.progress import Progress, progress_text, remaining_seconds
 from sweep.records import ProgressKey, TrialKey
@@ -299,3 +299,45 @@ def test_points_of_chains_that_nothing_continues_are_pruned(tmp_path):
     assert resume_files(tmp_path) == sorted([f"other-trial{done.number}.pt", f"segnet-trial{running.number}.pt",
                                              f"segnet-trial{retried.number}.pt"])
     assert sweep.resume.prune_orphans(None, study) == []
+
+
+# --- --timeout: a running trial stops at the deadline and resumes on the next run ---------------
+
+
+def test_a_trial_running_at_the_deadline_stops_at_its_epoch_end_and_resumes(slices, tmp_path, monkeypatch):
+    checks = []
+    monkeypatch.setattr(sweep.objective, "past", lambda deadline: checks.append(deadline) or len(checks) >= 2)
+    study = open_study(tmp_path)
+    study.enqueue_trial(PARAMS)
+    spy = FitSpy(monkeypatch)
+    with pytest.raises(TimeUp):
+        study.optimize(objective(slices, tmp_path, deadline=123.0), n_trials=1)
+    stopped, retry = study.trials
+    assert checks == [123.0, 123.0] and spy.epochs == [[1, 2]]  # checked after every epoch; stopped after the 2nd
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs[TrialKey.FAIL_REASON] == TIMED_OUT
+    assert retry.state == TrialState.WAITING and retry.params == stopped.params
+
+    study.optimize(objective(slices, tmp_path), n_trials=1)  # the next run, no deadline
+    assert study.trials[1].state == TrialState.COMPLETE and spy.started_at == [0, 2]
+
+
+def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, monkeypatch):
+    import json
+
+    from sweep.cli import main
+
+    real_past = sweep.objective.past
+    monkeypatch.setattr(sweep.objective, "past", lambda deadline: True)  # the deadline passes in the first epoch
+    args = ["run", "--trials", "2", "--epochs", "3", "--enqueue", "small", "--quiet", "--json"]
+    assert main([*args, "--timeout", "3600"]) == 0  # not the exit code of an interruption
+    summary = json.loads(capsys.readouterr().out)
+    assert "--timeout 3600 s reached; 1 stopped trial(s) resume on the next run" in summary["note"]
+    assert summary["finished"] == 0 and summary["states"]["fail"] == 1
+
+    monkeypatch.setattr(sweep.objective, "past", real_past)
+    assert main(args) == 0
+    study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
+    resumed = study.trials[1]
+    assert resumed.state == TrialState.COMPLETE and resumed.params == study.trials[0].params
+    assert resumed.user_attrs[TrialKey.RESUMED_AT] in (0, 1)  # from the first epoch's point, if one was written
+    assert json.loads(capsys.readouterr().out)["finished"] == 2
