@@ -10,6 +10,7 @@ the SegNet-VGG16 shape.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass
 
 import torch
@@ -72,7 +73,7 @@ def _conv_block(c_in: int, c_out: int, kernel_size: int) -> nn.Sequential:
 
 def _stage(widths: list[int], kernel_size: int) -> nn.Sequential:
     """Conv blocks taking widths[0] channels through widths[1], ..., widths[-1]."""
-    return nn.Sequential(*(_conv_block(a, b, kernel_size) for a, b in zip(widths, widths[1:])))
+    return nn.Sequential(*(_conv_block(a, b, kernel_size) for a, b in itertools.pairwise(widths)))
 
 
 class SegNet(nn.Module):

@@ -432,13 +432,13 @@ def volume_tables(volumes: dict) -> str:
         cells = "".join(f"<td>{m[f'{key}_{s}'][0]:.{d}f} ± {m[f'{key}_{s}'][1]:.{d}f}</td>"
                         for key, _, d in VOLUME_METRICS for s in ("rv", "myo", "lv"))
         rows.append(f"<tr><th>{_e(phase)}</th>{cells}</tr>")
-    parts = [f'<p class="hint">Per test volume on its original grid with its voxel spacing (mean ± std over '
-             f'{len(volumes.get("cases") or [])} volumes).</p><div class="scroll"><table class="top"><tr><th>phase</th>'
-             f'{head}</tr>{"".join(rows)}</table></div>']
+    parts = [(f'<p class="hint">Per test volume on its original grid with its voxel spacing (mean ± std over '
+              f'{len(volumes.get("cases") or [])} volumes).</p><div class="scroll"><table class="top"><tr><th>phase</th>'
+              f'{head}</tr>{"".join(rows)}</table></div>')]
     clinical = volumes.get("clinical")
     if clinical:
         keys = list(clinical)
-        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"
         cells = "".join(f"<tr><th>{_e(k)}</th><td>{fmt(clinical[k]['r'])}</td><td>{fmt(clinical[k]['bias'])}</td></tr>"
                         for k in keys)
         parts.append(f'<p class="hint">Clinical indices of {volumes.get("clinical_patients", "?")} patients against the ground truth '

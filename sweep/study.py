@@ -22,8 +22,8 @@ DEFAULT_STUDY = "segnet"
 # (checked whenever any worker starts a trial) and re-enqueued with the same params, at most
 # MAX_RETRY times. The heartbeat runs in its own thread, so long epochs do not miss beats.
 # Environment overrides exist for fault tests, which cannot wait minutes for a dead worker.
-HEARTBEAT_INTERVAL = int(os.environ.get("SEGNET_HEARTBEAT_INTERVAL", 20))  # seconds
-GRACE_PERIOD = int(os.environ.get("SEGNET_GRACE_PERIOD", 90))  # several missed beats: a busy machine is not a dead one
+HEARTBEAT_INTERVAL = int(os.environ.get("SEGNET_HEARTBEAT_INTERVAL", "20"))  # seconds
+GRACE_PERIOD = int(os.environ.get("SEGNET_GRACE_PERIOD", "90"))  # several missed beats: a busy machine is not a dead one
 MAX_RETRY = 3
 SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for another worker's lock
 
@@ -115,11 +115,11 @@ def make_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
         engine_kwargs["connect_args"] = _connect_timeout(backend)
     kwargs = {}
     if heartbeat:
-        kwargs = dict(
-            heartbeat_interval=HEARTBEAT_INTERVAL,
-            grace_period=GRACE_PERIOD,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
-        )
+        kwargs = {
+            "heartbeat_interval": HEARTBEAT_INTERVAL,
+            "grace_period": GRACE_PERIOD,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        }
     storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
     if backend == "sqlite":
         _tune_sqlite(storage.engine, read_only)

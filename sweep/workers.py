@@ -65,7 +65,7 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
         # Optuna asserts when the storage cannot record how a trial ended (a full disk, a lost
         # server); the storage's own error is the context, and the one worth reporting.
         if isinstance(err.__context__, (SQLAlchemyError, StorageInternalError)):
-            raise err.__context__  # noqa: B904 - keeps the storage error's own cause, the database's words
+            raise err.__context__
         raise
     return failures
 
