@@ -221,3 +221,14 @@ def test_smoke_json_of_every_section():
     assert result["raw"]["sweep"]["runs"]["ours_w1"][0]["finished"] == 2
     ratios = result["sweep_trial_ratio_per_config"]  # one per configuration, each a naive/ours time ratio
     assert len(ratios) == 2 and all(r > 0 for r in ratios)
+
+
+def test_the_step_profile_splits_an_epoch_into_operator_families():
+    from benchmarks import profile_step
+
+    assert profile_step.family("aten::native_batch_norm_backward") == "batch_norm"
+    assert profile_step.family("aten::convolution_backward") == "convolution"
+    assert profile_step.family("aten::max_unpool2d") == "pool_unpool"
+    out = profile_step.shares("small", epochs=1)
+    assert sum(out["shares"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert out["shares"]["convolution"] > 0.1 and out["seconds_per_epoch"] > 0
