@@ -88,7 +88,21 @@ def edge_warnings(study: optuna.Study) -> list[str]:
                 f"{name}: the best trials sit at the {side} edge ({shown} in {_fmt(dist.low)}..{_fmt(dist.high)}{scale}); "
                 + advice
             )
+    epochs = _epoch_edge(top)
+    if epochs:
+        warnings.append(epochs)
     return warnings
+
+
+def _epoch_edge(top: list[FrozenTrial]) -> str | None:
+    """The epoch budget as a range too: do the best trials all peak in its last tenth?"""
+    pairs = [(t.user_attrs.get(K.BEST_EPOCH), t.user_attrs.get(K.EPOCH_BUDGET)) for t in top]
+    pairs = [(best, budget) for best, budget in pairs if best is not None and budget]
+    if len(pairs) < MIN_TOP or not all(best > (1 - EDGE) * budget for best, budget in pairs):
+        return None
+    shown = ", ".join(f"{best} of {budget}" for best, budget in pairs)
+    return (f"epochs: the best trials all peaked in the last tenth of their epoch budget (best epochs {shown}); "
+            "they were still improving: consider a larger --epochs")
 
 
 def _edge_side(dist, values: list) -> str | None:

@@ -414,3 +414,17 @@ def test_report_sets_the_best_trial_against_the_original_configuration(tmp_path)
     other.tell(trial, 0.7)
     assert main(["report", "--out", str(tmp_path / "n.html"), "--storage", url2]) == 0
     assert "--enqueue original" in (tmp_path / "n.html").read_text()
+
+
+def test_an_epoch_budget_the_best_trials_outgrew_is_an_edge_too():
+    def study_with(best_epochs):
+        study = optuna.create_study(direction="maximize")
+        dist = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+        for i, best in enumerate(best_epochs):
+            study.add_trial(optuna.trial.create_trial(value=0.9 - 0.01 * i, params={"lr": 1e-3}, distributions=dist,
+                                                      user_attrs={"best_epoch": best, "epoch_budget": 50}))
+        return study
+
+    [warning] = edge_warnings(study_with([50, 47, 46, 12]))
+    assert warning.startswith("epochs:") and "50 of 50, 47 of 50, 46 of 50" in warning and "--epochs" in warning
+    assert edge_warnings(study_with([50, 44, 49])) == []  # one of the best peaked earlier
