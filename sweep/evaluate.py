@@ -189,10 +189,10 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
                 estimate = None if hold is None else _probs(models[0], hold.images, bf16)
                 shipped = fit.state_dicts
                 if refit:
+                    bar.total -= cand["epochs"] - fit.best_epoch  # the refit runs to the best epoch only
                     shipped = [fit_final(model_cfg, replace(train_cfg, epochs=fit.best_epoch), everything, seed=seed,
                                          on_epoch=tick)]
                 elif hold is not None:
-                    bar.total += cand["epochs"] - fit.best_epoch  # the shipped fit runs the whole budget
                     shipped = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=tick).state_dicts
                 if shipped is not fit.state_dicts:
                     models = [load_model(model_cfg, state, device) for state in shipped]
