@@ -130,7 +130,7 @@ class Objective:
             self._show_progress(trial, history, time.perf_counter() - start)
             if trial.should_prune():
                 _prune(trial, history, time.perf_counter() - start)
-            if self.deadline is not None and past(self.deadline):
+            if self.deadline is not None and epoch < self.epochs and past(self.deadline):  # the last epoch finishes
                 raise TimeUp(f"--timeout reached in epoch {epoch}")
 
         if root != trial.number:
