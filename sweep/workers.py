@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 
 import optuna
@@ -102,11 +103,25 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress) -> bo
     procs = [ctx.Process(target=_worker_main, args=(opts, i), name=f"sweep-worker-{i}") for i in range(opts.workers)]
     for p in procs:
         p.start()
+    stop = threading.Event()  # a Ctrl-C or SIGTERM arrived, even if library code swallowed its exception
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum, frame):
+        stop.set()
+        raise KeyboardInterrupt
+
+    for sig in handlers:
+        signal.signal(sig, on_signal)
     try:
-        _follow(study, procs, progress)
+        _follow(study, procs, progress, stop)
+        if stop.is_set():
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         stop_workers(procs)
         raise
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     codes = [p.exitcode for p in procs]
     if any(code == EXIT_INTERRUPTED or (code is not None and code < 0) for code in codes):
         raise KeyboardInterrupt  # a worker was interrupted or killed: say how to resume
@@ -115,10 +130,12 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress) -> bo
     return EXIT_TRIPPED in codes
 
 
-def _follow(study: optuna.Study, procs, progress: Progress) -> None:
-    """Show each trial that finishes, until every worker has ended."""
+def _follow(study: optuna.Study, procs, progress: Progress, stop: threading.Event | None = None) -> None:
+    """Show each trial that finishes, until every worker has ended (or ``stop`` is set: KeyboardInterrupt)."""
     seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     while True:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
         alive = any(p.is_alive() for p in procs)
         trials = study.get_trials(deepcopy=False)
         for t in trials:
