@@ -137,10 +137,19 @@ def _moved(values: tuple, axis: int) -> tuple:
     return tuple(v for i, v in enumerate(values) if i != axis) + (values[axis],)
 
 
-def through_plane_axis(spacing: tuple[float, float, float]) -> int:
+def through_plane_axis(spacing: tuple[float, float, float], shape: tuple[int, int, int] | None = None) -> int:
     """The voxel axis slices are cut across: the one whose voxels are clearly the thickest
     (a short-axis stack's 5-10 mm against 1-2 mm in-plane), whichever position a writer put
-    it in; the third axis, as in ACDC and nnU-Net files, where no axis stands out."""
+    it in; the third axis, as in ACDC and nnU-Net files, where no axis stands out.
+
+    A single slice (one axis of ``shape`` has one voxel, the others more) is cut across
+    that axis whatever its spacing: a 2-D file's thickness is unknown (read as 1 mm), and
+    cutting 2.0 x 1.0 mm pixels across their 2 mm axis would give rows, not an image.
+    """
+    if shape is not None:
+        single = [i for i, n in enumerate(shape) if n == 1]
+        if len(single) == 1:
+            return single[0]
     thickest = int(np.argmax(spacing))
     others = [s for i, s in enumerate(spacing) if i != thickest]
     return thickest if spacing[thickest] > 1.5 * max(others) else 2
@@ -244,7 +253,7 @@ def preprocess_volume(
         label_path = Path(label_path).resolve()
         labels = read_label_volume(label_path, img, image_path)
     spacing = _spacing(img, image_path)
-    axis = through_plane_axis(spacing)
+    axis = through_plane_axis(spacing, vol.shape)
     resampled, crop = _plane_geometry(_moved(vol.shape, axis), _moved(spacing, axis), target_spacing, size)
     normalised, window = _normalise(np.moveaxis(vol, axis, 2))
     volume = Volume(

@@ -242,6 +242,17 @@ def test_trailing_singleton_fourth_axis_is_squeezed(tmp_path):
     assert volume.shape == (64, 64, 8) and images.shape == (8, SLICE_SIZE, SLICE_SIZE)
 
 
+@pytest.mark.parametrize("arr_shape, zooms", [((64, 48), (2.0, 1.0)), ((64, 48, 1), (2.0, 1.0, 0.8))])
+def test_a_single_slice_is_one_slice_whatever_its_pixel_size(tmp_path, arr_shape, zooms):
+    """A 2-D file (thickness unknown) or a thin single slice with non-square pixels: one
+    slice of the whole image, not one slice per row across its thickest in-plane axis."""
+    image = np.arange(np.prod(arr_shape), dtype=np.int16).reshape(arr_shape)
+    path = _save(tmp_path / "one.nii.gz", image, np.diag([*zooms, 1.0][:3] + [1.0]))
+    images, _, volume = preprocess_volume(path)
+    assert volume.slice_axis == 2 and images.shape == (1, SLICE_SIZE, SLICE_SIZE)
+    assert assemble(volume, np.zeros(images.shape, np.uint8)).shape == (64, 48, 1)
+
+
 # --- patient-wise splits and folds -------------------------------------------------------
 
 def _no_shared_groups(groups, parts) -> None:
