@@ -12,6 +12,7 @@ required and tag the frames; ``Group``, ``Height`` and ``Weight`` are kept where
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -48,10 +49,7 @@ def read_info(path: Path) -> dict:
     for key in ("ed", "es"):
         if key not in fields:
             raise DataError(f"{path}: no '{key.upper()}:' line; Info.cfg must name the ED and ES frames")
-        try:
-            info[key] = int(float(fields[key]))
-        except ValueError:
-            raise DataError(f"{path}: {key.upper()}: {fields[key]!r} is not a frame number") from None
+        info[key] = _frame_number(fields[key], key, path)
     info["group"] = fields.get("group") or None
     for key in ("height", "weight"):
         try:
@@ -59,6 +57,18 @@ def read_info(path: Path) -> dict:
         except ValueError:
             raise DataError(f"{path}: {key.capitalize()}: {fields[key]!r} is not a number") from None
     return info
+
+
+def _frame_number(text: str, key: str, path: Path) -> int:
+    """A whole frame number ("12", or "12.0" as some exports write it); "12.5", "inf" and
+    "-1" are errors, never rounded or truncated into another frame."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (math.isfinite(value) and value.is_integer() and value >= 0):
+        raise DataError(f"{path}: {key.upper()}: {text!r} is not a frame number")
+    return int(value)
 
 
 def _label_of(image: Path) -> Path | None:

@@ -425,6 +425,17 @@ def test_info_cfg_missing_or_incomplete(small_acdc):
     _raises(f"{info}: missing", load_dataset, str(small_acdc))
 
 
+@pytest.mark.parametrize("es", ["inf", "12.5", "-1", "1e400"])
+def test_info_cfg_frame_must_be_a_whole_number(tmp_path, es):
+    from data.acdc import read_info
+
+    info = tmp_path / "Info.cfg"
+    info.write_text(f"ED: 1\nES: {es}\n")
+    _raises(f"{info}: ES: '{es}' is not a frame number", read_info, info)
+    info.write_text("ED: 1.0\nES: 12\n")
+    assert (read_info(info)["ed"], read_info(info)["es"]) == (1, 12)
+
+
 def test_training_patient_without_gt(small_acdc):
     gt = _frame(small_acdc, patient=1, gt=True)
     gt.unlink()
