@@ -41,7 +41,7 @@ def read_info(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: missing; every ACDC patient folder needs Info.cfg with its ED and ES frames")
     fields = {}
-    for line in path.read_text(errors="replace").splitlines():
+    for line in path.read_text(encoding="utf-8-sig", errors="replace").splitlines():  # utf-8-sig: a BOM is no error
         key, sep, value = line.partition(":")
         if sep:
             fields[key.strip().lower()] = value.strip()

@@ -57,7 +57,7 @@ def check_labels(path: Path) -> str:
     if not path.is_file():
         raise DataError(f"{path}: missing; nnU-Net's layout needs dataset.json with the labels")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8-sig"))  # a BOM, as Windows editors write it, is no error
     except (ValueError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
     ids = _label_ids(meta.get("labels") if isinstance(meta, dict) else None, path)

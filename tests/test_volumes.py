@@ -436,6 +436,19 @@ def test_info_cfg_frame_must_be_a_whole_number(tmp_path, es):
     assert (read_info(info)["ed"], read_info(info)["es"]) == (1, 12)
 
 
+def test_info_cfg_and_dataset_json_saved_with_a_bom_are_read(tmp_path):
+    """Windows editors (Notepad) start UTF-8 files with a byte-order mark."""
+    from data.acdc import read_info
+    from data.nnunet import check_labels
+
+    info = tmp_path / "Info.cfg"
+    info.write_bytes(b"\xef\xbb\xbfED: 1\r\nES: 12\r\n")
+    assert (read_info(info)["ed"], read_info(info)["es"]) == (1, 12)
+    meta = tmp_path / "dataset.json"
+    meta.write_bytes(b"\xef\xbb\xbf" + json.dumps({"labels": {"background": 0, "RV": 1, "MYO": 2, "LV": 3}}).encode())
+    assert check_labels(meta) == ".nii.gz"
+
+
 def test_training_patient_without_gt(small_acdc):
     gt = _frame(small_acdc, patient=1, gt=True)
     gt.unlink()
