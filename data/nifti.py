@@ -82,10 +82,24 @@ def grid_shape(img: Any, path: Path) -> tuple[int, int, int]:
     return shape
 
 
+def _check_voxel_type(img: Any, path: Path) -> None:
+    """One real number per voxel: nibabel would read RGB voxels as an opaque error and
+    complex ones as their real part (not the magnitude an MR image shows), silently."""
+    stored = np.dtype(img.get_data_dtype())
+    if stored.fields is not None:
+        raise DataError(f"{path}: {'/'.join(stored.names)} colour voxels, expected one grey value per voxel")
+    if stored.kind == "c":
+        raise DataError(f"{path}: complex voxels ({stored}), expected a real-valued (magnitude) image")
+
+
 def _voxels(img: Any, path: Path, dtype: type | None) -> np.ndarray:
     """Decode the voxels; a truncated or corrupt file becomes a DataError. (X, Y, Z)."""
+    _check_voxel_type(img, path)
     try:
-        arr = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
+        # Values beyond float32 become inf without numpy's warning: the caller's check
+        # names the file instead (one line, not a RuntimeWarning first).
+        with np.errstate(over="ignore", invalid="ignore"):
+            arr = img.get_fdata(dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
     except Exception as err:  # noqa: BLE001  (gzip, zlib, EOF and OS errors alike)
         raise DataError(f"{path}: not a readable NIfTI file ({_reason(err)})") from None
     return np.asarray(arr).reshape(grid_shape(img, path))
@@ -99,7 +113,7 @@ def read_image_volume(path: os.PathLike | str) -> tuple[np.ndarray, Any]:
     grid_shape(img, path)  # the shape error before decoding a large file
     arr = _voxels(img, path, np.float32)
     if not np.isfinite(arr).all():
-        raise DataError(f"{path}: image holds NaN or infinite values")
+        raise DataError(f"{path}: image holds NaN or infinite values (or values beyond float32)")
     return arr, img
 
 

@@ -410,6 +410,28 @@ def test_four_d_image(small_acdc):
     _raises(f"{bad}: 4-D NIfTI of shape", load_dataset, str(small_acdc))
 
 
+def test_colour_complex_or_overflowing_voxels_are_one_line_errors(tmp_path):
+    """RGB voxels, complex voxels (nibabel would keep only their real part) and values
+    beyond float32: each a one-line DataError naming the file, with no warning before it."""
+    import warnings
+
+    from data.nifti import read_label_volume
+
+    rgb = np.zeros((8, 8, 2), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    cases = {
+        "rgb": (nib.Nifti1Image(rgb, np.eye(4)), "R/G/B colour voxels"),
+        "complex": (nib.Nifti1Image(np.ones((8, 8, 2), np.complex64), np.eye(4)), "complex voxels (complex64)"),
+        "huge": (nib.Nifti1Image(np.full((8, 8, 2), 1e300), np.eye(4)), "image holds NaN or infinite values"),
+    }
+    for name, (img, problem) in cases.items():
+        path = tmp_path / f"{name}.nii.gz"
+        nib.save(img, str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            _raises(f"{path}: {problem}", preprocess_volume, path)
+            _raises(f"{path}: ", read_label_volume, path)
+
+
 def test_cine_4d_file_is_ignored(small_acdc):
     folder = small_acdc / "training" / "patient001"
     _save(folder / "patient001_4d.nii.gz", np.zeros((4, 4, 2, 3), np.int16))
