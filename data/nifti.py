@@ -68,13 +68,14 @@ def load_header(path: Path) -> Any:
 def grid_shape(img: Any, path: Path) -> tuple[int, int, int]:
     """The 3-D voxel grid ``(X, Y, Z)`` of a NIfTI image.
 
-    A 2-D image is one slice ``(X, Y, 1)``; a 4-D image whose fourth axis has length 1 (how
-    some converters store one frame) is squeezed; any other shape is a DataError, e.g. the
-    4-D cine ``_4d.nii.gz`` given where one frame is expected.
+    A 2-D image is one slice ``(X, Y, 1)``; axes beyond the third of length 1 (how some
+    converters store one frame, ``(X, Y, Z, 1)``, or ITK a one-component image,
+    ``(X, Y, Z, 1, 1)``) are squeezed; any other shape is a DataError, e.g. the 4-D cine
+    ``_4d.nii.gz`` given where one frame is expected.
     """
     shape = tuple(int(n) for n in img.shape)
-    if len(shape) == 4 and shape[3] == 1:
-        shape = shape[:3]
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
     if len(shape) == 2:
         shape = (*shape, 1)
     if len(shape) != 3 or 0 in shape:

@@ -235,9 +235,10 @@ def test_write_labels_nifti_overlays_the_source(acdc, tmp_path):
         write_labels_nifti(tmp_path / "bad.nii.gz", truth[:-1], volume)
 
 
-def test_trailing_singleton_fourth_axis_is_squeezed(tmp_path):
+@pytest.mark.parametrize("extra", [(1,), (1, 1)])
+def test_trailing_singleton_fourth_axis_is_squeezed(tmp_path, extra):
     pair = make_volume_pair(7, "HCM", (64, 64), 8)
-    path = _save(tmp_path / "v.nii.gz", pair["ED"][0][..., None], pair["affine"])
+    path = _save(tmp_path / "v.nii.gz", pair["ED"][0].reshape(64, 64, 8, *extra), pair["affine"])
     images, _, volume = preprocess_volume(path)
     assert volume.shape == (64, 64, 8) and images.shape == (8, SLICE_SIZE, SLICE_SIZE)
 
