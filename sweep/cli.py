@@ -313,8 +313,10 @@ def _format_evaluation(result: dict) -> list[str]:
 
         lines += volume_summary_lines(result["volumes"]["summary"])
         for key, agreement in (result["volumes"].get("clinical") or {}).items():
+            # None: under 2 patients or no variance (r); an EF with no predicted EDV for any patient (bias).
             r = "–" if agreement["r"] is None else f"{agreement['r']:.3f}"
-            lines.append(f"  clinical  {key}: r {r}, bias {agreement['bias']:+.2f}")
+            bias = "–" if agreement["bias"] is None else f"{agreement['bias']:+.2f}"
+            lines.append(f"  clinical  {key}: r {r}, bias {bias}")
     lines.append(f"  masks     {result['masks']}")
     lines.append(f"  model     {result['model']}")
     return lines

@@ -94,3 +94,16 @@ def test_without_groups_the_tool_says_cases_are_split_one_by_one(volumes_env):
     grouped = load_dataset(str(root), groups=r"(patient\d+)")
     assert grouping_note(grouped, RunOptions(data=str(root), groups=r"(patient\d+)")) is None
     assert grouping_note(load_dataset("phantom"), RunOptions()) is None
+
+
+def test_best_prints_a_clinical_index_that_no_patient_has():
+    """A poor model on one test patient predicts no LV at ED: its EF, and so its bias, is None
+    (as summary.json records it), which the printed result shows as a dash, not a traceback."""
+    from sweep.cli import _format_best
+
+    clinical = {"lv_edv": {"r": None, "bias": -204.68}, "lv_ef": {"r": None, "bias": None}}
+    result = {"study": "s", "trial": 0, "val_dice_fg": 0.1, "params": {}, "seeds": [0], "test": None,
+              "postprocess": {"tta": False, "largest_component": True},
+              "volumes": {"summary": {}, "clinical": clinical}, "masks": "best/masks", "model": "best/model.pt"}
+    lines = _format_best(result).splitlines()
+    assert "  clinical  lv_ef: r –, bias –" in lines and "  clinical  lv_edv: r –, bias -204.68" in lines
