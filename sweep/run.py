@@ -105,13 +105,13 @@ def run(opts: RunOptions) -> dict:
     if opts.cv:
         cv_folds(data, opts.cv)  # enough slices for the folds
     enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue else None
-    note = grouping_note(data, opts)
-    if note:
-        print(note, file=sys.stderr)
     if opts.artifacts is not None:
         artifacts.check(artifacts.resolve(opts.storage, opts.artifacts))
 
     study = _open_study(opts, data)
+    note = grouping_note(data, opts)  # after the study's checks: a refusal is then its one line alone
+    if note:
+        print(note, file=sys.stderr)
     finished = rec.count_finished(study)
     if finished >= opts.trials:
         return summarize(study, opts, ran=0, note=f"study {opts.study!r} is complete: {finished} of {opts.trials} trials finished")

@@ -113,3 +113,22 @@ def test_sigterm_during_evaluate_says_how_to_rerun(made_study, tmp_path):
     assert proc.returncode == 130
     assert "Traceback" not in rest
     assert "python -m sweep best --evaluate --seeds 50 --out ev" in rest
+
+
+def test_other_data_on_a_study_is_refused_in_one_line(tmp_path, capsys):
+    """A pool without --groups draws a note on how it is split; refused data must not print it
+    before the refusal, so the refusal stays the one line on stderr."""
+    import numpy as np
+    import optuna
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ("a", "b", "c"):
+        for sub, suffix, hi in (("image", "", 256), ("mask", "_mask", 4)):
+            (tmp_path / "pool" / sub).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, hi, (32, 32), dtype=np.uint8)).save(tmp_path / "pool" / sub / f"{name}{suffix}.png")
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(storage=storage, study_name="segnet").set_user_attr("data_fingerprint", "0123456789abcdef")
+    capsys.readouterr()
+    assert main(["run", "--data", str(tmp_path / "pool"), "--storage", storage, "--trials", "1", "--quiet"]) == 2
+    assert "was run on other data" in _one_line_error(capsys)
