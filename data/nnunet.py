@@ -18,7 +18,7 @@ from pathlib import Path
 from .cases import CaseFile
 from .errors import DataError
 from .groups import group_of
-from .nifti import is_nifti, nifti_stem
+from .nifti import NIFTI_SUFFIXES, is_nifti, nifti_stem
 
 #: Accepted names (lower case, "_" and "-" read as spaces) of our class ids.
 CLASS_NAMES = {
@@ -87,11 +87,22 @@ def _part_cases(images: Path, labels: Path, ending: str, test: bool, pattern) ->
         case = match.group(1)
         label = labels / f"{case}{ending}"
         if not label.is_file():
+            _check_ending(labels, case, ending)
             if not test:
                 raise DataError(f"{label}: missing; every training case needs its label volume")
             label = None
         cases.append(CaseFile(case=case, patient=group_of(pattern, case, path), image=path, label=label, test=test))
     return cases
+
+
+def _check_ending(labels: Path, case: str, ending: str) -> None:
+    """A label written with the other NIfTI ending than dataset.json's ``file_ending``: say
+    so, rather than call a file that is there missing."""
+    for other in NIFTI_SUFFIXES:
+        found = labels / f"{case}{other}"
+        if other != ending and found.is_file():
+            raise DataError(f"{found}: its ending is not dataset.json's file_ending {ending!r}; "
+                            "rename the files or set file_ending to match them")
 
 
 def nnunet_cases(root: Path, pattern) -> tuple[list[CaseFile], list[Path]]:

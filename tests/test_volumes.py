@@ -518,6 +518,16 @@ def test_nnunet_missing_label_and_extra_channel(small_nnunet):
     _raises(f"{small_nnunet / 'dataset.json'}: missing", load_dataset, str(small_nnunet))
 
 
+def test_nnunet_file_ending_other_than_the_labels(small_nnunet):
+    """dataset.json says .nii, the files are .nii.gz: the label is there, so not "missing"."""
+    path = small_nnunet / "dataset.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({**meta, "file_ending": ".nii"}))
+    label = min((small_nnunet / "labelsTr").iterdir())
+    msg = _raises(f"{label}: its ending is not dataset.json's file_ending '.nii'", load_dataset, str(small_nnunet))
+    assert "missing" not in msg
+
+
 # --- --groups on PNG folders -----------------------------------------------------------
 
 def _png_pool(root: Path, names) -> Path:
