@@ -44,12 +44,14 @@ def _label_ids(labels: dict, path: Path) -> dict[int, str]:
     """``labels`` of either nnU-Net version as {id: name}."""
     if not isinstance(labels, dict) or not labels:
         raise DataError(f"{path}: no 'labels' mapping")
-    try:
-        if all(str(k).strip().isdigit() for k in labels):  # v1: {"0": "background", ...}
-            return {int(k): str(v) for k, v in labels.items()}
-        return {int(v): str(k) for k, v in labels.items()}  # v2: {"background": 0, ...}
-    except (TypeError, ValueError):  # v2 regions ([1, 2, 3]) or other values
-        raise DataError(f"{path}: labels {labels} are not one integer id per class") from None
+    if all(str(k).strip().isdigit() for k in labels):  # v1: {"0": "background", ...}
+        return {int(k): str(v) for k, v in labels.items()}
+    # v2: {"background": 0, ...}; int() alone would take 1.5 as 1 and true as 1.
+    ids = {name: v for name, v in labels.items()
+           if (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.strip().isdigit())}
+    if len(ids) != len(labels):  # v2 regions ([1, 2, 3]) or other values
+        raise DataError(f"{path}: labels {labels} are not one integer id per class")
+    return {int(v): str(k) for k, v in ids.items()}
 
 
 def check_labels(path: Path) -> str:

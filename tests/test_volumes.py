@@ -495,6 +495,8 @@ def small_nnunet(tmp_path, monkeypatch) -> Path:
     ({"background": 0, "RV": 1, "MYO": 2}, "ids [0, 1, 2]"),
     ({"background": 0, "RV": 1, "MYO": 2, "LV": 3, "aorta": 4}, "'aorta' is 4"),
     ({"background": 0, "heart": [1, 2, 3], "RV": 1, "MYO": 2, "LV": 3}, "not one integer id"),
+    ({"background": 0, "RV": 1.5, "MYO": 2, "LV": 3}, "not one integer id"),
+    ({"background": False, "RV": True, "MYO": 2, "LV": 3}, "not one integer id"),
 ])
 def test_dataset_json_labels_must_be_ours(small_nnunet, labels, problem):
     path = small_nnunet / "dataset.json"
