@@ -7,6 +7,7 @@ loop never synchronises with the host inside an epoch (losses accumulate on the 
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -94,11 +95,21 @@ class DivergedError(RuntimeError):
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:K``; a ValueError names what is wrong (the caller names the flag).
+
+    Only these: ``torch.device`` also parses ``meta``, ``mps``, ``xla``..., which the trainer cannot use
+    and which would otherwise fail every trial of a study instead of the command.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
+        raise ValueError("expected auto, cpu, cuda or cuda:K")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        raise ValueError("CUDA is not available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(f"this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
     return device
 
 

@@ -369,6 +369,11 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         (["run", "--artifacts", "s3://bucket/with/prefix"], "--artifacts"),
         pytest.param(["best", "--evaluate", "--device", "cuda"], "--device",
                      marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
+        # torch.device parses these, but no trial can train on them: every trial failed, the study grew
+        (["run", "--device", "meta"], "--device 'meta'"),
+        (["run", "--device", "mps"], "--device 'mps'"),
+        (["best", "--evaluate", "--device", "cpu:3"], "--device 'cpu:3'"),
+        (["run", "--device", "cuda:99"], "--device 'cuda:99'"),
     ],
 )
 def test_bad_flags_are_refused_before_the_study_is_touched(existing_study, monkeypatch, capsys, argv, named):
