@@ -34,6 +34,7 @@ Ranges and why:
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING
 
 import optuna
@@ -102,8 +103,11 @@ def params_problem(params: dict, epochs: int) -> str | None:
     parameter), or None. FixedTrial alone would ignore unknown names."""
     trial = optuna.trial.FixedTrial(params)
     try:
-        suggest(trial, epochs)
-    except (ValueError, KeyError, TypeError) as err:
+        with warnings.catch_warnings():
+            # FixedTrial only warns about a value outside its range (lr 5), and Optuna would run it as given.
+            warnings.simplefilter("error", UserWarning)
+            suggest(trial, epochs)
+    except (ValueError, KeyError, TypeError, UserWarning) as err:
         return str(err) or type(err).__name__
     unknown = sorted(set(params) - set(trial.params))
     if unknown:

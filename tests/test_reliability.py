@@ -363,6 +363,9 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         (["run", "--timeout", "nan"], "--timeout"),
         (["run", "--trial", "5"], "--trial"),  # abbreviations are not taken for --trials
         (["run", "--enqueue", json.dumps({**SMALL_PARAMS, "learning_rate": 0.5})], "learning_rate"),
+        # a complete configuration with one value outside its range: Optuna only warned and ran it
+        (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "lr": 5.0})], "'lr' is out of the range"),
+        (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "depth": 99})], "'depth' is out of the range"),
         (["run", "--storage", "sqlite:///."], "is a folder"),
         (["status", "--storage", "sqlite:///."], "is a folder"),
         (["run", "--artifacts", "/no/such/folder/artifacts"], "--artifacts"),
