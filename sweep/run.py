@@ -30,13 +30,21 @@ def parse_enqueue(value: str, epochs: int) -> dict:
 
     if value in PRESETS:
         return dict(PRESETS[value])
+    if not value.strip():
+        raise UsageError(f"--enqueue is empty: give a preset ({', '.join(PRESETS)}), a JSON file or a JSON object")
     path = Path(value)
+    inline = value.lstrip().startswith("{") or not path.exists()
     try:
-        text = path.read_text() if not value.lstrip().startswith("{") and path.is_file() else value
-        params = json.loads(text)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UsageError(f"--enqueue {value!r}: neither a preset ({', '.join(PRESETS)}), a readable JSON file "
-                         f"nor a JSON object ({err})") from None
+        params = json.loads(value if inline else path.read_text())
+    except OSError as err:
+        raise UsageError(f"--enqueue {value!r}: cannot read it ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        if not inline:
+            raise UsageError(f"--enqueue {value!r}: not valid JSON ({err})") from None
+        if value.lstrip().startswith("{"):
+            raise UsageError(f"--enqueue {value!r}: not a valid JSON object ({err})") from None
+        # Neither a file nor JSON: most likely a mistyped file or preset name.
+        raise UsageError(f"--enqueue {value!r}: no such file or preset ({', '.join(PRESETS)}), nor a JSON object") from None
     if not isinstance(params, dict):
         raise UsageError(f"--enqueue {value!r}: expected a JSON object of parameters")
     params = {**ADDED_OFF, **params}  # a configuration written before a parameter existed has it off
@@ -104,7 +112,7 @@ def run(opts: RunOptions) -> dict:
     data = load_dataset(opts.data, groups=opts.groups)
     if opts.cv:
         cv_folds(data, opts.cv)  # enough slices for the folds
-    enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue else None
+    enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue is not None else None
     if opts.artifacts is not None:
         artifacts.check(artifacts.resolve(opts.storage, opts.artifacts))
 

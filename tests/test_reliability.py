@@ -366,6 +366,9 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         # a complete configuration with one value outside its range: Optuna only warned and ran it
         (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "lr": 5.0})], "'lr' is out of the range"),
         (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "depth": 99})], "'depth' is out of the range"),
+        # an empty --enqueue was ignored (the run went on without it); a mistyped file was reported as bad JSON
+        (["run", "--trials", "2", "--epochs", "1", "--enqueue", ""], "--enqueue is empty"),
+        (["run", "--enqueue", "params.jsn"], "no such file or preset"),
         (["run", "--storage", "sqlite:///."], "is a folder"),
         (["status", "--storage", "sqlite:///."], "is a folder"),
         (["run", "--artifacts", "/no/such/folder/artifacts"], "--artifacts"),
