@@ -48,6 +48,7 @@ from sweep.postprocess import (
     choose_postprocessing,
     predict_probs,
 )
+from sweep.predict import check_writable
 from sweep.records import StudyKey
 from sweep.space import configs_from_params
 from sweep.train import (
@@ -95,6 +96,9 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     """
     best = describe_best(study)
     candidates = top_trials(study, opts.top)
+    if len(candidates) < opts.top:
+        raise UsageError(f"--top {opts.top}: study {study.study_name!r} has only {len(candidates)} complete trial(s)")
+    check_writable(Path(opts.out), f"--out {opts.out}")  # now, not after minutes of retraining
     data = load_checked_data(study, opts.data)
     device = resolve_device_or_fail(opts.device)
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))

@@ -151,6 +151,8 @@ def check_unique_outputs(pngs: list[Path], volumes: list[Path], overlay: bool = 
 
 def check_writable(out: Path, label: str) -> None:
     """Create ``out`` and a temporary file in it, so an unwritable folder fails before any work."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{label}: {out} is a file, expected a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):

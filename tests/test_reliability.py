@@ -369,6 +369,11 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         # an empty --enqueue was ignored (the run went on without it); a mistyped file was reported as bad JSON
         (["run", "--trials", "2", "--epochs", "1", "--enqueue", ""], "--enqueue is empty"),
         (["run", "--enqueue", "params.jsn"], "no such file or preset"),
+        # refused before the retraining: a bad --out crashed with a traceback after it, --top beyond the
+        # complete trials silently ensembled fewer
+        (["best", "--evaluate", "--seeds", "1", "--holdout", "0", "--out", "studies.db"], "--out studies.db"),
+        (["best", "--evaluate", "--seeds", "1", "--holdout", "0", "--out", "/proc/best"], "--out /proc/best"),
+        (["best", "--evaluate", "--seeds", "1", "--holdout", "0", "--top", "2", "--out", "top2"], "--top 2"),
         (["run", "--storage", "sqlite:///."], "is a folder"),
         (["status", "--storage", "sqlite:///."], "is a folder"),
         (["run", "--artifacts", "/no/such/folder/artifacts"], "--artifacts"),
