@@ -72,6 +72,9 @@ def _add_run(sub) -> None:
     run.add_argument("--workers", type=_int, default=1, help="worker processes on this machine (default %(default)s)")
     run.add_argument("--timeout", type=float, default=None, help="end the run after this many seconds: no trial starts later, and a running trial stops at "
                           "the end of its epoch and resumes on the next run")
+    run.add_argument("--max-trial-seconds", type=float, default=None, metavar="SEC",
+                     help="prune a trial projected, in its first fifth of epochs, to run longer than this "
+                          "(default: a tenth of --timeout; no cap without --timeout; 0: no cap)")
     run.add_argument("--enqueue", default=None, metavar="NAME|PARAMS.json|JSON",
                      help="run this configuration first: a preset (original, small), a JSON file or a JSON object")
     run.add_argument("--cv", type=_int, default=0, metavar="K",
@@ -168,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
     opts = RunOptions(
         trials=args.trials, epochs=args.epochs, data=args.data, storage=args.storage, study=args.study,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, device=args.device, workers=args.workers,
-        timeout=args.timeout, enqueue=args.enqueue, cv=args.cv, groups=args.groups, artifacts=args.artifacts,
+        timeout=args.timeout, max_trial_seconds=args.max_trial_seconds, enqueue=args.enqueue, cv=args.cv, groups=args.groups, artifacts=args.artifacts,
         progress=not args.quiet,
     )
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C

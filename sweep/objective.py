@@ -97,6 +97,7 @@ class Objective:
     on_progress: Callable[[int, dict], None] | None = None
     bf16: bool | None = None  # None: where the device runs it fast (sweep.train.use_bf16)
     deadline: float | None = None  # wall-clock time (time.time()) after which a running trial stops at its epoch's end
+    max_trial_seconds: float | None = None  # a trial projected to run longer is pruned early (``over_time_cap``)
 
     def __call__(self, trial: optuna.Trial) -> float:
         root = root_trial_number(frozen(trial))
@@ -123,13 +124,19 @@ class Objective:
         point = point_file.load()
         history: list[dict[str, float]] = []
         start = time.perf_counter() - (point["seconds"] if point else 0.0)
+        ends: list[float] = []  # when each epoch run by this process ended
 
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             history.append(record)
+            ends.append(time.perf_counter())
             trial.report(record["val_dice_fg"], epoch)
             self._show_progress(trial, history, time.perf_counter() - start)
             if trial.should_prune():
                 _prune(trial, history, time.perf_counter() - start)
+            projected = over_time_cap(ends, ends[-1] - start, epoch, self.epochs, self.max_trial_seconds)
+            if projected is not None:
+                _prune(trial, history, time.perf_counter() - start,
+                       f"projected {_duration(projected)}, over the cap of {_duration(self.max_trial_seconds)} per trial")
             if self.deadline is not None and epoch < self.epochs and past(self.deadline):  # the last epoch finishes
                 raise TimeUp(f"--timeout reached in epoch {epoch}")
 
@@ -248,12 +255,35 @@ def failure_reason(err: BaseException) -> str:
     return f"{kind}: {text[0]}" if text else kind
 
 
-def _prune(trial: optuna.Trial, history: list[dict[str, float]], seconds: float) -> None:
-    """Record what a pruned trial ran, then stop it."""
+def over_time_cap(ends: list[float], elapsed: float, epoch: int, epochs: int, cap: float | None) -> float | None:
+    """The projected seconds of a trial that will run past ``cap``, else None.
+
+    Checked in the first fifth of the epoch budget only (the median pruner's warm-up), from
+    the second epoch this process ran: the first one pays for start-up. A trial that passes
+    then runs on; one that does not is pruned before it spends the budget of several others.
+    ``ends`` are the ``perf_counter`` times at which this process's epochs ended; ``elapsed``
+    counts the trial's seconds so far, earlier runs of a resumed trial included.
+    """
+    if cap is None or len(ends) < 2 or epoch >= epochs or epoch > max(2, epochs // 5):
+        return None
+    per_epoch = (ends[-1] - ends[0]) / (len(ends) - 1)
+    projected = elapsed + per_epoch * (epochs - epoch)
+    return projected if projected > cap else None
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _prune(trial: optuna.Trial, history: list[dict[str, float]], seconds: float, why: str | None = None) -> None:
+    """Record what a pruned trial ran (and why, if not behind the median), then stop it."""
     record = history[-1]
     best = max(history, key=lambda r: r["val_dice_fg"])
     _set_attrs(trial, trial_summary(history, best, seconds))
     trial.set_user_attr(TrialKey.PRUNED_AT, record["epoch"])
+    if why is not None:
+        trial.set_user_attr(TrialKey.PRUNE_REASON, why)
+        raise optuna.TrialPruned(why)
     raise optuna.TrialPruned(f"val dice_fg {record['val_dice_fg']:.4f} at epoch {record['epoch']} behind the median")
 
 

@@ -24,6 +24,7 @@ class RunOptions:
     device: str = "auto"
     workers: int = 1
     timeout: float | None = None
+    max_trial_seconds: float | None = None  # None: a tenth of --timeout (no cap without one); 0: no cap
     enqueue: str | None = None
     cv: int = 0  # K >= 2: K-fold cross-validation over train+val instead of selecting on val
     groups: str | None = None  # regex whose first capture names a slice's patient
@@ -38,6 +39,8 @@ class RunOptions:
                 raise UsageError(f"--{flag} must be a positive integer, got {getattr(self, flag)}")
         if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
+        if self.max_trial_seconds is not None and not (math.isfinite(self.max_trial_seconds) and self.max_trial_seconds >= 0):
+            raise UsageError(f"--max-trial-seconds must be a number of seconds >= 0, got {self.max_trial_seconds}")
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
         if self.cv < 0 or self.cv == 1:
@@ -47,13 +50,24 @@ class RunOptions:
         if self.pruner not in PRUNERS:
             raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
 
+    def trial_cap(self) -> float | None:
+        """Seconds a trial may be projected to run before it is pruned (``sweep.objective.over_time_cap``).
+
+        By default a tenth of ``--timeout``: the sampler's 10 random start-up trials then fit in
+        the budget whatever they draw, where one wide, deep start-up trial alone took a fifth of a
+        90-minute budget on 2 cores (docs/PERFORMANCE.md). No cap without ``--timeout``.
+        """
+        if self.max_trial_seconds is not None:
+            return self.max_trial_seconds or None
+        return self.timeout / 10 if self.timeout is not None else None
+
 
 def resume_command(opts: RunOptions) -> str:
     """The ``run`` command line of ``opts``, defaults left out: it resumes the study."""
     parts = ["python", "-m", "sweep", "run", "--trials", str(opts.trials), "--epochs", str(opts.epochs)]
     defaults = RunOptions()
-    for flag in ("data", "storage", "study", "sampler", "pruner", "seed", "device", "workers", "timeout", "enqueue", "cv", "groups", "artifacts"):
+    for flag in ("data", "storage", "study", "sampler", "pruner", "seed", "device", "workers", "timeout", "max_trial_seconds", "enqueue", "cv", "groups", "artifacts"):
         value = getattr(opts, flag)
         if value != getattr(defaults, flag):
-            parts += [f"--{flag}", str(value)]
+            parts += [f"--{flag.replace('_', '-')}", str(value)]
     return shlex.join(parts)

@@ -52,6 +52,8 @@ class Progress:
         )
         if trial.state == TrialState.FAIL:
             line += f"  ({attrs.get(TrialKey.FAIL_REASON, 'failed')})"
+        elif TrialKey.PRUNE_REASON in attrs:
+            line += f"  ({attrs[TrialKey.PRUNE_REASON]})"
         return line
 
     def show_trial(self, number: int, progress: dict) -> None:

@@ -52,6 +52,7 @@ class TrialKey:
     SECONDS = "seconds"
     HISTORY = "history"  # per-epoch curves, one list per HISTORY_KEYS entry
     PRUNED_AT = "pruned_at_epoch"
+    PRUNE_REASON = "prune_reason"  # set where a trial was pruned for another reason than the median
     FAIL_REASON = "fail_reason"
     CHECKPOINT = "checkpoint_artifact"  # artifact id of the best-so-far weights
     CV_FOLD_SCORES = "cv_dice_fg_folds"

@@ -1,0 +1,104 @@
+"""The cap per trial: a trial projected, early on, to run past it is pruned, and says why."""
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from data import make_phantom
+from sweep.errors import UsageError
+from sweep.objective import Objective, over_time_cap
+from sweep.options import RunOptions
+from sweep.presets import preset
+from sweep.records import TrialKey
+from sweep.study import make_storage
+from sweep.train import DeviceSplit
+
+CPU = torch.device("cpu")
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+# --- the projection ----------------------------------------------------------------------------
+
+
+def test_projection_extrapolates_the_steady_epochs_not_the_first():
+    # Epochs end at 10 s (start-up included), 12 s and 14 s: 2 s per epoch after the first.
+    ends = [10.0, 12.0, 14.0]
+    assert over_time_cap(ends, 14.0, epoch=3, epochs=50, cap=100.0) == pytest.approx(14.0 + 2.0 * 47)
+    assert over_time_cap(ends, 14.0, epoch=3, epochs=50, cap=200.0) is None  # 108 s fits
+    assert over_time_cap(ends, 14.0, epoch=3, epochs=50, cap=None) is None
+
+
+def test_projection_waits_for_a_steady_epoch_and_stops_after_the_first_fifth():
+    assert over_time_cap([10.0], 10.0, epoch=1, epochs=50, cap=1.0) is None  # only the start-up epoch so far
+    assert over_time_cap([10.0, 12.0], 12.0, epoch=10, epochs=50, cap=1.0) is not None  # the last epoch of the fifth
+    assert over_time_cap([10.0, 12.0], 12.0, epoch=11, epochs=50, cap=1.0) is None  # past it: the trial runs on
+    assert over_time_cap([10.0, 12.0], 12.0, epoch=2, epochs=4, cap=1.0) is not None  # short budgets: epoch 2
+    assert over_time_cap([10.0, 12.0], 12.0, epoch=2, epochs=2, cap=1.0) is None  # the last epoch finishes
+
+
+def test_a_resumed_trial_counts_its_earlier_seconds():
+    # Resumed at epoch 5 with 300 s behind it: two epochs here at 3 s each.
+    assert over_time_cap([1.0, 4.0], 306.0, epoch=7, epochs=50, cap=400.0) == pytest.approx(306.0 + 3.0 * 43)
+
+
+# --- in a study ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def folds():
+    images, masks = make_phantom(12, seed=5, size=32)
+    return [(DeviceSplit.from_arrays(images[:8], masks[:8], CPU), DeviceSplit.from_arrays(images[8:], masks[8:], CPU))]
+
+
+def run_one(folds, tmp_path, cap):
+    storage = make_storage(f"sqlite:///{tmp_path / 'studies.db'}")
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.enqueue_trial(preset("small", batch_size=4))
+    study.optimize(Objective(folds, 5, seed=0, bf16=False, max_trial_seconds=cap), n_trials=1)
+    return study.trials[0]
+
+
+def test_a_trial_over_the_cap_is_pruned_at_its_second_epoch_with_the_reason(folds, tmp_path):
+    trial = run_one(folds, tmp_path, cap=1e-6)
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs[TrialKey.PRUNED_AT] == 2 and sorted(trial.intermediate_values) == [1, 2]
+    assert "per trial" in trial.user_attrs[TrialKey.PRUNE_REASON]
+    assert trial.user_attrs[TrialKey.EPOCHS_RUN] == 2  # what it ran is recorded, as for any pruned trial
+
+
+def test_a_trial_within_the_cap_runs_its_whole_budget(folds, tmp_path):
+    trial = run_one(folds, tmp_path, cap=1e9)
+    assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 5
+    assert TrialKey.PRUNE_REASON not in trial.user_attrs
+
+
+# --- the option -----------------------------------------------------------------------------
+
+
+def test_the_cap_defaults_to_a_tenth_of_the_timeout_and_to_none_without_one():
+    assert RunOptions(timeout=5400).trial_cap() == pytest.approx(540)
+    assert RunOptions().trial_cap() is None
+    assert RunOptions(timeout=5400, max_trial_seconds=60).trial_cap() == 60
+    assert RunOptions(max_trial_seconds=60).trial_cap() == 60
+    assert RunOptions(timeout=5400, max_trial_seconds=0).trial_cap() is None  # 0 turns it off
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), float("inf")])
+def test_a_bad_cap_is_a_usage_error(value):
+    with pytest.raises(UsageError, match="--max-trial-seconds"):
+        RunOptions(max_trial_seconds=value).check()
+
+
+def test_run_passes_the_cap_to_its_trials_and_shows_why_one_was_pruned(in_tmp, capsys):
+    import json
+
+    from sweep.cli import main
+
+    args = ["run", "--trials", "1", "--epochs", "3", "--enqueue", "small", "--json", "--max-trial-seconds", "0.000001"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["states"]["pruned"] == 1
+    assert "over the cap of 0 s per trial" in err  # the trial's line says why it stopped
+    trial = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db").trials[0]
+    assert trial.state == TrialState.PRUNED and trial.user_attrs[TrialKey.PRUNED_AT] == 2
