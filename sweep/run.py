@@ -97,6 +97,18 @@ def check_same_artifacts(study: optuna.Study, opts: RunOptions) -> None:
                          "leave --artifacts out or give that location")
 
 
+def check_own_study(study: optuna.Study, opts: RunOptions) -> None:
+    """Refuse a study another tool made (a plain Optuna script's): new trials would mix with its own."""
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise UsageError(f"--study {opts.study!r}: minimises its value, not made by this tool (its studies maximise "
+                         "val dice_fg); use another --study")
+    if study.user_attrs.get(StudyKey.DATA_FINGERPRINT) is None:  # (a study made by enqueueing alone records nothing yet)
+        for trial in study.get_trials(deepcopy=False):
+            if trial.params and params_problem(trial.params, opts.epochs):
+                raise UsageError(f"--study {opts.study!r}: trial {trial.number}'s params ({', '.join(sorted(trial.params))}) "
+                                 "are not of this search space, a study not made by this tool; use another --study")
+
+
 def resolve_device_or_fail(name: str):
     try:
         return resolve_device(name)
@@ -167,6 +179,7 @@ def _open_study(opts: RunOptions, data: Dataset) -> optuna.Study:
         existing = st.load_study(storage, opts.study)
         check_same_data(existing, data, opts)
         check_same_artifacts(existing, opts)
+        check_own_study(existing, opts)
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)
     if not study.user_attrs.get(StudyKey.DATA_FINGERPRINT):
         record_study_metadata(study, data, opts)

@@ -172,7 +172,11 @@ def load_study(storage: RDBStorage, name: str, sampler=None, pruner=None) -> opt
         names = [s.study_name for s in storage.get_all_studies()]
         hint = f" (studies here: {', '.join(names)})" if names else " (no studies here yet: run `python -m sweep run` first)"
         raise UsageError(f"--study {name!r}: no such study{hint}")
-    return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    if len(study.directions) != 1:  # Optuna's best_trial, and every view here, then raise
+        raise UsageError(f"--study {name!r}: has {len(study.directions)} objectives, not made by this tool "
+                         "(its studies have one, val dice_fg); use another --study")
+    return study
 
 
 def sqlite_path(url: str) -> Path | None:

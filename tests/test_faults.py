@@ -132,3 +132,32 @@ def test_other_data_on_a_study_is_refused_in_one_line(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--data", str(tmp_path / "pool"), "--storage", storage, "--trials", "1", "--quiet"]) == 2
     assert "was run on other data" in _one_line_error(capsys)
+
+
+def _foreign_study(storage: str, kind: str):
+    """A study a plain Optuna script made, without this tool's attributes."""
+    import optuna
+
+    if kind == "multi-objective":
+        return optuna.create_study(storage=storage, study_name="segnet", directions=["minimize", "maximize"])
+    study = optuna.create_study(storage=storage, study_name="segnet", direction="minimize" if kind == "minimise" else "maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    return study
+
+
+@pytest.mark.parametrize("kind,named", [("other params", "not of this search space"), ("minimise", "minimises"),
+                                        ("multi-objective", "2 objectives")])
+def test_run_refuses_a_study_another_tool_made(tmp_path, monkeypatch, capsys, kind, named):
+    """Such a study was taken over: its trials counted toward --trials and could be 'best' (or, minimised,
+    the worst Dice won); a multi-objective one crashed with a traceback."""
+    monkeypatch.chdir(tmp_path)
+    _foreign_study("sqlite:///studies.db", kind)
+    before = hashlib.sha256((tmp_path / "studies.db").read_bytes()).hexdigest()
+    capsys.readouterr()
+    assert main(["run", "--trials", "3", "--epochs", "1", "--quiet", "--enqueue", json.dumps(SMALL)]) == 2
+    assert named in _one_line_error(capsys)
+    assert hashlib.sha256((tmp_path / "studies.db").read_bytes()).hexdigest() == before
+    if kind == "multi-objective":
+        for argv in (["status"], ["best"], ["report", "--out", "r.html"]):
+            assert main(argv) == 2
+            assert named in _one_line_error(capsys)
