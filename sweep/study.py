@@ -208,6 +208,22 @@ def require_existing_sqlite(url: str) -> None:
     db = sqlite_path(url)
     if db is not None and not db.exists():
         raise UsageError(f"--storage {url!r}: {db} does not exist (run `python -m sweep run` first)")
+    if db is not None and not _has_optuna_tables(db):
+        # Opening it would create Optuna's tables: refused in read-only mode, a change to someone's file otherwise.
+        raise UsageError(f"--storage {url!r}: {db} holds no Optuna study (run `python -m sweep run` first)")
+
+
+def _has_optuna_tables(db: Path) -> bool:
+    """False for an empty file or another program's SQLite database; True where it cannot tell
+    (a damaged file: the storage then says what is wrong)."""
+    try:
+        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)
+        try:
+            return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone() is not None
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return True
 
 
 def open_study_readonly(url: str, name: str) -> optuna.Study:

@@ -161,3 +161,23 @@ def test_run_refuses_a_study_another_tool_made(tmp_path, monkeypatch, capsys, ki
         for argv in (["status"], ["best"], ["report", "--out", "r.html"]):
             assert main(argv) == 2
             assert named in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("argv", [["status"], ["best"], ["export", "--csv", "t.csv"], ["report"], ["best", "--evaluate"]])
+@pytest.mark.parametrize("content", ["empty", "another program's"])
+def test_a_database_without_optuna_tables_is_named_and_left_alone(tmp_path, monkeypatch, capsys, argv, content):
+    """Read-only commands ended with exit 1 and "attempt to write a readonly database"; best --evaluate
+    would have added Optuna's tables to the file."""
+    import sqlite3
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "studies.db"
+    db.touch()
+    if content != "empty":
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE notes (text)")
+    before = db.read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert "holds no Optuna study" in _one_line_error(capsys)
+    assert db.read_bytes() == before
