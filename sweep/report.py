@@ -266,7 +266,7 @@ class _Page:
         counts = pd.Series([t.state.name.lower() for t in s.trials]).value_counts().to_dict()
         states = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no trials"
         rows = [
-            ("study", f"{s.study_name} in {self.storage_url}"),
+            ("study", f"{s.study_name} in {st.display_url(self.storage_url)}"),
             ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
             ("trials", f"{len(s.trials)} ({states}); epoch budget {attrs.get('epochs', '?')}"),
             ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
@@ -413,10 +413,11 @@ class _Page:
     def reproduce(self) -> str:
         flags = []
         if self.storage_url != st.DEFAULT_STORAGE:
-            flags += ["--storage", self.storage_url]
+            flags += ["--storage", st.display_url(self.storage_url)]  # a report is shared: no password in it
         if self.study.study_name != st.DEFAULT_STUDY:
             flags += ["--study", self.study.study_name]
         run = self.study.user_attrs.get(StudyKey.COMMAND, "python -m sweep run  # (command not recorded)")
+        run = run.replace(self.storage_url, st.display_url(self.storage_url))
         ev = self.study.user_attrs.get(StudyKey.EVALUATION) or {}
         if ev.get("seeds") is not None:
             flags += ["--seeds", str(len(ev["seeds"]))]

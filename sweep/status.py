@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep import records as rec
 from sweep.progress import duration, remaining_seconds
 from sweep.records import ProgressKey, StudyKey, TrialKey
-from sweep.study import open_study_readonly
+from sweep.study import display_url, open_study_readonly
 
 
 def study_status(storage_url: str, study_name: str) -> dict:
@@ -21,7 +21,7 @@ def study_status(storage_url: str, study_name: str) -> dict:
     running = [_running(t, now) for t in trials if t.state == TrialState.RUNNING]
     return {
         "study": study.study_name,
-        "storage": storage_url,
+        "storage": display_url(storage_url),
         "states": states,
         "finished": states["complete"] + states["pruned"],
         "target": study.user_attrs.get(StudyKey.TARGET),

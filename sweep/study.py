@@ -58,7 +58,7 @@ def check_storage_url(url: str, *, writable: bool = True) -> str:
             pass
         engine.dispose()
     except ModuleNotFoundError as err:
-        raise UsageError(f"--storage {url!r}: database driver missing ({err.name}); pip install it") from None
+        raise UsageError(f"--storage {display_url(url)!r}: database driver missing ({err.name}); pip install it") from None
     except Exception as err:  # noqa: BLE001 - any driver error means "cannot use this URL"
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UsageError(f"--storage {_hide_password(parsed)}: cannot connect ({reason})") from None
@@ -84,6 +84,15 @@ def _connect_timeout(backend: str) -> dict:
 
 def _hide_password(parsed) -> str:
     return parsed.render_as_string(hide_password=True)
+
+
+def display_url(url: str) -> str:
+    """``url`` as it may be printed or put in a shared report: a password becomes ***."""
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return url
+    return _hide_password(parsed) if parsed.password else url
 
 
 def _is_sqlite_file(path: Path) -> bool:

@@ -428,3 +428,27 @@ def test_an_epoch_budget_the_best_trials_outgrew_is_an_edge_too():
     [warning] = edge_warnings(study_with([50, 47, 46, 12]))
     assert warning.startswith("epochs:") and "50 of 50, 47 of 50, 46 of 50" in warning and "--epochs" in warning
     assert edge_warnings(study_with([50, 44, 49])) == []  # one of the best peaked earlier
+
+
+@pytest.mark.skipif(not os.environ.get("SEGNET_TEST_POSTGRES_URL"), reason="SEGNET_TEST_POSTGRES_URL not set")
+def test_status_and_report_do_not_show_the_storage_password(tmp_path, capsys):
+    """A report is a file people share: the password of a --storage URL must not be in it (nor on screen)."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    from sweep.records import StudyKey
+
+    url = make_url(os.environ["SEGNET_TEST_POSTGRES_URL"]).set(password="s3cret-pw").render_as_string(hide_password=False)
+    name = f"pw{uuid.uuid4().hex[:10]}"
+    study = optuna.create_study(study_name=name, storage=url, direction="maximize")
+    try:
+        study.set_user_attr(StudyKey.COMMAND, f"python -m sweep run --storage {url} --study {name}")
+        capsys.readouterr()
+        assert main(["status", "--storage", url, "--study", name]) == 0
+        assert main(["report", "--storage", url, "--study", name, "--out", str(tmp_path / "r.html")]) == 0
+        assert "s3cret-pw" not in capsys.readouterr().out
+        page = (tmp_path / "r.html").read_text()
+        assert "s3cret-pw" not in page and "***" in page
+    finally:
+        optuna.delete_study(study_name=name, storage=url)
