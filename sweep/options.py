@@ -41,6 +41,8 @@ class RunOptions:
             raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
         if self.max_trial_seconds is not None and not (math.isfinite(self.max_trial_seconds) and self.max_trial_seconds >= 0):
             raise UsageError(f"--max-trial-seconds must be a number of seconds >= 0, got {self.max_trial_seconds}")
+        if not self.study.strip():  # Optuna would make a study named "", which no other command's default finds
+            raise UsageError(f"--study {self.study!r}: give the study a name, e.g. --study {DEFAULT_STUDY}")
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
         if self.cv < 0 or self.cv == 1:

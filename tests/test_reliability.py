@@ -374,6 +374,7 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         (["best", "--evaluate", "--seeds", "1", "--holdout", "0", "--out", "studies.db"], "--out studies.db"),
         (["best", "--evaluate", "--seeds", "1", "--holdout", "0", "--out", "/proc/best"], "--out /proc/best"),
         (["best", "--evaluate", "--seeds", "1", "--holdout", "0", "--top", "2", "--out", "top2"], "--top 2"),
+        (["run", "--trials", "1", "--epochs", "1", "--study", ""], "--study ''"),
         (["run", "--storage", "sqlite:///."], "is a folder"),
         (["status", "--storage", "sqlite:///."], "is a folder"),
         (["run", "--artifacts", "/no/such/folder/artifacts"], "--artifacts"),
