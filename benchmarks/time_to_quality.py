@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_quality.py --minutes 60 [--repeats 2] [--fractions 0.25,0.4,0.5,1]
                                          [--holdout 15] [--data ../shared/data/cmri]
-                                         [--out benchmarks/results/time_to_quality.json]
+                                         [--out benchmarks/results/time_to_quality.json] [--resume]
 
 Two ways to spend M minutes on the real data, each in its own process, alternating which goes
 first between repeats:
@@ -25,7 +25,10 @@ shipped once). The JSON gives each approach's held-out ``dice_fg`` per fraction 
 their means and spread, ``time_to_quality_gain`` (ours minus plain at the full budget) and
 ``time_to_quality_speedup`` (the plain loop's time to its final figure over ours to the same
 figure; a time is the first fraction whose mean reaches the figure). Results are written after
-every shipped model, so an interrupted run keeps what it measured.
+every shipped model, so an interrupted run keeps what it measured, and ``--resume`` goes on from
+it: each approach of each repeat whose every fraction was shipped is kept, the rest run again
+(a repeat's held-out draw depends only on its number, so a resumed repeat scores the same
+slices). Raise ``--repeats`` with ``--resume`` to add repeats to a finished run.
 """
 
 from __future__ import annotations
@@ -87,17 +90,18 @@ def run_ours(folder: Path, work: Path, seconds: float, seed: int, epochs: int) -
            "--trials", "100000", "--seed", str(seed), "--epochs", str(epochs), "--quiet",
            "--timeout", f"{seconds:g}"]  # as a user with a budget runs it: the cap per trial follows from it
     start = datetime.now()
-    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / "ours.log", "w"))
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        # SIGTERM ends `run` as Ctrl-C does; SIGINT itself is ignored by a background job's children.
-        proc.send_signal(signal.SIGTERM)
+    with open(work / "ours.log", "w") as log_file:
+        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=log_file)
         try:
-            proc.wait(timeout=GRACE_S)
+            proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            # SIGTERM ends `run` as Ctrl-C does; SIGINT itself is ignored by a background job's children.
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     return url, start
 
 
@@ -222,12 +226,13 @@ def plain(folder: Path, work: Path, seconds: float, fractions: list[float], seed
     log_path = work / "plain.jsonl"
     cmd = [sys.executable, __file__, "--plain-search", str(folder), str(log_path), str(seed), str(epochs)]
     start = time.time()
-    proc = subprocess.Popen(cmd, stderr=open(work / "plain.log", "w"))
-    try:
-        proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with open(work / "plain.log", "w") as log_file:
+        proc = subprocess.Popen(cmd, stderr=log_file)
+        try:
+            proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     trials = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     out: dict = {"checkpoints": {}}
     shipped: dict = {}
@@ -299,6 +304,31 @@ def machine() -> dict:
             "loadavg_start": list(os.getloadavg())}
 
 
+SETTINGS = ("minutes", "epochs", "fractions", "holdout", "data")
+
+
+def side_done(run: dict, side: str, fractions: list[float]) -> bool:
+    """Whether one approach of one repeat shipped at every fraction (so a resumed run keeps it)."""
+    checkpoints = run.get(side, {}).get("checkpoints", {})
+    return all(str(f) in checkpoints for f in fractions)
+
+
+def resumed(path: Path, fresh: dict) -> dict:
+    """The earlier result at ``path`` to go on from, its settings checked against this run's."""
+    try:
+        earlier = json.loads(path.read_text())
+    except FileNotFoundError:
+        return fresh
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"error: cannot resume from {path}: {exc}") from None
+    differ = [f"{k} {earlier.get(k)!r} (now {fresh[k]!r})" for k in SETTINGS if earlier.get(k) != fresh[k]]
+    if differ:
+        raise SystemExit(f"error: cannot resume from {path}: it was run with other settings: {', '.join(differ)}")
+    earlier["repeats"] = max(fresh["repeats"], len(earlier.get("runs", [])))
+    earlier.setdefault("sessions", []).append(fresh["machine"])
+    return earlier
+
+
 def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--plain-search":
         plain_search(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
@@ -311,6 +341,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(CMRI))
     p.add_argument("--epochs", type=int, default=EPOCHS, help="epoch budget of every trial (default %(default)s: `run`'s)")
     p.add_argument("--out", default=str(RESULT))
+    p.add_argument("--resume", action="store_true",
+                   help="go on from --out: keep each approach of each repeat that shipped at every fraction")
     args = p.parse_args(argv)
     fractions = sorted(float(f) for f in args.fractions.split(","))
     seconds = args.minutes * 60
@@ -318,20 +350,33 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {"minutes": args.minutes, "repeats": args.repeats, "epochs": args.epochs, "fractions": fractions, "holdout": args.holdout,
               "data": args.data, "machine": machine(), "runs": []}
+    if args.resume:
+        result = resumed(out, result)
 
     def save() -> None:
         summarize(result)
         result["machine"]["loadavg_end"] = list(os.getloadavg())
         out.write_text(json.dumps(result, indent=1))
 
-    for r in range(args.repeats):
+    for r in range(result["repeats"]):
+        if r < len(result["runs"]) and all(side_done(result["runs"][r], s, fractions) for s in ("ours", "plain")):
+            log(f"repeat {r + 1}/{result['repeats']}: kept from {out}")
+            continue
         with tempfile.TemporaryDirectory(prefix="ttq-") as tmp:
             work = Path(tmp)
             held = make_folder(Path(args.data), args.holdout, r, work / "data")
-            run = {"repeat": r, "holdout": held, "order": ["ours", "plain"] if r % 2 == 0 else ["plain", "ours"]}
-            result["runs"].append(run)
+            if r < len(result["runs"]):
+                run = result["runs"][r]
+                if run["holdout"] != held:
+                    raise SystemExit(f"error: cannot resume repeat {r + 1}: {out} held out other slices")
+            else:
+                run = {"repeat": r, "holdout": held, "order": ["ours", "plain"] if r % 2 == 0 else ["plain", "ours"]}
+                result["runs"].append(run)
             for side in run["order"]:
-                log(f"repeat {r + 1}/{args.repeats}: {side} searches for {args.minutes:g} min")
+                if side_done(run, side, fractions):
+                    log(f"repeat {r + 1}/{result['repeats']}: {side} kept from {out}")
+                    continue
+                log(f"repeat {r + 1}/{result['repeats']}: {side} searches for {args.minutes:g} min")
                 (work / side).mkdir()
                 fn = ours if side == "ours" else plain
                 run[side] = fn(work / "data", work / side, seconds, fractions, r, args.epochs, save)

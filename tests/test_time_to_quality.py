@@ -1,5 +1,6 @@
 """The time-to-quality benchmark's bookkeeping: held-out folder, budget cut-offs, and its two figures."""
 
+import json
 from datetime import datetime, timedelta
 
 import optuna
@@ -82,3 +83,48 @@ def test_an_approach_that_never_reaches_the_figure_has_no_speedup():
     assert result["time_to_quality_gain"] == pytest.approx(-0.05)
     assert result["time_to_quality_speedup"] is None
     assert result["minutes_to_reach"]["plain_to_plain_final"] == 5.0
+
+
+def fake_side(calls, value):
+    def run(folder, work, seconds, fractions, seed, epochs, save):
+        calls.append((work.name, seed))
+        return {"checkpoints": {str(f): {"dice_fg": value} for f in fractions}}
+    return run
+
+
+def test_resume_keeps_finished_approaches_and_runs_the_rest(source, tmp_path, monkeypatch):
+    out = tmp_path / "ttq.json"
+    args = ["--minutes", "1", "--fractions", "0.5,1", "--holdout", "3", "--data", str(source), "--out", str(out)]
+    calls = []
+    monkeypatch.setattr(ttq, "ours", fake_side(calls, 0.9))
+    monkeypatch.setattr(ttq, "plain", fake_side(calls, 0.8))
+    assert ttq.main(args) == 0
+    assert calls == [("ours", 0), ("plain", 0)]
+    # repeat 2 was cut off after its first approach (plain goes first in odd repeats)
+    result = json.loads(out.read_text())
+    held = ttq.make_folder(source, 3, seed=1, dest=tmp_path / "draw")
+    result["runs"].append({"repeat": 1, "holdout": held, "order": ["plain", "ours"],
+                           "plain": {"checkpoints": {"0.5": {"dice_fg": 0.7}, "1.0": {"dice_fg": 0.8}}}})
+    result["repeats"] = 2
+    out.write_text(json.dumps(result))
+    calls.clear()
+    assert ttq.main(args + ["--repeats", "2", "--resume"]) == 0
+    assert calls == [("ours", 1)]
+    result = json.loads(out.read_text())
+    assert [r["repeat"] for r in result["runs"]] == [0, 1]
+    assert result["curves"]["plain"]["0.5"]["runs"] == [0.8, 0.7]
+    assert result["time_to_quality_gain"] == pytest.approx(0.1)
+    # without --resume the file is started afresh
+    calls.clear()
+    assert ttq.main(args) == 0
+    assert len(json.loads(out.read_text())["runs"]) == 1 and len(calls) == 2
+
+
+def test_resume_refuses_a_run_with_other_settings(source, tmp_path, monkeypatch):
+    out = tmp_path / "ttq.json"
+    out.write_text(json.dumps({"minutes": 30, "epochs": 50, "fractions": [0.5, 1.0], "holdout": 3,
+                               "data": str(source), "runs": []}))
+    monkeypatch.setattr(ttq, "ours", fake_side([], 0.9))
+    with pytest.raises(SystemExit, match="minutes 30 .now 60"):
+        ttq.main(["--minutes", "60", "--fractions", "0.5,1", "--holdout", "3", "--data", str(source),
+                  "--out", str(out), "--resume"])
