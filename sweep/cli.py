@@ -18,7 +18,7 @@ from optuna.exceptions import StorageInternalError
 from data import DataError
 from sweep.errors import UsageError
 from sweep.predict import add_predict_parser
-from sweep.records import score_label, silence_optuna
+from sweep.records import score_label, silence_optuna, states_line
 from sweep.strategies import PRUNERS, SAMPLERS
 from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
 
@@ -266,7 +266,7 @@ def _print_run_summary(summary: dict, as_json: bool) -> None:
     s = summary["states"]
     print(
         f"study {summary['study']!r}: {summary['finished']} of {summary['target']} trials finished "
-        f"({s['complete']} complete, {s['pruned']} pruned, {s['fail']} failed)"
+        f"({states_line(s, summary.get('stopped', 0))})"
     )
     if summary["best"]:
         b = summary["best"]

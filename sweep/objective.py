@@ -19,7 +19,7 @@ from model import SegNetConfig, count_parameters
 from model.segnet import SegNet
 from sweep.notes import dice_table_markdown
 from sweep.pictures import overlay_png
-from sweep.records import ProgressKey, TrialKey, trial_summary
+from sweep.records import INTERRUPTED, TIMED_OUT, ProgressKey, TrialKey, trial_summary
 from sweep.resume import (
     ResumeFile,
     enqueue_retry,
@@ -38,9 +38,6 @@ from sweep.train import (
     predict_logits,
     use_bf16,
 )
-
-INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
-TIMED_OUT = "stopped at the run's --timeout"
 
 
 class TimeUp(KeyboardInterrupt):

@@ -92,6 +92,28 @@ def study_cv(study: optuna.Study) -> int:
     return study.user_attrs.get(StudyKey.CV, 0)
 
 
+# A trial stopped by Ctrl-C, SIGTERM or --timeout ends FAIL with one of these reasons, and a
+# copy with its params is queued to resume it: it was stopped, not broken.
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
+TIMED_OUT = "stopped at the run's --timeout"
+
+
+def stopped_count(trials: Iterable[FrozenTrial]) -> int:
+    """Failed trials that were stopped (interrupted or timed out) rather than broken."""
+    return sum(t.state == TrialState.FAIL and t.user_attrs.get(TrialKey.FAIL_REASON) in (INTERRUPTED, TIMED_OUT)
+               for t in trials)
+
+
+def states_line(states: Mapping[str, int], stopped: int = 0, running: bool = False) -> str:
+    """ "38 complete, 25 pruned, 0 failed, 1 stopped and queued to resume" for every command."""
+    parts = [f"{states['complete']} complete", f"{states['pruned']} pruned", f"{states['fail'] - stopped} failed"]
+    if stopped:
+        parts.append(f"{stopped} stopped and queued to resume")
+    if running:
+        parts.append(f"{states['running']} running")
+    return ", ".join(parts)
+
+
 def state_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     """Trials by state, every state present: {"complete": 3, "pruned": 1, "fail": 0, ...}."""
     counts = {s.name.lower(): 0 for s in TrialState}

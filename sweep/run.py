@@ -208,10 +208,12 @@ def _announce(opts: RunOptions, data: Dataset, device, finished: int) -> None:
 
 
 def summarize(study: optuna.Study, opts: RunOptions, ran: int, note: str | None = None, stopped_early: bool = False) -> dict:
-    states = rec.state_counts(study.get_trials(deepcopy=False))
+    trials = study.get_trials(deepcopy=False)
+    states = rec.state_counts(trials)
     best = rec.best_summary(study)
     summary = {
         "study": study.study_name, "storage": opts.storage, "target": opts.trials, "ran": ran, "states": states,
+        "stopped": rec.stopped_count(trials),
         "best": best and {k: best[k] for k in ("trial", "val_dice_fg", "params")},
         "stopped_early": stopped_early,
     }

@@ -23,6 +23,7 @@ def study_status(storage_url: str, study_name: str) -> dict:
         "study": study.study_name,
         "storage": display_url(storage_url),
         "states": states,
+        "stopped": rec.stopped_count(trials),
         "finished": states["complete"] + states["pruned"],
         "target": study.user_attrs.get(StudyKey.TARGET),
         "best": rec.best_summary(study),
@@ -70,7 +71,7 @@ def format_status(status: dict) -> str:
     target = f" of {status['target']}" if status["target"] is not None else ""
     lines = [
         (f"study {status['study']!r} in {status['storage']}: {status['finished']}{target} trials finished "
-         f"({s['complete']} complete, {s['pruned']} pruned, {s['fail']} failed, {s['running']} running)")
+         f"({rec.states_line(s, status.get('stopped', 0), running=True)})")
     ]
     if status.get("data"):
         lines.append(f"data: {status['data']}")

@@ -332,7 +332,7 @@ def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, mo
     assert main([*args, "--timeout", "3600"]) == 0  # not the exit code of an interruption
     summary = json.loads(capsys.readouterr().out)
     assert "--timeout 3600 s reached; 1 stopped trial(s) resume on the next run" in summary["note"]
-    assert summary["finished"] == 0 and summary["states"]["fail"] == 1
+    assert summary["finished"] == 0 and summary["states"]["fail"] == 1 and summary["stopped"] == 1
 
     monkeypatch.setattr(sweep.objective, "past", real_past)
     assert main(args) == 0
@@ -341,3 +341,18 @@ def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, mo
     assert resumed.state == TrialState.COMPLETE and resumed.params == study.trials[0].params
     assert resumed.user_attrs[TrialKey.RESUMED_AT] in (0, 1)  # from the first epoch's point, if one was written
     assert json.loads(capsys.readouterr().out)["finished"] == 2
+
+
+def test_stopped_trials_are_counted_apart_from_failed_ones(tmp_path):
+    """A trial stopped by --timeout or Ctrl-C ends FAIL and is queued again: the summary lines
+    count it as stopped, not as a failure; a broken trial still counts as failed."""
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    study = optuna.create_study(study_name="segnet", storage=url, direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.8, params={}, distributions={}))
+    for reason in (TIMED_OUT, INTERRUPTED, "RuntimeError: out of memory"):
+        trial = study.ask()
+        trial.set_user_attr(TrialKey.FAIL_REASON, reason)
+        study.tell(trial, state=TrialState.FAIL)
+    status = study_status(url, "segnet")
+    assert status["states"]["fail"] == 3 and status["stopped"] == 2
+    assert "(1 complete, 0 pruned, 1 failed, 2 stopped and queued to resume, 0 running)" in format_status(status)
