@@ -105,7 +105,8 @@ def stopped_count(trials: Iterable[FrozenTrial]) -> int:
 
 
 def states_line(states: Mapping[str, int], stopped: int = 0, running: bool = False) -> str:
-    """ "38 complete, 25 pruned, 0 failed, 1 stopped and queued to resume" for every command."""
+    """Trials by state in one line, as every command prints it: "38 complete, 25 pruned, 0 failed,
+    1 stopped and queued to resume" (running trials too where ``running``)."""
     parts = [f"{states['complete']} complete", f"{states['pruned']} pruned", f"{states['fail'] - stopped} failed"]
     if stopped:
         parts.append(f"{stopped} stopped and queued to resume")
