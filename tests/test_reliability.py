@@ -4,10 +4,12 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -38,20 +40,30 @@ def start(cwd, *args, env=None):
     )
 
 
+def _has_running_epoch(db: Path) -> bool:
+    """Whether a RUNNING trial has an intermediate value, read without writing to the database."""
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return con.execute(
+                "SELECT 1 FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+                "WHERE t.state = 'RUNNING' LIMIT 1").fetchone() is not None
+    except sqlite3.Error:  # the sweep has not created its tables yet
+        return False
+
+
 def wait_for_running_epoch(db: Path, timeout=240.0, proc=None) -> optuna.trial.FrozenTrial:
     """Block until some trial is RUNNING and has reported at least one epoch (or ``proc`` ended)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise AssertionError(f"the sweep ended (exit {proc.returncode}) before a trial was seen running: {proc.stderr.read()[-2000:]}")
-        if db.exists():
-            try:
-                study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{db}")
-                running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if t.intermediate_values]
-                if running:
-                    return running[0]
-            except (KeyError, Exception):  # study not created yet / db being created
-                pass
+        if db.exists() and _has_running_epoch(db):
+            # Only now open it through Optuna: opening a database that the sweep is still creating
+            # would race it to write Optuna's schema.
+            study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{db}")
+            running = [t for t in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)) if t.intermediate_values]
+            if running:
+                return running[0]
         time.sleep(0.3)
     raise AssertionError("no trial reached its first epoch in time")
 
