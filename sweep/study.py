@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import optuna
@@ -26,6 +28,9 @@ HEARTBEAT_INTERVAL = int(os.environ.get("SEGNET_HEARTBEAT_INTERVAL", "20"))  # s
 GRACE_PERIOD = int(os.environ.get("SEGNET_GRACE_PERIOD", "90"))  # several missed beats: a busy machine is not a dead one
 MAX_RETRY = 3
 SQLITE_TIMEOUT = 60  # seconds a SQLite writer waits for another worker's lock
+# Workers that open an empty database at the same moment each create Optuna's tables and stamp
+# its schema version; all but one of them then meet the others' rows. They retry this often.
+SCHEMA_RETRIES = 5
 
 
 def check_storage_url(url: str, *, writable: bool = True) -> str:
@@ -129,10 +134,30 @@ def make_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
             "grace_period": GRACE_PERIOD,
             "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
         }
-    storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+    storage = _open_rdb(url, engine_kwargs, kwargs)
     if backend == "sqlite":
         _tune_sqlite(storage.engine, read_only)
     return storage
+
+
+def _open_rdb(url: str, engine_kwargs: dict, kwargs: dict) -> RDBStorage:
+    """``RDBStorage(url)``, retried where another worker was creating Optuna's schema at the same moment."""
+    for attempt in range(SCHEMA_RETRIES + 1):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        except sqlalchemy.exc.DBAPIError as e:
+            if attempt == SCHEMA_RETRIES or not _schema_race(e):
+                raise
+            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))  # apart, so that one of them wins
+    raise AssertionError("unreachable")
+
+
+def _schema_race(error: sqlalchemy.exc.DBAPIError) -> bool:
+    """True for what two workers creating the same tables or version row meet: a duplicate."""
+    if isinstance(error, sqlalchemy.exc.IntegrityError):
+        return True
+    text = str(error.orig).lower()
+    return "already exists" in text or "duplicate" in text
 
 
 def _tune_sqlite(engine: sqlalchemy.Engine, read_only: bool = False) -> None:

@@ -1,5 +1,6 @@
 """Faults a long sweep meets: kills, interrupts, failing trials, several workers, bad input."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
+import sqlalchemy
 import torch
+from sqlalchemy.engine import make_url
 
 import sweep.objective
 from sweep import study as st
@@ -227,6 +230,51 @@ def test_server_is_reachable_when_configured(url):
     from sweep.study import check_storage_url
 
     check_storage_url(url)
+
+
+OPEN_AT = """
+import sys, time
+import optuna
+from sweep import study as st
+url, at = sys.argv[1], float(sys.argv[2])
+time.sleep(max(0.0, at - time.time()))
+optuna.create_study(storage=st.make_storage(url), study_name="segnet", direction="maximize", load_if_exists=True)
+"""
+
+
+@contextlib.contextmanager
+def empty_database(url: str | None, tmp_path: Path):
+    """A new, empty database: a file for SQLite, a database of its own on a server (dropped after)."""
+    if url is None:
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    name = f"race_{uuid.uuid4().hex[:10]}"
+    server = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with server.connect() as con:
+        con.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    try:
+        yield make_url(url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as con:
+            con.execute(sqlalchemy.text(f"DROP DATABASE {name}"))
+        server.dispose()
+
+
+@pytest.mark.parametrize("url", [pytest.param(None, id="sqlite"), *SERVERS])
+def test_workers_opening_one_empty_database_at_once_all_start(tmp_path, url):
+    """Machines started together against a new database each create Optuna's schema; one wins,
+    and the others must go on with its tables instead of failing on a duplicate."""
+    with empty_database(url, tmp_path) as fresh:
+        at = time.time() + 4.0  # every process has imported by then, and all open at once
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT, fresh, str(at)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(6)]
+        errors = [err for p in procs for _, err in [p.communicate(timeout=300)] if p.returncode != 0]
+        assert not errors, errors[0][-2000:]
+        storage = optuna.storages.RDBStorage(fresh)
+        try:
+            assert optuna.load_study(study_name="segnet", storage=storage).trials == []
+        finally:
+            storage.engine.dispose()  # no connection left open: the database is dropped next
 
 
 # --- trials that fail do not end the sweep ---------------------------------------------
