@@ -90,6 +90,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--archs", default="small,vgg16")
     p.add_argument("--variants", default=None, help=f"comma-separated, of {', '.join(VARIANTS)} (default: by device)")
+    p.add_argument("--naive", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the naive float32 loop beside the variants (default: yes)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
                "torch": torch.__version__, "threads": torch.get_num_threads(), "data": data.description,
                "epochs": args.epochs, "epoch_s": {}, "first_epoch_s": {}}
         for arch in args.archs.split(","):
-            times = {name: [] for name in [*variants, "naive"]}
+            times = {name: [] for name in [*variants, *(["naive"] if args.naive else [])]}
             first = {name: [] for name in times}
             for r in range(args.repeats):
                 names = list(times) if r % 2 == 0 else list(reversed(times))
