@@ -150,7 +150,7 @@ def ours(folder: Path, work: Path, seconds: float, fractions: list[float], seed:
             shipped[best] = ship_ours(url, f"ttq-{round(f * 100)}", work)
         out["checkpoints"][str(f)] = {"trials": n, "trial": best, **shipped[best]}
         log(f"ours at {f:.0%}: held-out dice_fg {shipped[best]['dice_fg']:.4f}")
-        save()
+        save(out)
     return out
 
 
@@ -222,7 +222,8 @@ def ship_plain(folder: Path, params: dict, seed: int, epochs: int) -> dict:
     return {"dice_fg": round(scores["dice_fg"], 5), "ship_s": round(time.perf_counter() - start)}
 
 
-def plain(folder: Path, work: Path, seconds: float, fractions: list[float], seed: int, epochs: int, save) -> dict:
+def plain_search_run(folder: Path, work: Path, seconds: float, seed: int, epochs: int) -> tuple[float, list[dict]]:
+    """The plain loop for ``seconds``: its start (epoch seconds) and its finished trials."""
     log_path = work / "plain.jsonl"
     cmd = [sys.executable, __file__, "--plain-search", str(folder), str(log_path), str(seed), str(epochs)]
     start = time.time()
@@ -233,10 +234,27 @@ def plain(folder: Path, work: Path, seconds: float, fractions: list[float], seed
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    trials = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
-    out: dict = {"checkpoints": {}}
-    shipped: dict = {}
+    return start, [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+
+
+def plain(folder: Path, work: Path, seconds: float, fractions: list[float], seed: int, epochs: int, save,
+          earlier: dict | None = None) -> dict:
+    """Search, then ship at each fraction. The search is recorded (``save(out)``) before any
+    shipping; given such a record as ``earlier``, only the fractions not shipped yet are
+    shipped (a retraining depends only on the params, the data and ``seed``)."""
+    earlier = earlier or {}
+    if "trials" in earlier:
+        start, trials = earlier["start"], earlier["trials"]
+        log(f"plain: search kept ({len(trials)} trials); shipping what is left")
+    else:
+        start, trials = plain_search_run(folder, work, seconds, seed, epochs)
+    out: dict = {"start": start, "trials": trials, "checkpoints": dict(earlier.get("checkpoints", {}))}
+    save(out)
+    shipped: dict = {c["trial"]: {k: c[k] for k in ("dice_fg", "ship_s")}
+                     for c in out["checkpoints"].values() if c.get("trial") is not None}
     for f in fractions:
+        if str(f) in out["checkpoints"]:
+            continue
         done = [t for t in trials if t["done"] - start <= f * seconds]
         complete = [t for t in done if t["state"] == "COMPLETE"]
         if not complete:
@@ -249,7 +267,7 @@ def plain(folder: Path, work: Path, seconds: float, fractions: list[float], seed
         out["checkpoints"][str(f)] = {"trials": len(done), "trial": best["number"], "val_dice_fg": best["value"],
                                       **shipped[best["number"]]}
         log(f"plain at {f:.0%}: held-out dice_fg {shipped[best['number']]['dice_fg']:.4f}")
-        save()
+        save(out)
     return out
 
 
@@ -378,8 +396,16 @@ def main(argv=None) -> int:
                     continue
                 log(f"repeat {r + 1}/{result['repeats']}: {side} searches for {args.minutes:g} min")
                 (work / side).mkdir()
-                fn = ours if side == "ours" else plain
-                run[side] = fn(work / "data", work / side, seconds, fractions, r, args.epochs, save)
+
+                def keep(side_out: dict, side: str = side, run: dict = run) -> None:
+                    run[side] = side_out
+                    save()
+
+                if side == "ours":
+                    run[side] = ours(work / "data", work / side, seconds, fractions, r, args.epochs, keep)
+                else:
+                    run[side] = plain(work / "data", work / side, seconds, fractions, r, args.epochs, keep,
+                                      earlier=run.get(side))
                 save()
     save()
     log(f"written {out}: gain {result.get('time_to_quality_gain')}, speedup {result.get('time_to_quality_speedup')}")

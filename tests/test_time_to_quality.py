@@ -86,7 +86,7 @@ def test_an_approach_that_never_reaches_the_figure_has_no_speedup():
 
 
 def fake_side(calls, value):
-    def run(folder, work, seconds, fractions, seed, epochs, save):
+    def run(folder, work, seconds, fractions, seed, epochs, save, earlier=None):
         calls.append((work.name, seed))
         return {"checkpoints": {str(f): {"dice_fg": value} for f in fractions}}
     return run
@@ -128,3 +128,26 @@ def test_resume_refuses_a_run_with_other_settings(source, tmp_path, monkeypatch)
     with pytest.raises(SystemExit, match="minutes 30 .now 60"):
         ttq.main(["--minutes", "60", "--fractions", "0.5,1", "--holdout", "3", "--data", str(source),
                   "--out", str(out), "--resume"])
+
+
+def test_plain_records_its_search_before_shipping_and_a_resumed_run_ships_only_what_is_left(tmp_path, monkeypatch):
+    trials = [{"number": 0, "state": "COMPLETE", "value": 0.8, "params": {"a": 0}, "done": 120.0},
+              {"number": 1, "state": "COMPLETE", "value": 0.9, "params": {"a": 1}, "done": 150.0}]
+    searches, ships, saved = [], [], []
+    monkeypatch.setattr(ttq, "plain_search_run", lambda *args: searches.append(args) or (100.0, trials))
+
+    def ship(folder, params, seed, epochs):
+        ships.append(params["a"])
+        if len(ships) == 2:
+            raise KeyboardInterrupt  # cut off while shipping the second pick
+        return {"dice_fg": 0.7 + params["a"] / 10, "ship_s": 1}
+
+    monkeypatch.setattr(ttq, "ship_plain", ship)
+    with pytest.raises(KeyboardInterrupt):
+        ttq.plain(tmp_path, tmp_path, 60, [0.5, 1.0], 0, 5, saved.append)
+    record = json.loads(json.dumps(saved[-1]))  # as the results file holds it
+    assert record["trials"] == trials and list(record["checkpoints"]) == ["0.5"]  # trial 0 only, by 30 s
+    out = ttq.plain(tmp_path, tmp_path, 60, [0.5, 1.0], 0, 5, saved.append, earlier=record)
+    assert len(searches) == 1 and ships == [0, 1, 1]  # no second search; trial 1 shipped again
+    assert out["checkpoints"]["0.5"]["dice_fg"] == pytest.approx(0.7)
+    assert out["checkpoints"]["1.0"]["trial"] == 1 and out["checkpoints"]["1.0"]["dice_fg"] == pytest.approx(0.8)
