@@ -277,10 +277,11 @@ def plain(folder: Path, work: Path, seconds: float, fractions: list[float], seed
 
 
 def curve(runs: list[dict], side: str, fractions: list[float]) -> dict:
-    """Mean, spread and per-repeat figures of one approach at each fraction of the budget."""
+    """Mean, spread and per-repeat figures of one approach at each fraction of the budget, over
+    the repeats where it shipped at every fraction (one cut off while shipping counts in none)."""
     out = {}
     for f in fractions:
-        values = [r[side]["checkpoints"].get(str(f), {}).get("dice_fg") for r in runs if side in r]
+        values = [r[side]["checkpoints"][str(f)].get("dice_fg") for r in runs if side_done(r, side, fractions)]
         values = [v if v is not None else 0.0 for v in values]
         if values:
             out[str(f)] = {"mean": round(statistics.mean(values), 4),

@@ -151,3 +151,13 @@ def test_plain_records_its_search_before_shipping_and_a_resumed_run_ships_only_w
     assert len(searches) == 1 and ships == [0, 1, 1]  # no second search; trial 1 shipped again
     assert out["checkpoints"]["0.5"]["dice_fg"] == pytest.approx(0.7)
     assert out["checkpoints"]["1.0"]["trial"] == 1 and out["checkpoints"]["1.0"]["dice_fg"] == pytest.approx(0.8)
+
+
+def test_an_approach_cut_off_while_shipping_is_left_out_of_the_curves():
+    result = {"minutes": 60, "fractions": [0.5, 1.0], "runs": [
+        run_with({0.5: 0.85, 1.0: 0.87}, {0.5: 0.82, 1.0: 0.84}),
+        {"ours": {"checkpoints": {"0.5": {"dice_fg": 0.86}}}, "plain": {"checkpoints": {"0.5": {"dice_fg": 0.80}}}},
+    ]}
+    ttq.summarize(result)
+    assert result["curves"]["ours"]["0.5"]["runs"] == [0.85] and result["curves"]["plain"]["1.0"]["runs"] == [0.84]
+    assert result["time_to_quality_gain"] == pytest.approx(0.03)
