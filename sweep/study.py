@@ -142,14 +142,15 @@ def make_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
 
 def _open_rdb(url: str, engine_kwargs: dict, kwargs: dict) -> RDBStorage:
     """``RDBStorage(url)``, retried where another worker was creating Optuna's schema at the same moment."""
-    for attempt in range(SCHEMA_RETRIES + 1):
+    retries = 0
+    while True:
         try:
             return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         except sqlalchemy.exc.DBAPIError as e:
-            if attempt == SCHEMA_RETRIES or not _schema_race(e):
+            retries += 1
+            if retries > SCHEMA_RETRIES or not _schema_race(e):
                 raise
-            time.sleep(random.uniform(0.1, 0.5) * (attempt + 1))  # apart, so that one of them wins
-    raise AssertionError("unreachable")
+            time.sleep(random.uniform(0.1, 0.5) * retries)  # apart, so that one of them wins
 
 
 def _schema_race(error: sqlalchemy.exc.DBAPIError) -> bool:
