@@ -259,8 +259,10 @@ def device_splits(data: BenchData, device: torch.device) -> tuple[DeviceSplit, D
 
 
 def ours_fit(model_cfg: SegNetConfig, train: DeviceSplit, val: DeviceSplit, epochs: int, seed: int = 0,
-             bf16: bool | None = None) -> list[dict]:
-    """``sweep.train.fit`` with one record per epoch (its seconds: train + val, as fit runs them)."""
+             bf16: bool | None = None, batch_size: int | None = None) -> list[dict]:
+    """``sweep.train.fit`` with one record per epoch (its seconds: train + val, as fit runs them).
+
+    ``batch_size`` overrides the trainer's 10 (``gpu_variants.py``'s batch variants)."""
     device = train.images.device
     records = []
     sync(device)
@@ -274,7 +276,8 @@ def ours_fit(model_cfg: SegNetConfig, train: DeviceSplit, val: DeviceSplit, epoc
                         "val_dice_fg": record["val_dice_fg"]})
         last = now
 
-    fit(model_cfg, replace(TRAINER_CFG, epochs=epochs), train, val, seed=seed, on_epoch=on_epoch, bf16=bf16)
+    cfg = replace(TRAINER_CFG, epochs=epochs, batch_size=batch_size or TRAINER_CFG.batch_size)
+    fit(model_cfg, cfg, train, val, seed=seed, on_epoch=on_epoch, bf16=bf16)
     return records
 
 

@@ -232,3 +232,22 @@ def test_the_step_profile_splits_an_epoch_into_operator_families():
     out = profile_step.shares("small", epochs=1)
     assert sum(out["shares"].values()) == pytest.approx(1.0, abs=1e-3)
     assert out["shares"]["convolution"] > 0.1 and out["seconds_per_epoch"] > 0
+
+
+def test_batch_variants_train_with_their_own_batch(phantom_data, monkeypatch):
+    from benchmarks import gpu_variants
+
+    torch.set_num_threads(1)
+    seen, real_fit = [], bench.fit
+
+    def spy(model_cfg, cfg, *args, **kwargs):
+        seen.append(cfg.batch_size)
+        return real_fit(model_cfg, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "fit", spy)
+    monkeypatch.setitem(gpu_variants.ARCHS, "tiny", bench.SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1)))
+    train, val = bench.device_splits(phantom_data, torch.device("cpu"))
+    for name in ("trainer", "batch20", "batch40"):
+        epoch_s, first_s = gpu_variants.time_variant(name, "tiny", train, val, epochs=1, warmup=1, seed=0)
+        assert epoch_s > 0 and first_s > 0
+    assert seen == [10, 20, 40]
