@@ -108,6 +108,20 @@ def test_time_to_quality_figures_from_a_summary_file(tmp_path, monkeypatch):
     assert broken["time_to_quality_gain"] is None and "error" in broken["time_to_quality_source"]
 
 
+def test_time_to_quality_figures_fall_back_to_the_committed_record(tmp_path, monkeypatch):
+    monkeypatch.delenv(bench.TIME_TO_QUALITY_ENV, raising=False)
+    monkeypatch.setattr(bench, "TIME_TO_QUALITY_JSON", tmp_path / "no-results-here.json")
+    figures = bench.time_to_quality_figures()
+    record = json.loads(bench.TIME_TO_QUALITY_RECORD.read_text())
+    assert figures["time_to_quality_source"]["path"] == str(bench.TIME_TO_QUALITY_RECORD)
+    assert figures["time_to_quality_source"]["minutes"] == record["minutes"] == 60
+    assert figures["time_to_quality_gain"] == record.get("time_to_quality_gain")
+    results = tmp_path / "time_to_quality.json"  # a run of one's own comes first
+    results.write_text(json.dumps({"time_to_quality_gain": -0.01, "minutes": 5}))
+    monkeypatch.setattr(bench, "TIME_TO_QUALITY_JSON", results)
+    assert bench.time_to_quality_figures()["time_to_quality_gain"] == -0.01
+
+
 def test_targets_judge_time_to_quality_and_the_ceiling_not_sweep_throughput():
     assert "sweep_speedup" not in bench.TARGETS
     assert bench.TARGETS["trainer_peak_fraction_vgg16"] == (">=", 0.8)
