@@ -26,9 +26,10 @@ their means and spread, ``time_to_quality_gain`` (ours minus plain at the full b
 ``time_to_quality_speedup`` (the plain loop's time to its final figure over ours to the same
 figure; a time is the first fraction whose mean reaches the figure). Results are written after
 every shipped model, so an interrupted run keeps what it measured, and ``--resume`` goes on from
-it: each approach of each repeat whose every fraction was shipped is kept, the rest run again
-(a repeat's held-out draw depends only on its number, so a resumed repeat scores the same
-slices). Raise ``--repeats`` with ``--resume`` to add repeats to a finished run.
+it: each approach of each repeat whose every fraction was shipped is kept; one whose search
+finished but whose shipping was cut off ships only what is left (the plain loop's trials are in
+the JSON, our study in ``<out>-repeat<R>-ours.db`` beside it); the rest run again (a repeat's
+held-out draw depends only on its number, so a resumed repeat scores the same slices). Raise ``--repeats`` with ``--resume`` to add repeats to a finished run.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def make_folder(source: Path, holdout: int, seed: int, dest: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def run_ours(folder: Path, work: Path, seconds: float, seed: int, epochs: int) -> tuple[str, datetime]:
-    url = f"sqlite:///{work / 'ours.db'}"
+def run_ours(folder: Path, work: Path, seconds: float, seed: int, epochs: int, db: Path) -> tuple[str, datetime]:
+    db.unlink(missing_ok=True)  # a search cut off earlier: `run` would go on with its study
+    url = f"sqlite:///{db}"
     cmd = [sys.executable, "-m", "sweep", "run", "--data", str(folder), "--storage", url, "--study", "ttq",
            "--trials", "100000", "--seed", str(seed), "--epochs", str(epochs), "--quiet",
            "--timeout", f"{seconds:g}"]  # as a user with a budget runs it: the cap per trial follows from it
@@ -117,6 +119,8 @@ def truncated_study(url: str, start: datetime, seconds: float, name: str, source
     cutoff = start + timedelta(seconds=seconds)
     trials = [t for t in source.get_trials(deepcopy=False)
               if t.state in FINISHED and t.datetime_complete is not None and t.datetime_complete <= cutoff]
+    if name in optuna.get_all_study_names(storage=url):  # left by a shipping step cut off earlier
+        optuna.delete_study(study_name=name, storage=url)
     copy = optuna.create_study(study_name=name, storage=url, direction="maximize", load_if_exists=False)
     for key, value in source.user_attrs.items():
         copy.set_user_attr(key, value)
@@ -126,8 +130,9 @@ def truncated_study(url: str, start: datetime, seconds: float, name: str, source
     return copy, best, len(trials)
 
 
-def ship_ours(url: str, study: str, work: Path) -> dict:
-    cmd = [sys.executable, "-m", "sweep", "best", "--evaluate", "--storage", url, "--study", study,
+def ship_ours(url: str, study: str, work: Path, folder: Path) -> dict:
+    # --data: the study records the folder of the search, which a resumed run makes anew elsewhere
+    cmd = [sys.executable, "-m", "sweep", "best", "--evaluate", "--storage", url, "--study", study, "--data", str(folder),
            "--out", str(work / f"ship-{study}"), "--json", "--quiet"]
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=work, capture_output=True, text=True, check=True)
@@ -136,18 +141,33 @@ def ship_ours(url: str, study: str, work: Path) -> dict:
             "ship_s": round(time.perf_counter() - start)}
 
 
-def ours(folder: Path, work: Path, seconds: float, fractions: list[float], seed: int, epochs: int, save) -> dict:
-    url, start = run_ours(folder, work, seconds, seed, epochs)
-    out: dict = {"checkpoints": {}}
-    shipped: dict = {}
+def ours(folder: Path, work: Path, seconds: float, fractions: list[float], seed: int, epochs: int, save,
+         db: Path, earlier: dict | None = None) -> dict:
+    """Search into ``db``, then ship at each fraction. The search is recorded (``save(out)``: the
+    database and the start) before any shipping; given such a record as ``earlier`` whose database
+    is still there, only the fractions not shipped yet are shipped."""
+    earlier = earlier or {}
+    if "start" in earlier and Path(earlier.get("db", "")).is_file():
+        db, start = Path(earlier["db"]), datetime.fromisoformat(earlier["start"])
+        url = f"sqlite:///{db}"
+        log(f"ours: search kept ({db}); shipping what is left")
+    else:
+        earlier = {}
+        url, start = run_ours(folder, work, seconds, seed, epochs, db)
+    out: dict = {"db": str(db), "start": start.isoformat(), "checkpoints": dict(earlier.get("checkpoints", {}))}
+    save(out)
+    shipped: dict = {c["trial"]: {k: c[k] for k in ("dice_fg", "estimate", "ship_s")}
+                     for c in out["checkpoints"].values() if c.get("trial") is not None}
     for f in fractions:
+        if str(f) in out["checkpoints"]:
+            continue
         _, best, n = truncated_study(url, start, f * seconds, f"ttq-{round(f * 100)}")
         if best is None:
             out["checkpoints"][str(f)] = {"trials": n, "dice_fg": None}
             continue
         if best not in shipped:
             log(f"ours: shipping trial {best} (the best of {n} trials by {f:.0%} of the budget)")
-            shipped[best] = ship_ours(url, f"ttq-{round(f * 100)}", work)
+            shipped[best] = ship_ours(url, f"ttq-{round(f * 100)}", work, folder)
         out["checkpoints"][str(f)] = {"trials": n, "trial": best, **shipped[best]}
         log(f"ours at {f:.0%}: held-out dice_fg {shipped[best]['dice_fg']:.4f}")
         save(out)
@@ -402,8 +422,10 @@ def main(argv=None) -> int:
                     run[side] = side_out
                     save()
 
-                if side == "ours":
-                    run[side] = ours(work / "data", work / side, seconds, fractions, r, args.epochs, keep)
+                if side == "ours":  # its study beside --out, so that a cut-off shipping step can go on
+                    db = out.with_name(f"{out.stem}-repeat{r + 1}-ours.db")
+                    run[side] = ours(work / "data", work / side, seconds, fractions, r, args.epochs, keep, db,
+                                     earlier=run.get(side))
                 else:
                     run[side] = plain(work / "data", work / side, seconds, fractions, r, args.epochs, keep,
                                       earlier=run.get(side))

@@ -86,7 +86,7 @@ def test_an_approach_that_never_reaches_the_figure_has_no_speedup():
 
 
 def fake_side(calls, value):
-    def run(folder, work, seconds, fractions, seed, epochs, save, earlier=None):
+    def run(folder, work, seconds, fractions, seed, epochs, save, *db, earlier=None):
         calls.append((work.name, seed))
         return {"checkpoints": {str(f): {"dice_fg": value} for f in fractions}}
     return run
@@ -161,3 +161,44 @@ def test_an_approach_cut_off_while_shipping_is_left_out_of_the_curves():
     ttq.summarize(result)
     assert result["curves"]["ours"]["0.5"]["runs"] == [0.85] and result["curves"]["plain"]["1.0"]["runs"] == [0.84]
     assert result["time_to_quality_gain"] == pytest.approx(0.03)
+
+
+def test_ours_records_its_search_before_shipping_and_a_resumed_run_ships_only_what_is_left(tmp_path, monkeypatch):
+    db = tmp_path / "results" / "ttq-repeat1-ours.db"
+    db.parent.mkdir()
+    start = datetime(2026, 1, 1, 12, 0, 0)
+    searches, ships, saved = [], [], []
+
+    def search(folder, work, seconds, seed, epochs, db_path):
+        searches.append(db_path)
+        url = f"sqlite:///{db_path}"
+        study = optuna.create_study(study_name="ttq", storage=url, direction="maximize")
+        distribution = {"x": optuna.distributions.FloatDistribution(0, 1)}
+        for value, minute in ((0.8, 0.5), (0.9, 1.5)):  # trial 1 finishes after half the budget
+            trial = optuna.trial.create_trial(params={"x": value}, distributions=distribution, value=value)
+            trial.datetime_start, trial.datetime_complete = start, start + timedelta(minutes=minute)
+            study.add_trial(trial)
+        return url, start
+
+    def ship(url, study, work, folder):
+        ships.append(study)
+        if len(ships) == 2:
+            raise KeyboardInterrupt  # cut off while shipping the second pick
+        return {"dice_fg": 0.85, "estimate": 0.84, "ship_s": 1}
+
+    monkeypatch.setattr(ttq, "run_ours", search)
+    monkeypatch.setattr(ttq, "ship_ours", ship)
+    with pytest.raises(KeyboardInterrupt):
+        ttq.ours(tmp_path, tmp_path, 120, [0.5, 1.0], 0, 5, saved.append, db)
+    record = json.loads(json.dumps(saved[-1]))  # as the results file holds it
+    assert record["db"] == str(db) and datetime.fromisoformat(record["start"]) == start
+    assert record["checkpoints"] == {"0.5": {"trials": 1, "trial": 0, "dice_fg": 0.85, "estimate": 0.84, "ship_s": 1}}
+    out = ttq.ours(tmp_path / "new-tmp", tmp_path, 120, [0.5, 1.0], 0, 5, saved.append, db, earlier=record)
+    assert len(searches) == 1 and ships == ["ttq-50", "ttq-100", "ttq-100"]  # no second search
+    assert out["checkpoints"]["1.0"]["trial"] == 1 and out["checkpoints"]["1.0"]["trials"] == 2
+    # a record whose database is gone searches again
+    db.unlink()
+    ships.clear()
+    monkeypatch.setattr(ttq, "ship_ours", lambda *args: {"dice_fg": 0.8, "estimate": 0.8, "ship_s": 1})
+    ttq.ours(tmp_path, tmp_path, 120, [0.5, 1.0], 0, 5, saved.append, db, earlier=record)
+    assert len(searches) == 2
