@@ -152,6 +152,8 @@ def ours(folder: Path, work: Path, seconds: float, fractions: list[float], seed:
         url = f"sqlite:///{db}"
         log(f"ours: search kept ({db}); shipping what is left")
     else:
+        if "start" in earlier:
+            log(f"ours: its study {earlier.get('db')} is gone; searching again")
         earlier = {}
         url, start = run_ours(folder, work, seconds, seed, epochs, db)
     out: dict = {"db": str(db), "start": start.isoformat(), "checkpoints": dict(earlier.get("checkpoints", {}))}
@@ -415,7 +417,9 @@ def main(argv=None) -> int:
                 if side_done(run, side, fractions):
                     log(f"repeat {r + 1}/{result['repeats']}: {side} kept from {out}")
                     continue
-                log(f"repeat {r + 1}/{result['repeats']}: {side} searches for {args.minutes:g} min")
+                searched = any(k in run.get(side, {}) for k in ("trials", "start"))  # then cut off while shipping
+                log(f"repeat {r + 1}/{result['repeats']}: {side} "
+                    + ("goes on from its search" if searched else f"searches for {args.minutes:g} min"))
                 (work / side).mkdir()
 
                 def keep(side_out: dict, side: str = side, run: dict = run) -> None:
