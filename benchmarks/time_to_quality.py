@@ -29,7 +29,8 @@ every shipped model, so an interrupted run keeps what it measured, and ``--resum
 it: each approach of each repeat whose every fraction was shipped is kept; one whose search
 finished but whose shipping was cut off ships only what is left (the plain loop's trials are in
 the JSON, our study in ``<out>-repeat<R>-ours.db`` beside it); the rest run again (a repeat's
-held-out draw depends only on its number, so a resumed repeat scores the same slices). Raise ``--repeats`` with ``--resume`` to add repeats to a finished run.
+held-out draw depends only on its number, so a resumed repeat scores the same slices). Raise
+``--repeats`` with ``--resume`` to add repeats to a finished run.
 """
 
 from __future__ import annotations
