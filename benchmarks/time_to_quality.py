@@ -131,6 +131,20 @@ def truncated_study(url: str, start: datetime, seconds: float, name: str, source
     return copy, best, len(trials)
 
 
+def study_trials(url: str, start: datetime, source: str = "ttq") -> list[dict]:
+    """Every finished trial of our search as the plain loop's are recorded: number, state, value,
+    params and ``done``, its seconds from the start (so the JSON alone tells what was found when)."""
+    import optuna
+
+    from sweep.records import FINISHED
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=source, storage=url)
+    return [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+             "done": round((t.datetime_complete - start).total_seconds(), 1)}
+            for t in study.get_trials(deepcopy=False, states=FINISHED) if t.datetime_complete is not None]
+
+
 def ship_ours(url: str, study: str, work: Path, folder: Path) -> dict:
     # --data: the study records the folder of the search, which a resumed run makes anew elsewhere
     cmd = [sys.executable, "-m", "sweep", "best", "--evaluate", "--storage", url, "--study", study, "--data", str(folder),
@@ -157,7 +171,8 @@ def ours(folder: Path, work: Path, seconds: float, fractions: list[float], seed:
             log(f"ours: its study {earlier.get('db')} is gone; searching again")
         earlier = {}
         url, start = run_ours(folder, work, seconds, seed, epochs, db)
-    out: dict = {"db": str(db), "start": start.isoformat(), "checkpoints": dict(earlier.get("checkpoints", {}))}
+    out: dict = {"db": str(db), "start": start.isoformat(), "trials": study_trials(url, start),
+                 "checkpoints": dict(earlier.get("checkpoints", {}))}
     save(out)
     shipped: dict = {c["trial"]: {k: c[k] for k in ("dice_fg", "estimate", "ship_s")}
                      for c in out["checkpoints"].values() if c.get("trial") is not None}

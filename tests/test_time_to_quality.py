@@ -192,6 +192,8 @@ def test_ours_records_its_search_before_shipping_and_a_resumed_run_ships_only_wh
         ttq.ours(tmp_path, tmp_path, 120, [0.5, 1.0], 0, 5, saved.append, db)
     record = json.loads(json.dumps(saved[-1]))  # as the results file holds it
     assert record["db"] == str(db) and datetime.fromisoformat(record["start"]) == start
+    assert [(t["number"], t["state"], t["value"], t["done"]) for t in record["trials"]] == [
+        (0, "COMPLETE", 0.8, 30.0), (1, "COMPLETE", 0.9, 90.0)]
     assert record["checkpoints"] == {"0.5": {"trials": 1, "trial": 0, "dice_fg": 0.85, "estimate": 0.84, "ship_s": 1}}
     out = ttq.ours(tmp_path / "new-tmp", tmp_path, 120, [0.5, 1.0], 0, 5, saved.append, db, earlier=record)
     assert len(searches) == 1 and ships == ["ttq-50", "ttq-100", "ttq-100"]  # no second search
