@@ -80,8 +80,3 @@ def location_of(study: optuna.Study, storage_url: str, warn: bool = True) -> str
               f"machine cannot see; run with --artifacts on a shared folder or object store", file=sys.stderr)
     return location
 
-
-def resume_base(location: str, storage_url: str) -> Path:
-    """The folder whose ``resume/`` holds running trials' resume points: the (shared) artifact
-    folder, or beside the storage where artifacts go to an object store."""
-    return Path(default_artifact_dir(storage_url) if location.startswith(OBJECT_STORES) else location)

@@ -23,7 +23,7 @@ from sweep.folds import selection_folds
 from sweep.objective import Objective, TimeUp
 from sweep.options import RunOptions
 from sweep.progress import Progress, StopAfterFailures
-from sweep.resume import prune_orphans, resume_folder
+from sweep.resume import open_points, prune_orphans
 from sweep.strategies import make_pruner, make_sampler
 from sweep.train import resolve_device
 
@@ -39,14 +39,14 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
     study.sampler = make_sampler(opts.sampler, opts.seed + 7919 * len(study.trials) + 104729 * worker)
     location = artifacts.location_of(study, opts.storage, warn=worker == 0)
     selection = selection_folds(data, opts.cv, device, study.user_attrs.get(rec.StudyKey.CV_FOLDS))
-    resume_dir = resume_folder(artifacts.resume_base(location, opts.storage))
+    resume_dir = open_points(location)
     if worker == 0:
         prune_orphans(resume_dir, study)
     objective = Objective(
         selection.folds, opts.epochs, seed=opts.seed, artifact_store=artifacts.open_store(location),
         resume_dir=resume_dir,
         on_progress=next((c.show_trial for c in callbacks if isinstance(c, Progress)), None),
-        deadline=opts.deadline, max_trial_seconds=opts.trial_cap(),
+        deadline=opts.deadline, max_trial_seconds=opts.trial_cap(), fidelity=rec.study_fidelity(study),
     )
     failures = StopAfterFailures()
     # gc_after_trial runs a full collection; freezing the long-lived objects of the torch and
