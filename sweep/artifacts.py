@@ -10,6 +10,7 @@ database: fine on one machine, and a warning where a study's local folder is not
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from sweep.records import StudyKey
 from sweep.study import default_artifact_dir
 
 OBJECT_STORES = ("s3://", "gs://")
+CACHE_ENV = "SEGNET_CACHE"  # default: $XDG_CACHE_HOME/segnet-sweep, else ~/.cache/segnet-sweep
 
 
 def resolve(storage_url: str, location: str | None) -> str:
@@ -80,3 +82,29 @@ def location_of(study: optuna.Study, storage_url: str, warn: bool = True) -> str
               f"machine cannot see; run with --artifacts on a shared folder or object store", file=sys.stderr)
     return location
 
+
+
+def cache_folder() -> Path:
+    """This machine's cache: local copies of what lives in the artifact location."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segnet-sweep"
+
+
+def fetch(study: optuna.Study, storage_url: str, filename: str) -> Path | None:
+    """The study's latest artifact named ``filename`` as a file on this machine, or None if it has none.
+
+    Downloaded once into the cache (an artifact id is never reused, so a cached copy is never stale).
+    """
+    metas = [m for m in optuna.artifacts.get_all_artifact_meta(study) if m.filename == filename]
+    if not metas:
+        return None
+    artifact_id = metas[-1].artifact_id  # each upload adds one; the last is the latest
+    path = cache_folder() / "artifacts" / artifact_id / filename
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{filename}.{os.getpid()}.tmp")
+        with open_store(location_of(study, storage_url)).open_reader(artifact_id) as f, open(tmp, "wb") as out:
+            out.write(f.read())
+        os.replace(tmp, path)
+    return path

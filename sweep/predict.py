@@ -30,6 +30,7 @@ from data.io import png_files
 from data.nifti import is_nifti
 from sweep.errors import UsageError
 from sweep.pictures import overlay_png
+from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
 
 if TYPE_CHECKING:
     import torch
@@ -48,7 +49,11 @@ DEFAULT_EXPORT_SIZE = (96, 96)  # the phantom's and the coursework's slice size
 def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``predict`` to the CLI's subparsers (their ``parser_class`` makes errors one line)."""
     p = subparsers.add_parser("predict", help="segment PNG slices or NIfTI volumes with a saved model.pt")
-    p.add_argument("--model", required=True, metavar="FILE", help="model.pt written by `best --evaluate`")
+    p.add_argument("--model", default=None, metavar="FILE",
+                   help="model.pt written by `best --evaluate` (default: the evaluated model of --study, "
+                        "fetched from the study's artifact location)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL, where --model is not given (default %(default)s)")
+    p.add_argument("--study", default=DEFAULT_STUDY, help="study name, where --model is not given (default %(default)s)")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="PNG or NIfTI (.nii, .nii.gz) files, or folders of them")
     p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
     p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png pictures")
@@ -71,6 +76,8 @@ def run_predict(args: argparse.Namespace) -> dict:
         raise UsageError("predict: give at least one INPUT (a PNG or NIfTI file, or a folder), or --export")
     from sweep.model_file import Segmenter, load_bundle
 
+    if args.model is None:
+        args.model = str(study_model(args.storage, args.study))
     bundle = load_bundle(args.model)
     pngs, volumes = resolve_inputs(args.inputs)
     out = Path(args.out)
@@ -90,6 +97,19 @@ def run_predict(args: argparse.Namespace) -> dict:
     if args.export is not None:
         summary["export"] = export_model(bundle, args.export[0], args.export[1])
     return summary
+
+
+def study_model(storage_url: str, study_name: str) -> Path:
+    """The model.pt of the study's latest ``best --evaluate``, from its artifact location (a
+    machine with no local files gets it there)."""
+    from sweep import artifacts
+    from sweep.study import open_study_readonly
+
+    path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, "model.pt")
+    if path is None:
+        raise UsageError(f"--model: not given, and study {study_name!r} has no evaluated model.pt "
+                         "(run `python -m sweep best --evaluate` first)")
+    return path
 
 
 def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:

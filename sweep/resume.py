@@ -36,14 +36,13 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.artifacts import OBJECT_STORES, open_store
+from sweep.artifacts import OBJECT_STORES, cache_folder, open_store
 from sweep.study import MAX_RETRY
 from sweep.train import RESUME_SECONDS
 
 FOLDER = "resume"  # inside the study's artifact folder, or the key prefix in an object store
 POINTER = "resume_point"  # trial system attribute: the name of the chain's latest point
 RESUME_SECONDS_ENV = "SEGNET_RESUME_SECONDS"  # tests write a point every epoch
-CACHE_ENV = "SEGNET_CACHE"  # default: $XDG_CACHE_HOME/segnet-sweep, else ~/.cache/segnet-sweep
 
 
 def resume_folder(artifact_dir: str | Path) -> Path:
@@ -54,13 +53,6 @@ def resume_folder(artifact_dir: str | Path) -> Path:
 def resume_interval() -> float:
     """Seconds between resume points (at epoch ends): ``SEGNET_RESUME_SECONDS``, else RESUME_SECONDS."""
     return float(os.environ.get(RESUME_SECONDS_ENV, RESUME_SECONDS))
-
-
-def cache_folder() -> Path:
-    """This machine's cache (local copies of points kept in an object store)."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segnet-sweep"
 
 
 class FolderPoints:

@@ -1,3 +1,8 @@
+import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,3 +38,64 @@ def one_trial_study(tmp_path_factory):
         assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(preset("small"))]) == 0
     return folder
 
+
+
+POSTGRES_URL = os.environ.get("SEGNET_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The real PostgreSQL (``SEGNET_TEST_POSTGRES_URL``, else the local test server); skipped where none answers."""
+    import sqlalchemy
+
+    try:
+        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:  # noqa: BLE001 - no server, no driver: these tests cannot run here
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {str(err).splitlines()[0]}")
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 API on 127.0.0.1: moto's server, with dummy credentials in the environment that
+    boto3 (here and in every subprocess) reads. Yields ``{"endpoint", "env"}``; tests make buckets."""
+    pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    try:
+        for _ in range(300):  # until it accepts connections (a few seconds at most)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None, "moto's server did not start"
+                time.sleep(0.1)
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, value)
+            yield {"endpoint": endpoint, "env": env}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+@pytest.fixture
+def bucket(s3_server):
+    """A new, empty bucket on the S3 server; its ``s3://`` location."""
+    import uuid
+
+    import boto3
+
+    name = f"segnet-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return f"s3://{name}"
