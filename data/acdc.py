@@ -116,6 +116,15 @@ def _folder_cases(folder: Path, labels_required: bool, test: bool) -> list[CaseF
     return [c for d in dirs for c in _patient_cases(d, labels_required, test)]
 
 
+def _refuse_release_part(root: Path) -> None:
+    """``--data`` at a release's ``training/`` or ``testing/`` is almost surely a slip: the test
+    split would be cut from the training patients (or the unlabelled patients asked for labels)."""
+    parent = root.parent
+    if root.name in ("training", "testing") and (parent / "training").is_dir() and (parent / "testing").is_dir():
+        raise DataError(f"--data {root}: this is the {root.name}/ folder of an ACDC release; point --data at "
+                        f"{parent}, which holds training/ (train and val) and testing/ (the test split)")
+
+
 def acdc_cases(root: Path) -> tuple[list[CaseFile], list[Path]]:
     """Every case under ``root`` and the Info.cfg files that tagged them."""
     if (root / "training").is_dir():
@@ -123,6 +132,7 @@ def acdc_cases(root: Path) -> tuple[list[CaseFile], list[Path]]:
         if (root / "testing").is_dir():
             cases += _folder_cases(root / "testing", labels_required=False, test=True)
     else:
+        _refuse_release_part(root)
         cases = _folder_cases(root, labels_required=True, test=False)
     infos = sorted({c.image.parent / "Info.cfg" for c in cases})
     return cases, infos

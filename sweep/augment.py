@@ -8,6 +8,9 @@ Brightness and contrast are left out on purpose: every slice is standardised to 
 and unit variance before the network sees it, which undoes any global brightness or
 contrast change (only non-linear changes such as gamma survive it).
 
+Mirroring (flips and the swap of the two in-plane axes) comes first, for data whose stacks
+come in several in-plane orientations.
+
 Every magnitude is a hyperparameter of ``TrainConfig`` and 0 switches it off; the random
 draws of an augmentation that is off are skipped, so configurations without the newer
 augmentations train exactly as before they existed.
@@ -32,6 +35,8 @@ def augment(
     images: torch.Tensor, masks: torch.Tensor, cfg: TrainConfig, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Augment images ``(N, 1, H, W)`` in [0, 1] and masks ``(N, H, W)`` class ids."""
+    if cfg.aug_mirror > 0:
+        images, masks = _mirror(images, masks, cfg.aug_mirror, generator)
     grid = _sampling_grid(images, cfg, generator)
     if grid is not None:
         images = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -41,6 +46,22 @@ def augment(
             .long()
         )
     return _intensity(images, cfg, generator), masks
+
+
+def _mirror(images: torch.Tensor, masks: torch.Tensor, p: float, generator: torch.Generator):
+    """Flip the rows, flip the columns and swap the two axes of each slice, each with probability
+    ``p`` (at 0.5 all eight orientations are equally likely): real short-axis stacks come in
+    several in-plane orientations (ACDC's 216 x 256 and 256 x 216 volumes put the RV on
+    different sides of the LV, docs/VOLUMES.md), and the file's affine does not say which.
+    The swap is skipped for non-square slices, which it would not keep in one batch."""
+    n, _, h, w = images.shape
+    draws = torch.rand(n, 3, device=images.device, generator=generator) < p
+    masks = masks[:, None]
+    ops = [lambda t: t.flip(2), lambda t: t.flip(3)] + ([lambda t: t.transpose(2, 3)] if h == w else [])
+    for column, op in enumerate(ops):
+        pick = draws[:, column].view(n, 1, 1, 1)
+        images, masks = torch.where(pick, op(images), images), torch.where(pick, op(masks), masks)
+    return images, masks[:, 0]
 
 
 def _uniform(n: int, columns: int, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -26,12 +26,15 @@ class BestOptions:
     refit: bool = True  # ship each seed retrained on train+val for its best epoch count (docs/RESULTS.md)
     top: int = 1  # ensemble the best K trials' configurations (each times --seeds)
     holdout: float = 0.2  # share of train patients the estimate's twins never train on (0: estimate on val)
+    epochs: int | None = None  # epoch budget of the retrainings (None: each trial's own, as searched)
 
     def check(self) -> None:
         if self.seeds <= 0:
             raise UsageError(f"--seeds must be a positive integer, got {self.seeds}")
         if self.top <= 0:
             raise UsageError(f"--top must be a positive integer, got {self.top}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UsageError(f"--epochs must be a positive integer, got {self.epochs}")
         if not 0.0 <= self.holdout < 1.0:
             raise UsageError(f"--holdout must be a fraction in [0, 1), got {self.holdout}")
 

@@ -86,6 +86,15 @@ def _add_run(sub) -> None:
     run.add_argument("--artifacts", default=None, metavar="PATH|s3://BUCKET",
                      help="where checkpoints and pictures go: a folder all machines share, or an object store "
                           "(default: beside the SQLite file, else ./artifacts); recorded on the study")
+    run.add_argument("--epoch-slices", type=_int, default=None, metavar="N",
+                     help="train slices drawn per epoch, so that an epoch costs the same on any data set "
+                          "(default: every train slice, at most 1000; 0: every one)")
+    run.add_argument("--val-slices", type=_int, default=None, metavar="N",
+                     help="val slices scored after each epoch (evenly spaced); the best epoch is then scored on "
+                          "the whole val split (default: every val slice, at most 200; 0: every one)")
+    run.add_argument("--patch", type=_int, default=0, metavar="PX",
+                     help="train on random PX x PX crops of each slice (a multiple of 32); val, test and "
+                          "predictions use whole slices (default 0: whole slices)")
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     run.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
 
@@ -105,6 +114,9 @@ def _add_best(sub) -> None:
                       help="share of train patients held out of the estimate's retrainings, so that the estimate "
                            "is scored on slices that neither trained nor selected them; 0 scores it on val, which "
                            "also selected the trial (default %(default)s)")
+    best.add_argument("--epochs", type=_int, default=None, metavar="E",
+                      help="epoch budget of the retrainings (default: each trial's own): a search run at a "
+                           "lower budget, its pick trained longer to ship")
     best.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     best.add_argument("--device", default="auto")
     best.add_argument("--quiet", action="store_true")
@@ -172,7 +184,7 @@ def _run(args: argparse.Namespace) -> int:
         trials=args.trials, epochs=args.epochs, data=args.data, storage=args.storage, study=args.study,
         sampler=args.sampler, pruner=args.pruner, seed=args.seed, device=args.device, workers=args.workers,
         timeout=args.timeout, max_trial_seconds=args.max_trial_seconds, enqueue=args.enqueue, cv=args.cv, groups=args.groups, artifacts=args.artifacts,
-        progress=not args.quiet,
+        epoch_slices=args.epoch_slices, val_slices=args.val_slices, patch=args.patch, progress=not args.quiet,
     )
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
     try:
@@ -191,7 +203,7 @@ def _best(args: argparse.Namespace) -> int:
     opts = BestOptions(
         evaluate=args.evaluate, seeds=args.seeds, data=args.data, out=args.out, json=args.json,
         storage=args.storage, study=args.study, device=args.device, progress=not args.quiet,
-        refit=args.refit, top=args.top, holdout=args.holdout,
+        refit=args.refit, top=args.top, holdout=args.holdout, epochs=args.epochs,
     )
     opts.check()
     if not opts.evaluate:
@@ -266,7 +278,7 @@ def _print_run_summary(summary: dict, as_json: bool) -> None:
     s = summary["states"]
     print(
         f"study {summary['study']!r}: {summary['finished']} of {summary['target']} trials finished "
-        f"({states_line(s, summary.get('stopped', 0))})"
+        f"({states_line(s, summary.get('chains'))})"
     )
     if summary["best"]:
         b = summary["best"]

@@ -60,7 +60,10 @@ from sweep.train import (
     use_bf16,
 )
 from sweep.volume_metrics import (
+    case_dice_fg,
     case_metrics,
+    fg_summary,
+    group_summaries,
     clinical_agreement,
     clinical_indices,
     summarize_cases,
@@ -98,13 +101,15 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     candidates = top_trials(study, opts.top)
     if len(candidates) < opts.top:
         raise UsageError(f"--top {opts.top}: study {study.study_name!r} has only {len(candidates)} complete trial(s)")
+    if opts.epochs is not None:  # a search at a lower budget, its picks trained longer to ship
+        candidates = [{**c, "epochs": opts.epochs} for c in candidates]
     check_writable(Path(opts.out), f"--out {opts.out}")  # now, not after minutes of retraining
     data = load_checked_data(study, opts.data)
     device = resolve_device_or_fail(opts.device)
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))
     refit = opts.refit and not best["cv"]  # fold models of a --cv study together saw every slice already
     held = None if best["cv"] else estimate_holdout(data, opts.holdout)
-    runs = retrain(candidates, selection, data, opts, device, refit, held)
+    runs = retrain(candidates, selection, data, opts, device, refit, held, rec.study_fidelity(study))
     post = choose_postprocessing(Probs.mean([r.held_out for r in runs]), selection.masks)
     masks = apply_postprocessing(Probs.mean([r.test for r in runs]).of(post["tta"]), post)
     bundle = ModelBundle(
@@ -117,7 +122,8 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         **{k: best[k] for k in ("study", "trial", "params", "val_dice_fg", "val")},
         "selection": f"{best['cv']}-fold cross-validation over train+val" if best["cv"] else "val",
         "cv": best["cv"],
-        "recipe": {"refit": refit, "top": len(candidates), "trials": [c["trial"] for c in candidates]},
+        "recipe": {"refit": refit, "top": len(candidates), "trials": [c["trial"] for c in candidates],
+                   "epochs": [c["epochs"] for c in candidates], **rec.study_fidelity(study)},
         "seeds": sorted({r.seed for r in runs}),
         "test": score_test(runs, post, masks, data.test.masks),
         "n_test_images": len(data.test),
@@ -164,14 +170,16 @@ def top_trials(study: optuna.Study, k: int) -> list[dict]:
 
 
 def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
-            refit: bool, held: np.ndarray | None = None) -> list[Retraining]:
+            refit: bool, held: np.ndarray | None = None, fidelity: dict | None = None) -> list[Retraining]:
     """Train each candidate configuration once per seed (on every fold), predict the held-out
     slices, and (``refit``) retrain it on every labelled slice for its best epoch count.
 
     With ``held`` (train indices, val selection only), these fits leave those slices out and
     predict them for the estimate; what ships then trains with them: the refit, or without
-    ``refit`` one more fit on all of train, checkpoint on val as in the search.
+    ``refit`` one more fit on all of train, checkpoint on val as in the search. ``fidelity`` is
+    the study's epoch cost (``records.study_fidelity``), so that an epoch here is one of the search's.
     """
+    fidelity = {**rec.NO_FIDELITY, **(fidelity or {})}
     bf16 = use_bf16(device)
     test_images = torch.as_tensor(data.test.images, device=device).unsqueeze(1)
     everything = DeviceSplit.from_arrays(np.concatenate([data.train.images, data.val.images]),
@@ -185,9 +193,10 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
 
         for cand in candidates:
             model_cfg, train_cfg = configs_from_params(cand["params"], cand["epochs"])
+            train_cfg = replace(train_cfg, epoch_slices=fidelity["epoch_slices"], patch=fidelity["patch"])
             for seed in range(opts.seeds):
                 bar.set_postfix(trial=cand["trial"], seed=seed)
-                fit = fit_folds(model_cfg, train_cfg, twins.folds, seed=seed, on_epoch=tick)
+                fit = fit_folds(model_cfg, train_cfg, twins.folds, seed=seed, on_epoch=tick, val_slices=fidelity["val_slices"])
                 models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
                 held_out = _held_out_probs(models, twins, bf16)
                 estimate = None if hold is None else _probs(models[0], hold.images, bf16)
@@ -197,7 +206,8 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
                     shipped = [fit_final(model_cfg, replace(train_cfg, epochs=fit.best_epoch), everything, seed=seed,
                                          on_epoch=tick)]
                 elif hold is not None:
-                    shipped = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=tick).state_dicts
+                    shipped = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=tick,
+                                        val_slices=fidelity["val_slices"]).state_dicts
                 if shipped is not fit.state_dicts:
                     models = [load_model(model_cfg, state, device) for state in shipped]
                 test = Probs(*(ensemble_probs([models], test_images, bf16, tta) for tta in (False, True)))
@@ -253,13 +263,49 @@ def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, 
                   "the search selected on val")
         if refit:
             source += "; the shipped refit trained on them too"
-        return {"source": source, "n_images": len(held), **scores, "val_dice_fg": on_selection["dice_fg"]}
+        out = {"source": source, "n_images": len(held), **scores, "val_dice_fg": on_selection["dice_fg"]}
+        if data.volumes:
+            out["volumes"] = volume_estimate(data, held, Probs.mean([r.estimate for r in runs]), post)
+        return out
     masks = selection.masks
     source = f"out-of-fold predictions of the {len(masks)} train+val slices ({cv} folds)" if cv else f"the {len(masks)} val slices"
     source += ", which also selected the configuration: optimistic"
     if refit:  # the shipped models also trained on val: scored here are their twins trained without it
         source += "; predicted by the same recipe trained without them (the shipped refit saw them too)"
     return {"source": source, "n_images": len(masks), **on_selection, "val_dice_fg": on_selection["dice_fg"]}
+
+
+def volume_estimate(data: Dataset, held: np.ndarray, probs: Probs, post: dict) -> dict:
+    """The estimate as the test split is scored on volumes: each held-out train volume's slices
+    stacked back onto its source grid and scored against its own label file (``case_metrics``);
+    ``dice_fg`` per phase and over all volumes (mean, std), with a 95 % bootstrap interval of the
+    mean over patients (a patient's ED and ES volumes are resampled together)."""
+    pred = apply_postprocessing(probs.of(post["tta"]), post)
+    row_of = {int(i): row for row, i in enumerate(held)}
+    cases = []
+    for case, idx in data.train.case_indices().items():
+        if not all(int(i) in row_of for i in idx):
+            continue
+        volume = data.volumes[case]
+        labels = assemble(volume, pred[[row_of[int(i)] for i in idx]])
+        scores = case_metrics(labels, read_truth(volume), volume_spacing(volume))
+        row = {"case": case, "patient": volume.patient, "phase": volume.phase, **scores}
+        cases.append({**row, "dice_fg": case_dice_fg(row)})
+    out = {"n_volumes": len(cases), "dice_fg": fg_summary(cases), "summary": summarize_cases(cases)}
+    out["dice_fg_ci95"] = patient_bootstrap([(c["patient"], c["dice_fg"]) for c in cases])
+    return out
+
+
+def patient_bootstrap(values: list[tuple[str, float]], n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """95 % percentile interval of the mean of ``values`` when patients are resampled with replacement."""
+    patients = sorted({p for p, _ in values})
+    by_patient = [[v for p, v in values if p == name] for name in patients]
+    rng = np.random.default_rng(seed)
+    sums = np.array([sum(v) for v in by_patient])
+    counts = np.array([len(v) for v in by_patient])
+    idx = rng.integers(0, len(patients), size=(n_boot, len(patients)))
+    means = sums[idx].sum(1) / counts[idx].sum(1)
+    return [round(float(np.quantile(means, 0.025)), 5), round(float(np.quantile(means, 0.975)), 5)]
 
 
 def _scores(probs: Probs, masks: np.ndarray, post: dict) -> dict:
@@ -322,7 +368,8 @@ def evaluate_volumes(data: Dataset, masks: np.ndarray, mask_dir: Path) -> dict:
     """Stack the test split's predicted slices back into each volume on its original grid, write
     ``CASE.nii.gz`` with the source's geometry, and score every volume that has a ground truth.
 
-    Returns ``{"cases": [...], "summary": {ED, ES, all}, "clinical": {...}}`` (clinical indices
+    Returns ``{"cases": [...], "summary": {ED, ES, all}, "dice_fg": {ED, ES, all}, "groups": {...},
+    "clinical": {...}}`` (``groups`` per pathology group where the data names them; clinical indices
     and ``clinical_patients`` only where patients have both an ED and an ES volume with ground
     truth, as in ACDC).
     """
@@ -338,8 +385,15 @@ def evaluate_volumes(data: Dataset, masks: np.ndarray, mask_dir: Path) -> dict:
             continue
         predicted[case], truths[case] = labels, truth
         scores = case_metrics(labels, truth, volume_spacing(volume))
-        cases.append({"case": case, "patient": volume.patient, "phase": volume.phase, **scores})
-    out = {"n_volumes": len(by_case), "cases": cases, "summary": summarize_cases(cases)}
+        row = {"case": case, "patient": volume.patient, "phase": volume.phase, **scores}
+        row["dice_fg"] = case_dice_fg(row)
+        if volume.group:
+            row["group"] = volume.group
+        cases.append(row)
+    out = {"n_volumes": len(by_case), "cases": cases, "summary": summarize_cases(cases), "dice_fg": fg_summary(cases)}
+    groups = group_summaries(cases)
+    if groups:
+        out["groups"] = groups
     clinical, n_patients = _clinical(data, predicted, truths)
     if clinical:
         out["clinical"], out["clinical_patients"] = clinical, n_patients

@@ -7,14 +7,15 @@ from pathlib import Path
 import pandas as pd
 
 from sweep.errors import UsageError
-from sweep.records import DICE_KEYS, StudyKey, TrialKey
+from sweep.records import DICE_KEYS, StudyKey, TrialKey, attempt, root_trial_number
 from sweep.study import open_study_readonly
 
 DROPPED = (f"user_attrs_{TrialKey.HISTORY}",)  # per-epoch lists: bulky, and unreadable in a cell
 # Always present and first, even where no trial has set them yet (e.g. fail_reason), so that a
 # script reading the CSV does not depend on what happened in the study.
+# "trial" is the number a user knows a trial by: an interrupted trial's retries keep it ("attempt" 2, 3, ...).
 FIRST = (
-    "number", "state", *DICE_KEYS, "dice_fg", "dice_mean4",
+    "number", "trial", "attempt", "state", *DICE_KEYS, "dice_fg", "dice_mean4",
     TrialKey.BEST_EPOCH, TrialKey.EPOCHS_RUN, TrialKey.SECONDS, TrialKey.N_PARAMS, TrialKey.FAIL_REASON, TrialKey.PRUNED_AT,
 )
 
@@ -28,9 +29,13 @@ def export_csv(storage_url: str, study_name: str, path: str | Path) -> int:
     # User attrs go by their own names (dice_rv, best_epoch, ...); params keep their prefix so that
     # a parameter can never clash with an attribute. The value column is Optuna's ("value_val_dice_fg").
     frame = frame.rename(columns=lambda c: c.removeprefix("user_attrs_"))
+    chain = {t.number: (root_trial_number(t), attempt(t)) for t in study.get_trials(deepcopy=False)}
+    numbers = frame["number"] if "number" in frame else []
+    frame["trial"] = [chain[n][0] for n in numbers]
+    frame["attempt"] = [chain[n][1] for n in numbers]
     values = [c for c in frame.columns if c == "value" or c.startswith("value_")] or ["value"]
     params = sorted(c for c in frame.columns if c.startswith("params_"))
-    first = [FIRST[0], FIRST[1], *values, *FIRST[2:]]
+    first = [*FIRST[:4], *values, *FIRST[4:]]
     rest = [c for c in frame.columns if c not in first and c not in params]
     frame = frame.reindex(columns=first + params + rest)
     _write(frame, path)

@@ -7,7 +7,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +19,7 @@ from model import SegNetConfig, count_parameters
 from model.segnet import SegNet
 from sweep.notes import dice_table_markdown
 from sweep.pictures import overlay_png
-from sweep.records import INTERRUPTED, TIMED_OUT, ProgressKey, TrialKey, trial_summary
+from sweep.records import INTERRUPTED, NO_FIDELITY, TIMED_OUT, ProgressKey, TrialKey, trial_summary
 from sweep.resume import (
     Points,
     ResumeFile,
@@ -96,6 +96,7 @@ class Objective:
     bf16: bool | None = None  # None: where the device runs it fast (sweep.train.use_bf16)
     deadline: float | None = None  # wall-clock time (time.time()) after which a running trial stops at its epoch's end
     max_trial_seconds: float | None = None  # a trial projected to run longer is pruned early (``over_time_cap``)
+    fidelity: dict | None = None  # what an epoch costs (``records.study_fidelity``); None: whole passes
 
     def __call__(self, trial: optuna.Trial) -> float:
         root = root_trial_number(frozen(trial))
@@ -115,10 +116,14 @@ class Objective:
         return value
 
     def _run(self, trial: optuna.Trial, root: int, point_file: ResumeFile) -> float:
+        fidelity = {**NO_FIDELITY, **(self.fidelity or {})}
         model_cfg, train_cfg = suggest(trial, self.epochs)
+        train_cfg = replace(train_cfg, epoch_slices=fidelity["epoch_slices"], patch=fidelity["patch"])
         self._record_setup(trial, model_cfg)
         seed = self.seed + root  # the chain's seed: a retry trains as its first trial would have
         point_file.identity = {"params": trial.params, "epochs": self.epochs, "folds": len(self.folds), "seed": seed}
+        if self.fidelity:
+            point_file.identity["fidelity"] = fidelity
         point = point_file.load()
         history: list[dict[str, float]] = []
         start = time.perf_counter() - (point["seconds"] if point else 0.0)
@@ -145,8 +150,10 @@ class Objective:
             trial, model_cfg, train_cfg, on_epoch, seed=seed, resume=point,
             on_resume_point=point_file.save if self.resume_dir is not None else None,
             resume_every=resume_interval() if self.resume_every is None else self.resume_every,
+            val_slices=fidelity["val_slices"],
         )
-        _set_attrs(trial, trial_summary(result.history, result.history[result.best_epoch - 1], result.seconds))
+        best = {"epoch": result.best_epoch, **{f"val_{k}": v for k, v in result.best_scores.items()}}
+        _set_attrs(trial, trial_summary(result.history, best, result.seconds))
         if len(self.folds) > 1:
             trial.set_user_attr(TrialKey.CV_FOLD_SCORES, [round(f["dice_fg"], 5) for f in result.fold_scores])
         self._maybe_upload_checkpoint(trial, model_cfg, train_cfg, result)

@@ -29,6 +29,8 @@ class Progress:
         )
         self.enabled = enabled
         self.score = rec.score_label(rec.study_cv(study))
+        self.study = study
+        self.roots: dict[int, int] = {}  # trial number -> its chain's (what the bar shows), looked up once per trial
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if trial.state in rec.FINISHED:
@@ -47,18 +49,22 @@ class Progress:
         shown = f"{value:.4f}" if value is not None else "  -   "
         attrs = trial.user_attrs
         line = (
-            f"trial {trial.number:4d} {trial.state.name:8s} {self.score} {shown}  {shown_best}  "
+            f"trial {rec.root_trial_number(trial):4d} {trial.state.name:8s} {self.score} {shown}  {shown_best}  "
             f"{attrs.get(TrialKey.EPOCHS_RUN, 0):3d} epochs  {attrs.get(TrialKey.SECONDS, 0.0):7.1f} s"
         )
         if trial.state == TrialState.FAIL:
             line += f"  ({attrs.get(TrialKey.FAIL_REASON, 'failed')})"
         elif TrialKey.PRUNE_REASON in attrs:
             line += f"  ({attrs[TrialKey.PRUNE_REASON]})"
+        if rec.attempt(trial) > 1:
+            line += f"  [attempt {rec.attempt(trial)}, resumed after epoch {attrs.get(TrialKey.RESUMED_AT, 0)}]"
         return line
 
     def show_trial(self, number: int, progress: dict) -> None:
         """Show a running trial's progress as the bar's postfix (``Objective.on_progress``, one worker)."""
-        self.bar.set_postfix_str(progress_text(number, progress))
+        if number not in self.roots:
+            self.roots = {t.number: rec.root_trial_number(t) for t in self.study.get_trials(deepcopy=False)}
+        self.bar.set_postfix_str(progress_text(self.roots.get(number, number), progress))
 
     def show_running(self, trials) -> None:
         """Show the running trials' progress (their PROGRESS attributes) as the bar's postfix.
@@ -66,7 +72,7 @@ class Progress:
         For several workers: called with the study's trials whenever the main process polls the storage.
         """
         texts = [
-            progress_text(t.number, t.user_attrs[TrialKey.PROGRESS])
+            progress_text(rec.root_trial_number(t), t.user_attrs[TrialKey.PROGRESS])
             for t in trials
             if t.state == TrialState.RUNNING and TrialKey.PROGRESS in t.user_attrs
         ]

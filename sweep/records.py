@@ -30,6 +30,7 @@ class StudyKey:
     GROUPS = "groups"  # --groups REGEX that named the patients (None: the layout's own, or none)
     SPACE_VERSION = "space_version"
     EPOCHS = "epochs"  # the epoch budget of the study's trials
+    FIDELITY = "fidelity"  # what an epoch costs: {"epoch_slices", "val_slices", "patch"} (0: all / whole)
     VERSIONS = "versions"  # package versions of the run that made the study
     CV = "cv"  # K of --cv K, 0 for selection on val
     CV_FOLDS = "cv_folds"  # the slice names of each fold
@@ -37,6 +38,14 @@ class StudyKey:
     COMMAND = "command"  # the latest run's command, which resumes the study
     EVALUATION = "evaluation"  # the latest `best --evaluate`'s figures
     ARTIFACTS = "artifacts"  # {"location": folder or s3://bucket, "host": who recorded it}
+
+
+NO_FIDELITY = {"epoch_slices": 0, "val_slices": 0, "patch": 0}  # studies made before FIDELITY was recorded
+
+
+def study_fidelity(study) -> dict[str, int]:
+    """The study's recorded epoch cost (``StudyKey.FIDELITY``): whole passes for older studies."""
+    return {**NO_FIDELITY, **(study.user_attrs.get(StudyKey.FIDELITY) or {})}
 
 
 class TrialKey:
@@ -98,20 +107,63 @@ INTERRUPTED = "interrupted (Ctrl-C or SIGTERM)"
 TIMED_OUT = "stopped at the run's --timeout"
 
 
+def root_trial_number(trial: FrozenTrial) -> int:
+    """The original trial of a retry chain (the trial itself when it is not a retry): the number
+    a user knows an interrupted trial by, whichever retry runs it now. (Optuna's retry callback
+    records it as ``failed_trial``; ``RetryHeartbeatStaleTrialCallback.retried_trial_number``.)"""
+    return trial.system_attrs.get("failed_trial", trial.number)
+
+
+def attempt(trial: FrozenTrial) -> int:
+    """Which run of its chain a trial is: 1 for the original, 2 for its first retry, ..."""
+    return len(trial.system_attrs.get("retry_history", [])) + 1
+
+
+def retry_chains(trials: Iterable[FrozenTrial]) -> dict[int, list[FrozenTrial]]:
+    """Trials by retry chain: an interrupted trial and its retries, in order, under the root's number."""
+    chains: dict[int, list[FrozenTrial]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        chains.setdefault(root_trial_number(t), []).append(t)
+    return chains
+
+
+def chain_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
+    """The study counted in chains, one trial each however often it was interrupted.
+
+    ``stopped``: chains stopped (Ctrl-C, SIGTERM, ``--timeout``, a killed worker) and waiting to
+    resume; ``failed``: chains whose last trial failed for a reason of its own; ``interruptions``:
+    the stops that were retried (a chain's trials but its last).
+    """
+    counts = {"stopped": 0, "failed": 0, "interruptions": 0}
+    for chain in retry_chains(trials).values():
+        last = chain[-1]
+        counts["interruptions"] += len(chain) - 1
+        stopped_here = last.state == TrialState.FAIL and last.user_attrs.get(TrialKey.FAIL_REASON) in (INTERRUPTED, TIMED_OUT)
+        if stopped_here or (last.state == TrialState.WAITING and len(chain) > 1):
+            counts["stopped"] += 1
+        elif last.state == TrialState.FAIL:
+            counts["failed"] += 1
+    return counts
+
+
 def stopped_count(trials: Iterable[FrozenTrial]) -> int:
-    """Failed trials that were stopped (interrupted or timed out) rather than broken."""
-    return sum(t.state == TrialState.FAIL and t.user_attrs.get(TrialKey.FAIL_REASON) in (INTERRUPTED, TIMED_OUT)
-               for t in trials)
+    """Trials (chains) that were stopped (interrupted or timed out) rather than broken, and resume."""
+    return chain_counts(trials)["stopped"]
 
 
-def states_line(states: Mapping[str, int], stopped: int = 0, running: bool = False) -> str:
+def states_line(states: Mapping[str, int], chains: Mapping[str, int] | None = None, running: bool = False) -> str:
     """Trials by state in one line, as every command prints it: "38 complete, 25 pruned, 0 failed,
-    1 stopped and queued to resume" (running trials too where ``running``)."""
-    parts = [f"{states['complete']} complete", f"{states['pruned']} pruned", f"{states['fail'] - stopped} failed"]
-    if stopped:
-        parts.append(f"{stopped} stopped and queued to resume")
+    1 stopped and queued to resume, 2 interruptions retried" (running trials too where ``running``).
+    With ``chains`` (``chain_counts``) an interrupted trial and its retries count once."""
+    chains = chains or {"stopped": 0, "failed": states["fail"], "interruptions": 0}
+    parts = [f"{states['complete']} complete", f"{states['pruned']} pruned", f"{chains['failed']} failed"]
+    if chains["stopped"]:
+        parts.append(f"{chains['stopped']} stopped and queued to resume")
     if running:
         parts.append(f"{states['running']} running")
+    if chains["interruptions"]:
+        n = chains["interruptions"]
+        parts.append(f"{n} interruption{'s' if n > 1 else ''} retried")
     return ", ".join(parts)
 
 

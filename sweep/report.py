@@ -263,12 +263,14 @@ class _Page:
     def header(self, ranked: list[FrozenTrial]) -> str:
         s = self.study
         attrs = s.user_attrs
-        counts = pd.Series([t.state.name.lower() for t in s.trials]).value_counts().to_dict()
-        states = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no trials"
+        trials = s.get_trials(deepcopy=False)
+        # An interrupted trial and its retries are one trial here, as in `status`.
+        chains = rec.chain_counts(trials)
+        states = rec.states_line(rec.state_counts(trials), chains, running=True) if trials else "no trials"
         rows = [
             ("study", f"{s.study_name} in {st.display_url(self.storage_url)}"),
             ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
-            ("trials", f"{len(s.trials)} ({states}); epoch budget {attrs.get('epochs', '?')}"),
+            ("trials", f"{len(rec.retry_chains(trials))} ({states}); epoch budget {attrs.get('epochs', '?')}"),
             ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
             ("selection", f"{attrs['cv']}-fold cross-validation over train+val (values are mean fold dice_fg)"
              if attrs.get(StudyKey.CV) else "on the val split"),
@@ -439,17 +441,30 @@ class _Page:
 VOLUME_METRICS = (("dice", "Dice", 3), ("hd95", "HD95 mm", 1), ("assd", "ASSD mm", 1))
 
 
+def _summary_rows(figures: dict, prefix: str, phases: tuple[str, ...] | None = None) -> list[str]:
+    """Table rows of one ``summary`` (per phase) with its ``dice_fg``, each labelled ``prefix + phase``."""
+    rows = []
+    for phase, m in (figures.get("summary") or {}).items():
+        if phases is not None and phase not in phases:
+            continue
+        fg = (figures.get("dice_fg") or {}).get(phase)
+        cells = f"<td>{fg[0]:.3f} ± {fg[1]:.3f}</td>" if fg else "<td>–</td>"
+        cells += "".join(f"<td>{m[f'{key}_{s}'][0]:.{d}f} ± {m[f'{key}_{s}'][1]:.{d}f}</td>"
+                         for key, _, d in VOLUME_METRICS for s in ("rv", "myo", "lv"))
+        rows.append(f"<tr><th>{_e(prefix + phase)}</th>{cells}</tr>")
+    return rows
+
+
 def volume_tables(volumes: dict) -> str:
     """Per-patient 3-D evaluation: mean ± std by phase, clinical indices, and every test volume."""
-    head = "".join(f"<th>{_e(label)} {s}</th>" for _, label, _ in VOLUME_METRICS for s in ("RV", "Myo", "LV"))
-    rows = []
-    for phase, m in (volumes.get("summary") or {}).items():
-        cells = "".join(f"<td>{m[f'{key}_{s}'][0]:.{d}f} ± {m[f'{key}_{s}'][1]:.{d}f}</td>"
-                        for key, _, d in VOLUME_METRICS for s in ("rv", "myo", "lv"))
-        rows.append(f"<tr><th>{_e(phase)}</th>{cells}</tr>")
+    head = "<th>Dice fg</th>" + "".join(f"<th>{_e(label)} {s}</th>" for _, label, _ in VOLUME_METRICS for s in ("RV", "Myo", "LV"))
+    rows = _summary_rows(volumes, "")
+    for group, figures in (volumes.get("groups") or {}).items():
+        rows += _summary_rows(figures, f"{group} ({figures['n']}) ", phases=("ED", "ES"))
+    by_group = " and per pathology group" if volumes.get("groups") else ""
     parts = [(f'<p class="hint">Per test volume on its original grid with its voxel spacing (mean ± std over '
-              f'{len(volumes.get("cases") or [])} volumes).</p><div class="scroll"><table class="top"><tr><th>phase</th>'
-              f'{head}</tr>{"".join(rows)}</table></div>')]
+              f'{len(volumes.get("cases") or [])} volumes{by_group}; Dice fg is the mean of RV, Myo and LV per volume).'
+              f'</p><div class="scroll"><table class="top"><tr><th>phase</th>{head}</tr>{"".join(rows)}</table></div>')]
     clinical = volumes.get("clinical")
     if clinical:
         keys = list(clinical)

@@ -37,6 +37,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.artifacts import OBJECT_STORES, cache_folder, open_store
+from sweep.records import root_trial_number  # noqa: F401 - the objective reads it here, with the rest of resuming
 from sweep.study import MAX_RETRY
 from sweep.train import RESUME_SECONDS
 
@@ -160,14 +161,6 @@ def open_points(location: str) -> Points:
 def frozen(trial: optuna.Trial) -> FrozenTrial:
     """The trial as stored, with its system attributes (a running ``Trial`` does not expose them)."""
     return trial.storage.get_trial(trial._trial_id)  # private, but Optuna's own code reads it so too
-
-
-def root_trial_number(trial: FrozenTrial) -> int:
-    """The original trial of a retry chain (the trial itself when it is not a retry)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        root = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
-    return trial.number if root is None else root
 
 
 def enqueue_retry(trial: optuna.Trial, max_retry: int | None = MAX_RETRY) -> bool:

@@ -64,6 +64,7 @@ def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions) 
     study.set_user_attr(StudyKey.GROUPS, opts.groups)
     study.set_user_attr(StudyKey.SPACE_VERSION, SPACE_VERSION)
     study.set_user_attr(StudyKey.EPOCHS, opts.epochs)
+    study.set_user_attr(StudyKey.FIDELITY, opts.fidelity(len(data.train), len(data.val)))
     study.set_user_attr(StudyKey.VERSIONS, st.versions())
     study.set_user_attr(StudyKey.CV, opts.cv)
     if opts.cv:
@@ -83,6 +84,15 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
     if recorded is not None and recorded_cv != opts.cv:  # (a study made by enqueueing alone records nothing yet)
         made = f"--cv {recorded_cv}" if recorded_cv else "selection on val (no --cv)"
         raise UsageError(f"--cv {opts.cv}: study {opts.study!r} was made with {made}; use the same or another --study")
+    recorded_fidelity = study.user_attrs.get(StudyKey.FIDELITY)
+    if recorded_fidelity is not None:
+        asked = opts.fidelity(len(data.train), len(data.val))
+        for key, value in recorded_fidelity.items():
+            given = getattr(opts, key)
+            if given is not None and asked[key] != value:
+                flag = f"--{key.replace('_', '-')}"
+                raise UsageError(f"{flag} {given}: study {opts.study!r} was made with {flag} {value} (0: all); "
+                                 "leave it out, give the same, or use another --study")
     version = study.user_attrs.get(StudyKey.SPACE_VERSION)
     if version is not None and version != SPACE_VERSION:
         raise UsageError(
@@ -214,6 +224,7 @@ def summarize(study: optuna.Study, opts: RunOptions, ran: int, note: str | None 
     summary = {
         "study": study.study_name, "storage": opts.storage, "target": opts.trials, "ran": ran, "states": states,
         "stopped": rec.stopped_count(trials),
+        "chains": rec.chain_counts(trials),
         "best": best and {k: best[k] for k in ("trial", "val_dice_fg", "params")},
         "stopped_early": stopped_early,
     }

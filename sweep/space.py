@@ -21,7 +21,7 @@ Ranges and why:
 - ``aug_rotate`` 0..45 degrees: the RV's angle around the LV varies over about 100 degrees in
   the real slices (38-135 degrees, 5th-95th percentile), so rotations of that order are
   anatomy, not noise; the best trials of a 30-trial sweep sat at the top of the earlier
-  0..20 range. No flips: a mirrored heart (RV on the wrong side) is not anatomy.
+  0..20 range. Flips are ``aug_mirror`` below.
 - ``aug_scale`` 0..0.25 (zoom), ``aug_translate`` 0..0.15 (of the field of view): hearts
   differ in size and position in the crop.
 - ``aug_gamma`` 0..0.7 (|log gamma|; up to a factor 2 in gamma): the best trials sat at the
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from model import SegNetConfig
     from sweep.train import TrainConfig
 
-SPACE_VERSION = 2  # bump whenever a range or parameter changes: studies record it
+SPACE_VERSION = 3  # bump whenever a range or parameter changes: studies record it
 MAX_WIDTH = 512  # filter cap of the deep stages, as in SegNet-VGG16
 BATCH_SIZES = (4, 8, 10, 16)
 WIDTHS = (8, 16, 32, 64)
@@ -51,7 +51,8 @@ WIDTHS = (8, 16, 32, 64)
 # suggest them: a 1x1 kernel sees no neighbourhood, 96 px allow at most 5 poolings, a stage needs a conv.
 # Parameters added after version 1, and the value that means "off": a finished trial of an older
 # study (which lacks them) stands for its configuration with them off.
-ADDED_OFF = {"aug_translate": 0.0, "aug_elastic": 0.0, "aug_lowres": 0.0, "aug_blur": 0.0, "aug_noise": 0.0}
+ADDED_OFF = {"aug_translate": 0.0, "aug_elastic": 0.0, "aug_lowres": 0.0, "aug_blur": 0.0, "aug_noise": 0.0,
+             "aug_mirror": 0.0}
 EDGE_LIMITS = {"kernel_size": ("lower",), "depth": ("upper",), "convs_shallow": ("lower",), "convs_deep": ("lower",)}
 
 
@@ -87,6 +88,7 @@ def suggest(trial: optuna.Trial, epochs: int) -> tuple[SegNetConfig, TrainConfig
         aug_lowres=trial.suggest_float("aug_lowres", 0.0, 1.0),
         aug_blur=trial.suggest_float("aug_blur", 0.0, 1.0),
         aug_noise=trial.suggest_float("aug_noise", 0.0, 0.2),
+        aug_mirror=trial.suggest_float("aug_mirror", 0.0, 0.5),
         epochs=epochs,
     )
     return model_cfg, train_cfg

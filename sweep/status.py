@@ -24,6 +24,7 @@ def study_status(storage_url: str, study_name: str) -> dict:
         "storage": display_url(storage_url),
         "states": states,
         "stopped": rec.stopped_count(trials),
+        "chains": rec.chain_counts(trials),
         "finished": states["complete"] + states["pruned"],
         "target": study.user_attrs.get(StudyKey.TARGET),
         "best": rec.best_summary(study),
@@ -39,7 +40,8 @@ def _running(trial: FrozenTrial, now: datetime) -> dict:
     progress = trial.user_attrs.get(TrialKey.PROGRESS) or {}
     left = remaining_seconds(progress)
     return {
-        "trial": trial.number,
+        "trial": rec.root_trial_number(trial),  # a retry goes by its chain's number, as the user knows it
+        "attempt": rec.attempt(trial),
         "worker": trial.user_attrs.get(TrialKey.WORKER),
         "age_s": round((now - trial.datetime_start).total_seconds(), 1) if trial.datetime_start else None,
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
@@ -61,8 +63,8 @@ def _running_line(r: dict) -> str:
             line += f", dice_fg last {r['last_val_dice_fg']:.4f} best {r['best_val_dice_fg']:.4f}"
         if r.get("remaining_s") is not None:
             line += f", ~{duration(r['remaining_s'])} left"
-    if r.get("resumed_at_epoch"):
-        line += f" (resumed after epoch {r['resumed_at_epoch']})"
+    if (r.get("attempt") or 1) > 1:
+        line += f" (attempt {r['attempt']}, resumed after epoch {r.get('resumed_at_epoch') or 0})"
     return line
 
 
@@ -71,7 +73,7 @@ def format_status(status: dict) -> str:
     target = f" of {status['target']}" if status["target"] is not None else ""
     lines = [
         (f"study {status['study']!r} in {status['storage']}: {status['finished']}{target} trials finished "
-         f"({rec.states_line(s, status.get('stopped', 0), running=True)})")
+         f"({rec.states_line(s, status.get('chains'), running=True)})")
     ]
     if status.get("data"):
         lines.append(f"data: {status['data']}")

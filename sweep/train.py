@@ -47,7 +47,11 @@ class TrainConfig:
     aug_lowres: float = 0.0  # max resolution loss: half the slices down-sampled by up to 1 + this, and back
     aug_blur: float = 0.0  # max Gaussian blur sigma, pixels
     aug_noise: float = 0.0  # max Gaussian noise, in units of the slice's intensity spread
+    aug_mirror: float = 0.0  # probability of each of: flip rows, flip columns, swap the two axes
     epochs: int = 50  # epoch budget
+    # The cost of an epoch, fixed whatever the data set's size (0: one pass over every train slice, whole).
+    epoch_slices: int = 0  # slices drawn per epoch (a fresh permutation, repeated as needed)
+    patch: int = 0  # side of the random square crop each slice is trained on (0: the whole slice)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,16 +174,48 @@ def build_model(model_cfg: SegNetConfig, device: torch.device) -> SegNet:
     return model.to(memory_format=torch.channels_last)
 
 
+def slices_per_epoch(n_train: int, cfg: TrainConfig) -> int:
+    """How many slices one epoch trains on: ``cfg.epoch_slices``, or every train slice once."""
+    return cfg.epoch_slices or n_train
+
+
+def epoch_order(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` slice indices: permutations of ``0..n-1`` one after another, cut at ``count``,
+    so every slice is drawn once before any is drawn twice."""
+    device = generator.device
+    if count == n:
+        return torch.randperm(n, device=device, generator=generator)
+    repeats = -(-count // n)
+    return torch.cat([torch.randperm(n, device=device, generator=generator) for _ in range(repeats)])[:count]
+
+
+def random_patches(images: torch.Tensor, masks: torch.Tensor, size: int, generator: torch.Generator):
+    """A random ``size`` x ``size`` crop of each slice (its own offset each), images and masks alike."""
+    n, _, height, width = images.shape
+    if size <= 0 or (size >= height and size >= width):
+        return images, masks
+    size_h, size_w = min(size, height), min(size, width)
+    device = images.device
+    top = torch.randint(0, height - size_h + 1, (n, 1), device=device, generator=generator)
+    left = torch.randint(0, width - size_w + 1, (n, 1), device=device, generator=generator)
+    rows = (top + torch.arange(size_h, device=device))[:, :, None]  # (n, size_h, 1)
+    cols = (left + torch.arange(size_w, device=device))[:, None, :]  # (n, 1, size_w)
+    batch = torch.arange(n, device=device)[:, None, None]
+    return images[batch, 0, rows, cols].unsqueeze(1), masks[batch, rows, cols]
+
+
 def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfig, weights, generator, bf16):
-    """One pass over the shuffled train split; returns the mean loss as a device tensor."""
+    """One epoch (``slices_per_epoch`` shuffled train slices); returns the mean loss as a device tensor."""
     model.train()
     device = split.images.device
-    order = torch.randperm(len(split), device=device, generator=generator)
+    count = slices_per_epoch(len(split), cfg)
+    order = epoch_order(len(split), count, generator)
     total = torch.zeros((), device=device)
     n_batches = 0
-    for start in range(0, len(split), cfg.batch_size):
+    for start in range(0, count, cfg.batch_size):
         idx = order[start : start + cfg.batch_size]
-        x, y = augment(split.images[idx], split.masks[idx], cfg, generator)
+        x, y = random_patches(split.images[idx], split.masks[idx], cfg.patch, generator)
+        x, y = augment(x, y, cfg, generator)
         x = normalize(x).contiguous(memory_format=torch.channels_last)
         with autocast(device, bf16):
             logits = model(x)
@@ -250,6 +286,7 @@ def fit_folds(
     resume: dict | None = None,
     on_resume_point: Callable[[dict], None] | None = None,
     resume_every: float = RESUME_SECONDS,
+    val_slices: int = 0,
 ) -> FitResult:
     """Train one model per fold, in lockstep: every epoch trains each fold's model once more.
 
@@ -265,6 +302,11 @@ def fit_folds(
     ``resume`` (same configs, folds and ``seed``), training continues with the next epoch and
     ends exactly as an uninterrupted run would (on the CPU; CUDA kernels may not be
     deterministic).
+
+    ``val_slices`` > 0 bounds the cost of the per-epoch evaluation on large data: each epoch
+    scores a fixed subset of that many held-out slices (``val_subset``), and at the end the
+    best epoch's weights are scored on the whole held-out split, which gives ``best_value``,
+    ``best_scores`` and ``fold_scores`` (the history keeps the subset's figures).
     """
     device = folds[0][0].images.device
     torch.manual_seed(seed)
@@ -276,10 +318,11 @@ def fit_folds(
     result = FitResult(best_value=-math.inf, best_epoch=0, best_scores={})
     if resume is not None:
         _restore(resume, runs, generator, result)
+    watched = [(train, val_subset(held, val_slices)) for train, held in folds]
     start = time.perf_counter() - result.seconds
     last_point = time.perf_counter()
     for epoch in range(result.epochs_run + 1, train_cfg.epochs + 1):
-        record, fold_scores = _run_epoch(runs, folds, train_cfg, generator, bf16, epoch)
+        record, fold_scores = _run_epoch(runs, watched, train_cfg, generator, bf16, epoch)
         result.history.append(record)
         if record["val_dice_fg"] > result.best_value:
             _keep_best(result, record, fold_scores, runs if keep_state else None)
@@ -289,7 +332,29 @@ def fit_folds(
             last_point = time.perf_counter()
         if on_epoch is not None:
             on_epoch(epoch, record)
+    if keep_state and result.state_dicts and any(len(w[1]) < len(f[1]) for w, f in zip(watched, folds)):
+        _score_on_whole(result, model_cfg, folds, bf16)
     return result
+
+
+def val_subset(split: DeviceSplit, count: int) -> DeviceSplit:
+    """``count`` slices evenly spaced through ``split`` (every patient and level of a volume split
+    ordered by case and slice), the same for every trial; the whole split when ``count`` is 0 or more."""
+    if count <= 0 or count >= len(split):
+        return split
+    idx = torch.as_tensor(np.linspace(0, len(split) - 1, count).round().astype(np.int64), device=split.images.device)
+    return DeviceSplit(split.images[idx], split.masks[idx])
+
+
+def _score_on_whole(result: FitResult, model_cfg: SegNetConfig, folds: list[Fold], bf16: bool) -> None:
+    """Score the kept best-epoch weights on every fold's whole held-out split."""
+    device = folds[0][1].images.device
+    result.fold_scores = []
+    for state, (_, held) in zip(result.state_dicts, folds):
+        scores = evaluate(load_model(model_cfg, state, device), held, bf16)
+        result.fold_scores.append({k: v for k, v in scores.items() if k.startswith("dice_")})
+    result.best_scores = {k: float(np.mean([s[k] for s in result.fold_scores])) for k in result.fold_scores[0]}
+    result.best_value = result.best_scores["dice_fg"]
 
 
 def fit_final(
@@ -407,7 +472,7 @@ class _FoldRun:
     def __init__(self, model_cfg: SegNetConfig, train_cfg: TrainConfig, train: DeviceSplit, device: torch.device) -> None:
         self.model = build_model(model_cfg, device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        steps_per_epoch = math.ceil(len(train) / train_cfg.batch_size)
+        steps_per_epoch = math.ceil(slices_per_epoch(len(train), train_cfg) / train_cfg.batch_size)
         total_steps = steps_per_epoch * train_cfg.epochs
         warmup = max(steps_per_epoch, int(WARMUP_FRACTION * total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -259,3 +259,27 @@ def summarize_cases(cases: Sequence[Mapping[str, object]]) -> dict[str, dict[str
         for name, members in groups.items()
         if members
     }
+
+
+def case_dice_fg(case: Mapping[str, object]) -> float:
+    """A volume's foreground Dice: the mean of its RV, myocardium and LV Dice (the figure the
+    ACDC literature averages over volumes)."""
+    return round(float(np.mean([float(case[f"dice_{name}"]) for name in STRUCTURES])), STAT_DIGITS)  # type: ignore[arg-type]
+
+
+def fg_summary(cases: Sequence[Mapping[str, object]]) -> dict[str, list[float]]:
+    """``[mean, std]`` over volumes of ``case_dice_fg``, per phase ("ED", "ES" where present) and "all"."""
+    out = {phase: [case_dice_fg(c) for c in cases if c.get("phase") == phase] for phase in PHASES}
+    out["all"] = [case_dice_fg(c) for c in cases]
+    return {name: _mean_std(values) for name, values in out.items() if values}
+
+
+def group_summaries(cases: Sequence[Mapping[str, object]]) -> dict[str, dict]:
+    """Per pathology group (the cases' ``group``, where known): ``summarize_cases`` of its volumes,
+    with ``dice_fg`` (``fg_summary``) and the number of volumes ``n``."""
+    names = sorted({str(c["group"]) for c in cases if c.get("group")})
+    out = {}
+    for name in names:
+        members = [c for c in cases if c.get("group") == name]
+        out[name] = {"n": len(members), "dice_fg": fg_summary(members), **summarize_cases(members)}
+    return out

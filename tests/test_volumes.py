@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -130,11 +132,18 @@ def test_acdc_slices_carry_patient_phase_and_index(acdc, acdc_root):
     assert Path(ed.image_path).name == "patient003_frame01.nii.gz" and ed.label_path.endswith("_gt.nii.gz")
 
 
-def test_acdc_folder_of_patients_is_split_three_ways(acdc_root):
-    ds = load_dataset(str(acdc_root / "training"), seed=3)
+def test_acdc_folder_of_patients_is_split_three_ways(acdc_root, tmp_path):
+    shutil.copytree(acdc_root / "training", tmp_path / "patients")  # a folder of patients, not a release's part
+    ds = load_dataset(str(tmp_path / "patients"), seed=3)
     patients = ds.split_patients()
     assert [len(patients[k]) for k in ("train", "val", "test")] == [5, 1, 4]
     assert ds.test.masks is not None and ds.split_seed == 3
+
+
+@pytest.mark.parametrize("part", ["training", "testing"])
+def test_a_release_part_given_as_data_is_refused_with_the_folder_to_use(acdc_root, part):
+    with pytest.raises(DataError, match=rf"{part}/ folder of an ACDC release; point --data at {re.escape(str(acdc_root))}"):
+        load_dataset(str(acdc_root / part))
 
 
 def test_acdc_test_labels_optional(tmp_path):
