@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # A point every epoch; a killed worker's trial is noticed within seconds.
 MACHINE_ENV = {"SEGNET_HEARTBEAT_INTERVAL": "1", "SEGNET_GRACE_PERIOD": "3", "SEGNET_RESUME_SECONDS": "0",
                "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+START_AT = "import sys, time\nfrom sweep.cli import main\ntime.sleep(max(0.0, float(sys.argv[1]) - time.time()))\nsys.exit(main(sys.argv[2:]))"
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
 
@@ -56,11 +57,14 @@ class Machine:
         for sub in ("home", "cache"):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
 
-    def command(self, *args: str) -> list[str]:
-        return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.name, sys.executable, "-m", "sweep", *args]
+    def command(self, *args: str, at: float | None = None) -> list[str]:
+        """``python -m sweep ARGS`` under this machine's hostname; with ``at`` (a ``time.time()``), imported
+        first and started then, so that machines started together meet the storage in the same instant."""
+        python = [sys.executable, "-m", "sweep"] if at is None else [sys.executable, "-c", START_AT, str(at)]
+        return ["unshare", "--uts", "sh", "-c", 'hostname "$0" && exec "$@"', self.name, *python, *args]
 
-    def start(self, *args: str) -> subprocess.Popen:
-        return subprocess.Popen(self.command(*args), cwd=self.folder, env=self.env, stdout=subprocess.PIPE,
+    def start(self, *args: str, at: float | None = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*args, at=at), cwd=self.folder, env=self.env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
 
     def run(self, *args: str) -> str:
@@ -228,3 +232,32 @@ def test_a_trial_killed_on_one_machine_continues_on_another_and_a_third_ships_it
         assert "trial 1: validation predictions" in page and "test predictions" in page
     finally:
         optuna.delete_study(study_name=name, storage=postgres_url)
+
+
+@needs_unshare
+@pytest.mark.slow
+def test_machines_starting_together_on_an_empty_database_both_run(tmp_path, postgres_url, bucket, s3_server):
+    """Two machines open one new PostgreSQL database in the same instant: both create Optuna's
+    schema and the study, both record its metadata, and both run (``study._open_rdb``'s retry)."""
+    from tests.test_reliability import empty_database
+
+    with empty_database(postgres_url, tmp_path) as fresh:
+        machines = [Machine(tmp_path, f"machine-{x}", s3_server["env"]) for x in "ab"]
+        at = time.time() + 6.0  # both have imported by then
+        procs = [m.start("run", "--trials", "1", "--epochs", "1", "--storage", fresh, "--artifacts", bucket,
+                         "--enqueue", "small", "--quiet", "--json", at=at) for m in machines]
+        try:
+            results = [(p.returncode, out, err) for p in procs for out, err in [p.communicate(timeout=300)]]
+        finally:
+            for p in procs:
+                p.kill()
+        for code, _, err in results:
+            assert code == 0, err[-3000:]
+        storage = optuna.storages.RDBStorage(fresh)
+        try:
+            study = optuna.load_study(study_name="segnet", storage=storage)
+            finished = study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+            assert 1 <= len(finished) <= 2 and not study.get_trials(states=(TrialState.RUNNING,))
+            assert study.user_attrs["artifacts"]["location"] == bucket
+        finally:
+            storage.engine.dispose()
