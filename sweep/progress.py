@@ -134,3 +134,20 @@ class StopAfterFailures:
     @property
     def tripped(self) -> bool:
         return self.streak >= self.limit
+
+
+class UntilTarget:
+    """Stops the study once its target of finished trials is reached and no interrupted trial waits.
+
+    Optuna's ``MaxTrialsCallback`` stops at the target alone; with several machines the target can
+    be reached while a killed trial's retry is still queued (the others sampled new trials while it
+    looked RUNNING), and that trial would stay half-trained. Its retry runs first, from its point.
+    """
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        if sum(t.state in rec.FINISHED for t in trials) >= self.target and not rec.waiting_retries(trials):
+            study.stop()

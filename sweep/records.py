@@ -146,6 +146,11 @@ def chain_counts(trials: Iterable[FrozenTrial]) -> dict[str, int]:
     return counts
 
 
+def waiting_retries(trials: Iterable[FrozenTrial]) -> int:
+    """Retries queued for interrupted trials: a study is not done while one waits (its work would be lost)."""
+    return sum(t.state == TrialState.WAITING and attempt(t) > 1 for t in trials)
+
+
 def stopped_count(trials: Iterable[FrozenTrial]) -> int:
     """Trials (chains) that were stopped (interrupted or timed out) rather than broken, and resume."""
     return chain_counts(trials)["stopped"]

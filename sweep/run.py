@@ -143,7 +143,7 @@ def run(opts: RunOptions) -> dict:
     if note:
         print(note, file=sys.stderr)
     finished = rec.count_finished(study)
-    if finished >= opts.trials:
+    if finished >= opts.trials and not rec.waiting_retries(study.get_trials(deepcopy=False)):
         return summarize(study, opts, ran=0, note=f"study {opts.study!r} is complete: {finished} of {opts.trials} trials finished")
     if enqueue is not None:
         study.enqueue_trial(enqueue, skip_if_exists=True)

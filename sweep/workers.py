@@ -22,7 +22,7 @@ from sweep import study as st
 from sweep.folds import selection_folds
 from sweep.objective import Objective, TimeUp
 from sweep.options import RunOptions
-from sweep.progress import Progress, StopAfterFailures
+from sweep.progress import Progress, StopAfterFailures, UntilTarget
 from sweep.resume import open_points, prune_orphans
 from sweep.strategies import make_pruner, make_sampler
 from sweep.train import resolve_device
@@ -57,7 +57,7 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
             objective,
             timeout=None if opts.deadline is None else max(0.0, opts.deadline - time.time()),
             catch=(Exception,),
-            callbacks=[optuna.study.MaxTrialsCallback(opts.trials, states=rec.FINISHED), failures, *callbacks],
+            callbacks=[UntilTarget(opts.trials), failures, *callbacks],
             gc_after_trial=True,
         )
     except TimeUp:

@@ -83,3 +83,15 @@ def test_a_retry_keeps_its_trial_number_on_the_bar_and_in_status(twice_interrupt
 def test_states_line_without_chains_counts_trials():
     states = {"complete": 1, "pruned": 2, "fail": 3, "running": 0}
     assert states_line(states) == "1 complete, 2 pruned, 3 failed"
+
+
+def test_a_study_at_its_target_still_runs_a_queued_retry(twice_interrupted):
+    """Machines reached the target while a killed trial looked RUNNING: its retry runs, then the study stops."""
+    from sweep.progress import UntilTarget
+    from sweep.records import waiting_retries
+
+    _, study = twice_interrupted
+    assert waiting_retries(study.trials) == 1
+    study.optimize(lambda trial: 0.6, n_trials=5, callbacks=[UntilTarget(target=1)])
+    assert [t.state for t in study.trials][-1] == TrialState.COMPLETE and len(study.trials) == 4
+    assert waiting_retries(study.trials) == 0
