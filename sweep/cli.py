@@ -76,7 +76,7 @@ def _add_run(sub) -> None:
                      help="prune a trial projected, in its first fifth of epochs, to run longer than this "
                           "(default: a tenth of --timeout; no cap without --timeout; 0: no cap)")
     run.add_argument("--enqueue", default=None, metavar="NAME|PARAMS.json|JSON",
-                     help="run this configuration first: a preset (original, small), a JSON file or a JSON object")
+                     help="run this configuration first: a preset (original, small, acdc), a JSON file or a JSON object")
     run.add_argument("--cv", type=_int, default=0, metavar="K",
                      help="K-fold cross-validation over train+val: a trial's value is its mean fold dice_fg "
                           "(default 0: train on train, select on val)")

@@ -293,6 +293,7 @@ def volume_estimate(data: Dataset, held: np.ndarray, probs: Probs, post: dict) -
         cases.append({**row, "dice_fg": case_dice_fg(row)})
     out = {"n_volumes": len(cases), "dice_fg": fg_summary(cases), "summary": summarize_cases(cases)}
     out["dice_fg_ci95"] = patient_bootstrap([(c["patient"], c["dice_fg"]) for c in cases])
+    out["cases"] = [{k: c[k] for k in ("case", "patient", "phase", "dice_fg", "dice_rv", "dice_myo", "dice_lv")} for c in cases]
     return out
 
 

@@ -6,6 +6,10 @@
   repository root is a link to the same file.
 - ``small``: a tiny, fast configuration (depth 3, width 8) for smoke runs; tests and
   benchmarks extend it with overrides (``preset("small", lr=1e-2)``).
+- ``acdc``: a starting point for real volumes on a CPU budget (depth 4, width 16, two 3 x 3
+  convolutions per stage, batch 8, cosine schedule, mostly soft-Dice loss, the nnU-Net
+  augmentations at moderate strengths); the README's ACDC recipe enqueues it first, so the
+  search starts from a configuration that trains well on 1,000+ slices of 192 x 192.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ def _load(name: str) -> MappingProxyType:
     return MappingProxyType(json.loads(text))
 
 
-PRESETS = {name: _load(name) for name in ("original", "small")}
+PRESETS = {name: _load(name) for name in ("original", "small", "acdc")}
 ORIGINAL = PRESETS["original"]
 SMALL = PRESETS["small"]
 
