@@ -1,6 +1,9 @@
 """Fault drill: kill and interrupt a real sweep again and again, then check that nothing was lost.
 
     python benchmarks/fault_drill.py [--cycles 6] [--trials 8] [--storage URL]
+    python benchmarks/fault_drill.py --machines 3 --storage postgresql://... --artifacts s3://BUCKET [--faults 9]
+
+(The second form strikes several simulated machines: ``benchmarks/fault_drill_machines.py``.)
 
 Each cycle starts `python -m sweep run` (small phantom trials), waits until a trial has
 reported an epoch, then ends the worker: SIGKILL on even cycles (a crash), SIGINT on odd ones
@@ -57,8 +60,21 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--storage", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--machines", type=int, default=1, help="simulated machines (more than 1: the drill across machines)")
+    parser.add_argument("--artifacts", default=None, help="with --machines: the study's artifact location (e.g. s3://BUCKET)")
+    parser.add_argument("--faults", type=int, default=9, help="with --machines: SIGKILL, SIGTERM and vanished machines, in turn")
+    parser.add_argument("--seed", type=int, default=0, help="with --machines: the random strike points and order of faults")
+    parser.add_argument("--strike-within", type=float, default=2.0, help="with --machines: seconds after a trial's first point")
+    parser.add_argument("--restart-after", type=float, default=1.0, help="with --machines: seconds before a struck machine reruns")
+    parser.add_argument("--max-seconds", type=float, default=600, help="with --machines: give up dealing faults after this")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if args.machines > 1:
+        from benchmarks.fault_drill_machines import drill
+
+        result = drill(args, SMALL_PARAMS)
+        print(json.dumps(result))
+        sys.exit(0 if result["ok"] else 1)
 
     with tempfile.TemporaryDirectory() as tmp:
         url = args.storage or f"sqlite:///{tmp}/studies.db"
