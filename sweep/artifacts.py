@@ -45,12 +45,28 @@ def check(location: str) -> None:
             __import__(module)
         except ImportError:
             raise UsageError(f"--artifacts {location!r}: needs {module.split('.')[0]}; pip install it") from None
+        if location.startswith("s3://"):
+            _check_bucket(location, bucket)
         return
     path = Path(location)
     if path.exists() and not path.is_dir():
         raise UsageError(f"--artifacts {location!r}: a file, expected a folder")
     if not path.exists() and not path.parent.is_dir():
         raise UsageError(f"--artifacts {location!r}: folder {path.parent} does not exist")
+
+
+def _check_bucket(location: str, bucket: str) -> None:
+    """Reach the bucket now: a worker without credentials or endpoint would otherwise fail at its
+    first resume point, with a traceback."""
+    import boto3
+    import botocore.exceptions
+
+    try:
+        boto3.client("s3").head_bucket(Bucket=bucket)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
+        raise UsageError(f"--artifacts {location!r}: cannot reach the bucket ({err}); a worker needs the store's "
+                         "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and, for a server "
+                         "other than AWS, AWS_ENDPOINT_URL") from None
 
 
 def open_store(location: str):

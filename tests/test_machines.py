@@ -164,6 +164,20 @@ def test_points_of_chains_nothing_continues_are_pruned_from_the_bucket_and_the_c
     assert sorted(p.name for p in points.cache.folder.iterdir()) == left
 
 
+def test_a_bucket_that_cannot_be_reached_is_refused_before_the_study_is_touched(s3_server, in_tmp, monkeypatch, capsys):
+    from sweep.cli import main
+
+    args = ["run", "--trials", "1", "--epochs", "1", "--enqueue", "small", "--quiet"]
+    assert main([*args, "--artifacts", f"s3://missing-{uuid.uuid4().hex[:8]}"]) == 2
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(in_tmp / "none"))
+    assert main([*args, "--artifacts", "s3://any"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("cannot reach the bucket") == 2 and "AWS_ENDPOINT_URL" in err and "Traceback" not in err
+    assert not (in_tmp / "studies.db").exists()
+
+
 def test_predict_without_a_model_needs_an_evaluated_study(one_trial_study, monkeypatch):
     from sweep.cli import main
 
