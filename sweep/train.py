@@ -309,9 +309,7 @@ def fit_folds(
     ``best_scores`` and ``fold_scores`` (the history keeps the subset's figures).
     """
     device = folds[0][0].images.device
-    torch.manual_seed(seed)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    generator = _seeded_generator(device, seed)
     bf16 = use_bf16(device) if bf16 is None else bf16
     runs = [_FoldRun(model_cfg, train_cfg, train, device) for train, _ in folds]
 
@@ -332,9 +330,18 @@ def fit_folds(
             last_point = time.perf_counter()
         if on_epoch is not None:
             on_epoch(epoch, record)
-    if keep_state and result.state_dicts and any(len(w[1]) < len(f[1]) for w, f in zip(watched, folds)):
-        _score_on_whole(result, model_cfg, folds, bf16)
+    if keep_state:
+        _score_on_whole(result, model_cfg, folds, watched, bf16)
     return result
+
+
+def _seeded_generator(device: torch.device, seed: int) -> torch.Generator:
+    """Seed torch's global RNG (weight init, dropout) and return the training generator (shuffling,
+    patches, augmentation), both from ``seed``."""
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
 
 
 def val_subset(split: DeviceSplit, count: int) -> DeviceSplit:
@@ -346,8 +353,11 @@ def val_subset(split: DeviceSplit, count: int) -> DeviceSplit:
     return DeviceSplit(split.images[idx], split.masks[idx])
 
 
-def _score_on_whole(result: FitResult, model_cfg: SegNetConfig, folds: list[Fold], bf16: bool) -> None:
-    """Score the kept best-epoch weights on every fold's whole held-out split."""
+def _score_on_whole(result: FitResult, model_cfg: SegNetConfig, folds: list[Fold], watched: list[Fold], bf16: bool) -> None:
+    """Where the epochs scored a subset (``watched``), score the kept best-epoch weights on every
+    fold's whole held-out split."""
+    if not result.state_dicts or all(len(w[1]) == len(f[1]) for w, f in zip(watched, folds)):
+        return
     device = folds[0][1].images.device
     result.fold_scores = []
     for state, (_, held) in zip(result.state_dicts, folds):
@@ -370,9 +380,7 @@ def fit_final(
     return the last epoch's weights (on the CPU): the refit on every labelled slice, with an
     epoch count chosen beforehand where slices were held out."""
     device = train.images.device
-    torch.manual_seed(seed)
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
+    generator = _seeded_generator(device, seed)
     bf16 = use_bf16(device) if bf16 is None else bf16
     run = _FoldRun(model_cfg, train_cfg, train, device)
     for epoch in range(1, train_cfg.epochs + 1):

@@ -98,7 +98,7 @@ def test_sweep_and_ship_on_real_patients(real_acdc, in_tmp, capsys):
     assert main(["best", "--evaluate", "--seeds", "1", "--quiet", "--json", "--epochs", "1"]) == 0
     result = json.loads(capsys.readouterr().out)
 
-    assert result["recipe"]["epoch_slices"] == 24 and result["recipe"]["patch"] == 96 and result["recipe"]["epochs"] == [1]
+    assert result["training"] == {"epochs": [1], "epoch_slices": 24, "val_slices": 8, "patch": 96}
     volumes = result["volumes"]
     assert sorted(c["patient"] for c in volumes["cases"]) == sorted([p for p in TESTING for _ in range(2)])
     for case in volumes["cases"]:
