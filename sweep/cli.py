@@ -7,6 +7,7 @@ that trains: their modules load only when the command runs.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import shlex
 import signal
@@ -20,7 +21,7 @@ from sweep.errors import UsageError
 from sweep.predict import add_predict_parser
 from sweep.records import score_label, silence_optuna, states_line
 from sweep.strategies import PRUNERS, SAMPLERS
-from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
+from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -28,15 +29,39 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 class _Parser(argparse.ArgumentParser):
     """Bad options end with one line naming the flag (argparse's usage block is two more).
 
-    Abbreviated flags are refused: ``--trial 5`` must not silently mean ``--trials 5``.
+    Abbreviated flags are refused: ``--trial 5`` must not silently mean ``--trials 5``; a
+    mistyped flag is answered with the command's closest one (``--trails``: did you mean ``--trials``?).
     """
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
+        raise UsageError(f"{self.prog}: {message}{self._suggestion(message)}")
+
+    def _suggestion(self, message: str) -> str:
+        """`` (did you mean --FLAG?)`` for the first unrecognised flag close to one of the command's."""
+        if "unrecognized arguments" not in message:
+            return ""
+        for token in message.split(":", 1)[1].split():
+            match = difflib.get_close_matches(token.split("=")[0], self._command_flags(), n=1) if token.startswith("--") else []
+            if match:
+                return f" (did you mean {match[0]}?)"
+        return ""
+
+    def _command_flags(self) -> list[str]:
+        """This parser's flags and those of the sub-command named first on the command line."""
+        flags = [f for f in self._option_string_actions if f.startswith("--")]
+        commands = next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+        name = next((t for t in getattr(self, "_argv", []) if t in commands), None)
+        if name is not None:
+            flags += [f for f in commands[name]._option_string_actions if f.startswith("--")]
+        return flags
 
 
 def _int(text: str) -> int:
@@ -65,8 +90,9 @@ def _add_run(sub) -> None:
     run.add_argument("--epochs", type=_int, default=50, help="epoch budget of each trial (default %(default)s)")
     run.add_argument("--data", default="phantom", help="'phantom' (built-in synthetic), a PNG folder, or ACDC / nnU-Net NIfTI (default %(default)s)")
     _storage_flags(run)
-    run.add_argument("--sampler", choices=tuple(SAMPLERS), default="tpe")
-    run.add_argument("--pruner", choices=tuple(PRUNERS), default="median")
+    run.add_argument("--sampler", choices=tuple(SAMPLERS), default="tpe", help="how trials are drawn (default %(default)s)")
+    run.add_argument("--pruner", choices=tuple(PRUNERS), default="median",
+                     help="how trials that fall behind are stopped early (default %(default)s)")
     run.add_argument("--seed", type=_int, default=0, help="sampler and training seed (default %(default)s)")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
     run.add_argument("--workers", type=_int, default=1, help="worker processes on this machine (default %(default)s)")
@@ -101,7 +127,8 @@ def _add_run(sub) -> None:
 
 def _add_best(sub) -> None:
     best = sub.add_parser("best", help="show the best trial; --evaluate retrains it and reports test Dice")
-    best.add_argument("--evaluate", action="store_true")
+    best.add_argument("--evaluate", action="store_true",
+                      help="retrain the best trial, evaluate it on the test split, write masks, summary.json and model.pt")
     best.add_argument("--seeds", type=_int, default=3, help="retrainings with seeds 0..K-1, ensembled for the masks (default %(default)s)")
     best.add_argument("--data", default=None, help="data folder (default: the one recorded on the study)")
     best.add_argument("--out", default="best", help="folder for predicted test masks, summary.json and model.pt (default %(default)s)")
@@ -118,24 +145,25 @@ def _add_best(sub) -> None:
                       help="epoch budget of the retrainings (default: each trial's own): a search run at a "
                            "lower budget, its pick trained longer to ship")
     best.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    best.add_argument("--device", default="auto")
-    best.add_argument("--quiet", action="store_true")
+    best.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K for the retrainings (default %(default)s)")
+    best.add_argument("--quiet", action="store_true", help="no progress bar")
     _storage_flags(best)
 
 
 def _add_views(sub) -> None:
     status = sub.add_parser("status", help="trials by state, the best trial, running trials with worker and age")
     _storage_flags(status)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     export = sub.add_parser("export", help="one CSV row per trial")
-    export.add_argument("--csv", required=True, metavar="FILE")
+    export.add_argument("--csv", required=True, metavar="FILE", help="the CSV file to write (one row per trial)")
     _storage_flags(export)
     report = sub.add_parser("report", help="one self-contained HTML report of the study")
-    report.add_argument("--out", default="report.html", metavar="FILE.html")
+    report.add_argument("--out", default="report.html", metavar="FILE.html", help="the HTML file to write (default %(default)s)")
     _storage_flags(report)
     dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage and artifacts")
-    dashboard.add_argument("--host", default="127.0.0.1")
-    dashboard.add_argument("--port", type=_port, default=8080)
+    dashboard.add_argument("--host", default="127.0.0.1",
+                           help="address to serve on (default %(default)s: this machine only; 0.0.0.0 for others)")
+    dashboard.add_argument("--port", type=_port, default=8080, help="TCP port (default %(default)s)")
     _storage_flags(dashboard, study=False)
 
 
@@ -283,7 +311,7 @@ def _print_run_summary(summary: dict, as_json: bool) -> None:
     if summary["best"]:
         b = summary["best"]
         print(f"best: trial {b['trial']}, val dice_fg {b['val_dice_fg']:.4f}")
-        print("next: python -m sweep best --evaluate")
+        print(f"next: {sweep_command('best --evaluate', summary['storage'], summary['study'])}")
 
 
 def _format_best(result: dict) -> str:

@@ -103,12 +103,12 @@ def study_model(storage_url: str, study_name: str) -> Path:
     """The model.pt of the study's latest ``best --evaluate``, from its artifact location (a
     machine with no local files gets it there)."""
     from sweep import artifacts
-    from sweep.study import open_study_readonly
+    from sweep.study import open_study_readonly, sweep_command
 
     path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, "model.pt")
     if path is None:
         raise UsageError(f"--model: not given, and study {study_name!r} has no evaluated model.pt "
-                         "(run `python -m sweep best --evaluate` first)")
+                         f"(run `{sweep_command('best --evaluate', storage_url, study_name)}` first)")
     return path
 
 

@@ -392,7 +392,7 @@ class _Page:
     def evaluation(self) -> str:
         ev = self.study.user_attrs.get(StudyKey.EVALUATION)
         if not ev:
-            return _note("not evaluated yet: run `python -m sweep best --evaluate`")
+            return _note(f"not evaluated yet: run `{st.sweep_command('best --evaluate', self.storage_url, self.study.study_name)}`")
         volumes = f" slices of {ev['volumes']['n_volumes']} volumes" if ev.get("volumes") else " images"
         text = f"Trial {ev['trial']} retrained with seeds {ev['seeds']} and evaluated on {ev.get('n_test_images', '?')} test{volumes}."
         test = ev.get("test")

@@ -160,7 +160,7 @@ def run(opts: RunOptions) -> dict:
             tripped, reason = failures.tripped, f"last: {failures.last_reason}"
         else:
             tripped = run_workers(opts, study, progress)
-            reason = "see the failed trials' fail_reason (python -m sweep status)"
+            reason = f"see the failed trials' fail_reason ({st.sweep_command('status', opts.storage, opts.study)})"
     finally:
         progress.close()
     note = f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row; {reason}" if tripped else None

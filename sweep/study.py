@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import shlex
 import sqlite3
 import tempfile
 import time
@@ -19,6 +20,18 @@ from sweep.errors import UsageError
 
 DEFAULT_STORAGE = "sqlite:///studies.db"
 DEFAULT_STUDY = "segnet"
+
+
+def sweep_command(command: str, storage: str, study: str | None, *rest: str) -> str:
+    """``python -m sweep COMMAND ...`` with the ``--storage`` and ``--study`` that were used (where
+    not the defaults), so that a printed next step works as printed; the storage URL is shown
+    without its password."""
+    parts = ["python", "-m", "sweep", *command.split(), *rest]
+    if storage != DEFAULT_STORAGE:
+        parts += ["--storage", display_url(storage)]
+    if study is not None and study != DEFAULT_STUDY:
+        parts += ["--study", study]
+    return shlex.join(parts)
 
 # A killed worker stops beating; its RUNNING trial is failed once the beat is GRACE_PERIOD old
 # (checked whenever any worker starts a trial) and re-enqueued with the same params, at most
