@@ -19,13 +19,10 @@ augmentations train exactly as before they existed.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from sweep.train import TrainConfig
+from sweep.config import TrainConfig
 
 ELASTIC_GRID = 4  # control points per side of the random displacement field: smooth, heart-sized folds
 LOWRES_PROBABILITY = 0.5  # of a slice being simulated at lower resolution, when aug_lowres > 0

@@ -51,14 +51,8 @@ from sweep.postprocess import (
 from sweep.predict import check_writable
 from sweep.records import StudyKey
 from sweep.space import configs_from_params
-from sweep.train import (
-    DeviceSplit,
-    fit_final,
-    fit_folds,
-    load_model,
-    resolve_device,
-    use_bf16,
-)
+from sweep.runtime import DeviceSplit, load_model, resolve_device_or_fail, use_bf16
+from sweep.train import fit_final, fit_folds
 from sweep.volume_metrics import (
     case_dice_fg,
     case_metrics,
@@ -151,13 +145,6 @@ def load_checked_data(study: optuna.Study, source: str | None) -> Dataset:
     if recorded is not None and recorded != data.fingerprint:
         raise UsageError(f"--data {source}: not the train/val data study {study.study_name!r} was tuned on")
     return data
-
-
-def resolve_device_or_fail(name: str) -> torch.device:
-    try:
-        return resolve_device(name)
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(f"--device {name!r}: {err}") from None
 
 
 def top_trials(study: optuna.Study, k: int) -> list[dict]:

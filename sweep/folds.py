@@ -14,7 +14,7 @@ import torch
 from data import Dataset
 from data.split import group_fold_indices, split_groups
 from sweep.errors import UsageError
-from sweep.train import DeviceSplit, Fold
+from sweep.runtime import DeviceSplit, Fold
 
 CV_SEED = 0  # fold assignment: fixed, so that studies with different --seed compare on the same folds
 HOLDOUT_SEED = 0  # which train patients the estimate holds out: fixed, so reruns estimate on the same slices

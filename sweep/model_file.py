@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from model import SegNet, SegNetConfig
 from sweep.errors import UsageError
 from sweep.postprocess import apply_postprocessing, predict_probs
-from sweep.train import EVAL_BATCH, load_model, normalize, resolve_device, use_bf16
+from sweep.runtime import EVAL_BATCH, load_model, normalize, resolve_device_or_fail, use_bf16
 
 FORMAT = "segnet-sweep-model"  # the marker that tells this tool's files from any other torch file
 FORMAT_VERSION = 1  # bump when a field changes meaning; load_bundle refuses newer versions
@@ -240,12 +240,11 @@ class Segmenter:
     >>> masks = seg.predict(image)  # (H, W) float in [0, 1] -> (1, H, W) uint8 class ids
     """
 
+    batch_size = EVAL_BATCH  # slices a pass: the batches ``predict_logits`` makes of a whole set
+
     def __init__(self, bundle: ModelBundle, device: str = "auto", bf16: bool | None = None) -> None:
         self.bundle = bundle
-        try:
-            self.device = resolve_device(device)
-        except (ValueError, RuntimeError) as err:
-            raise UsageError(f"--device {device}: {str(err).splitlines()[0]}") from None
+        self.device = resolve_device_or_fail(device)
         # bf16 where the device runs it fast, as best --evaluate decides: same device, same masks.
         self.bf16 = use_bf16(self.device) if bf16 is None else bf16
         self.models = _load_members(bundle, self.device)
@@ -257,12 +256,13 @@ class Segmenter:
     def probabilities(self, images) -> torch.Tensor:
         """Ensemble probabilities ``(N, C, H, W)`` float32 on the CPU (with the bundle's TTA choice).
 
-        ``images``: ``(H, W)`` or ``(N, H, W)``, see ``as_image_batch``. Runs ``EVAL_BATCH`` slices a
+        ``images``: ``(H, W)`` or ``(N, H, W)``, see ``as_image_batch``. Runs ``batch_size`` slices a
         pass: the same batches ``predict_logits`` makes of a whole set, hence the same floating point.
         """
         batch = as_image_batch(images)
-        chunks = [ensemble_probs(self.models, batch[i : i + EVAL_BATCH], self.bf16, self.bundle.tta)
-                  for i in range(0, batch.shape[0], EVAL_BATCH)]
+        step = self.batch_size
+        chunks = [ensemble_probs(self.models, batch[i : i + step], self.bf16, self.bundle.tta)
+                  for i in range(0, batch.shape[0], step)]
         return torch.cat(chunks)
 
     def predict(self, images) -> np.ndarray:

@@ -29,16 +29,9 @@ from sweep.resume import (
     root_trial_number,
 )
 from sweep.space import suggest
-from sweep.train import (
-    DivergedError,
-    FitResult,
-    Fold,
-    TrainConfig,
-    fit_folds,
-    load_model,
-    predict_logits,
-    use_bf16,
-)
+from sweep.config import TrainConfig
+from sweep.runtime import Fold, load_model, predict_logits, use_bf16
+from sweep.train import DivergedError, FitResult, fit_folds
 
 
 class TimeUp(KeyboardInterrupt):

@@ -17,7 +17,7 @@ from scipy import ndimage
 from torch.nn import functional as F
 
 from sweep.metrics import dice_scores
-from sweep.train import predict_logits
+from sweep.runtime import predict_logits
 
 TTA_ANGLES = (-10.0, 0.0, 10.0)  # degrees, within the augmentation range the sweep searches
 

@@ -222,20 +222,18 @@ def volume_notes(bundle: ModelBundle, volumes: list[Path]) -> list[str]:
     return [f"model file records volume preprocessing {k}={prep[k]}, this version uses {current[k]}" for k in differ]
 
 
-def _batches(pngs: list[Path], shapes: list[tuple[int, int]]) -> list[list[Path]]:
-    """Files grouped by shape (one tensor needs one shape), ``EVAL_BATCH`` at most per group."""
-    from sweep.train import EVAL_BATCH
-
+def _batches(pngs: list[Path], shapes: list[tuple[int, int]], size: int) -> list[list[Path]]:
+    """Files grouped by shape (one tensor needs one shape), ``size`` at most per group."""
     groups: dict[tuple[int, int], list[Path]] = {}
     for path, shape in zip(pngs, shapes):
         groups.setdefault(tuple(shape), []).append(path)
-    return [g[i : i + EVAL_BATCH] for g in groups.values() for i in range(0, len(g), EVAL_BATCH)]
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
 def predict_pngs(segmenter: Segmenter, pngs: list[Path], shapes, out: Path, overlay: bool, bar) -> list[str]:
     """Write ``NAME_mask.png`` (and ``NAME_overlay.png``) per PNG; returns the written paths."""
     written = []
-    for batch in _batches(pngs, shapes):
+    for batch in _batches(pngs, shapes, segmenter.batch_size):
         images = np.stack([read_image(p) for p in batch])  # (B, H, W) in [0, 1]
         masks = segmenter.predict(images)
         for path, image, mask in zip(batch, images, masks):

@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.artifacts import OBJECT_STORES, cache_folder, open_store
 from sweep.records import root_trial_number  # noqa: F401 - the objective reads it here, with the rest of resuming
 from sweep.study import MAX_RETRY
-from sweep.train import RESUME_SECONDS
+from sweep.config import RESUME_SECONDS
 
 FOLDER = "resume"  # inside the study's artifact folder, or the key prefix in an object store
 POINTER = "resume_point"  # trial system attribute: the name of the chain's latest point

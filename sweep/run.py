@@ -20,7 +20,7 @@ from sweep.options import RunOptions, resume_command
 from sweep.progress import MAX_CONSECUTIVE_FAILURES, Progress
 from sweep.records import StudyKey
 from sweep.space import ADDED_OFF, SPACE_VERSION, params_problem
-from sweep.train import resolve_device
+from sweep.runtime import resolve_device_or_fail
 from sweep.workers import optimize, run_workers, worker_device
 
 
@@ -117,13 +117,6 @@ def check_own_study(study: optuna.Study, opts: RunOptions) -> None:
             if trial.params and params_problem(trial.params, opts.epochs):
                 raise UsageError(f"--study {opts.study!r}: trial {trial.number}'s params ({', '.join(sorted(trial.params))}) "
                                  "are not of this search space, a study not made by this tool; use another --study")
-
-
-def resolve_device_or_fail(name: str):
-    try:
-        return resolve_device(name)
-    except (ValueError, RuntimeError) as err:
-        raise UsageError(f"--device {name!r}: {err}") from None
 
 
 def run(opts: RunOptions) -> dict:

@@ -39,9 +39,10 @@ from typing import TYPE_CHECKING
 
 import optuna
 
+from sweep.config import TrainConfig
+
 if TYPE_CHECKING:
     from model import SegNetConfig
-    from sweep.train import TrainConfig
 
 SPACE_VERSION = 3  # bump whenever a range or parameter changes: studies record it
 MAX_WIDTH = 512  # filter cap of the deep stages, as in SegNet-VGG16
@@ -60,7 +61,6 @@ def suggest(trial: optuna.Trial, epochs: int) -> tuple[SegNetConfig, TrainConfig
     """Sample (or, for a FixedTrial, read back) a trial's hyperparameters."""
     # Imported here, so that reading this module's constants (the report's edge warnings) loads no torch.
     from model import SegNetConfig
-    from sweep.train import TrainConfig
 
     depth = trial.suggest_int("depth", 3, 5)
     convs_shallow = trial.suggest_int("convs_shallow", 1, 3)

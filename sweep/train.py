@@ -7,71 +7,38 @@ loop never synchronises with the host inside an epoch (losses accumulate on the 
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from model import SegNet, SegNetConfig
+from model import SegNetConfig
 from sweep.augment import augment
+from sweep.config import RESUME_SECONDS, TrainConfig
 from sweep.losses import class_weights, segmentation_loss
 from sweep.metrics import dice_counts, dice_from_counts
 
-EVAL_BATCH = 64  # slices per forward pass when evaluating: the whole val split in one or two passes
+# Device, precision and inference live in sweep.runtime (inference needs no trainer); the trainer's
+# callers may keep reading them here.
+from sweep.runtime import (  # noqa: F401
+    EVAL_BATCH,
+    DeviceSplit,
+    Fold,
+    autocast,
+    build_model,
+    cpu_has_bf16,
+    load_model,
+    normalize,
+    predict_logits,
+    resolve_device,
+    to_cpu,
+    use_bf16,
+)
+
 WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule (at least one epoch's steps)
-# Default seconds between resume points: copying every fold's weights and optimiser state each
-# epoch would cost more than the minute of training an interruption can then lose.
-RESUME_SECONDS = 60.0
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How a SegNet is trained; with a SegNetConfig, a trial's whole set of hyperparameters."""
-
-    lr: float = 1e-3  # peak learning rate of AdamW
-    weight_decay: float = 0.0  # decoupled (AdamW) weight decay
-    batch_size: int = 10
-    schedule: str = "constant"  # "constant" or "cosine" (linear warm-up, then cosine decay to 0)
-    dice_weight: float = 0.0  # loss = (1 - w) * cross-entropy + w * soft Dice
-    class_weight_power: float = 0.0  # CE class weights = (1 / class frequency) ** power
-    aug_rotate: float = 0.0  # max rotation, degrees (short-axis orientation matters: keep it small)
-    aug_scale: float = 0.0  # max relative zoom in or out
-    aug_gamma: float = 0.0  # max |log gamma| of an intensity gamma change
-    aug_translate: float = 0.0  # max shift, fraction of the field of view, each axis
-    aug_elastic: float = 0.0  # max elastic displacement, pixels (a smooth 4 x 4 control-point field)
-    aug_lowres: float = 0.0  # max resolution loss: half the slices down-sampled by up to 1 + this, and back
-    aug_blur: float = 0.0  # max Gaussian blur sigma, pixels
-    aug_noise: float = 0.0  # max Gaussian noise, in units of the slice's intensity spread
-    aug_mirror: float = 0.0  # probability of each of: flip rows, flip columns, swap the two axes
-    epochs: int = 50  # epoch budget
-    # The cost of an epoch, fixed whatever the data set's size (0: one pass over every train slice, whole).
-    epoch_slices: int = 0  # slices drawn per epoch (a fresh permutation, repeated as needed)
-    patch: int = 0  # side of the random square crop each slice is trained on (0: the whole slice)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class DeviceSplit:
-    """A split as tensors on the training device: images ``(N, 1, H, W)`` in [0, 1], masks ``(N, H, W)``."""
-
-    images: torch.Tensor
-    masks: torch.Tensor | None
-
-    @classmethod
-    def from_arrays(cls, images: np.ndarray, masks: np.ndarray | None, device: torch.device) -> DeviceSplit:
-        x = torch.as_tensor(images, dtype=torch.float32, device=device).unsqueeze(1)
-        y = None if masks is None else torch.as_tensor(masks, device=device).long()
-        return cls(x, y)
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
 
 
 @dataclass
@@ -98,61 +65,6 @@ class DivergedError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto``, ``cpu``, ``cuda`` or ``cuda:K``; a ValueError names what is wrong (the caller names the flag).
-
-    Only these: ``torch.device`` also parses ``meta``, ``mps``, ``xla``..., which the trainer cannot use
-    and which would otherwise fail every trial of a study instead of the command.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and not re.fullmatch(r"cuda(:\d+)?", name):
-        raise ValueError("expected auto, cpu, cuda or cuda:K")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA is not available on this machine")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        count = torch.cuda.device_count()
-        raise ValueError(f"this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
-    return device
-
-
-def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
-    """True where the CPU has bf16 dot-product units, so bf16 autocast beats fp32.
-
-    Intel AMX (``amx_bf16``) and AVX512-BF16 (``avx512_bf16``: Intel Cooper Lake and later, AMD
-    Zen 4 and later) both qualify: on a 2-core AMD EPYC with AVX512-BF16 and no AMX, bf16 +
-    channels_last trained the benchmark's eight sweep configurations 1.2-1.9x faster than fp32.
-    ``cpuinfo`` is the text of ``/proc/cpuinfo`` (read when not given).
-    """
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return False
-    flags = set(cpuinfo.split())
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def use_bf16(device: torch.device) -> bool:
-    """bf16 autocast where it trains faster than float32.
-
-    Not on a GPU: there cuDNN runs float32 convolutions in TF32 already, and at this task's sizes
-    (96 x 96, batches of 2-32) the casts cost more than the arithmetic saves; on an H100, float32
-    trained 1.3x faster than bf16 for both SegNet-VGG16 and the small shape
-    (``benchmarks/gpu_variants.py``, docs/PERFORMANCE.md).
-    """
-    return device.type == "cpu" and cpu_has_bf16()
-
-
-def normalize(images: torch.Tensor) -> torch.Tensor:
-    """Per-slice zero mean, unit variance: MR intensities have no absolute scale."""
-    mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    std = images.std(dim=(1, 2, 3), keepdim=True)
-    return (images - mean) / (std + 1e-6)
-
-
 def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int) -> float:
     """Multiplier of the peak learning rate at ``step`` (0-based)."""
     if schedule == "constant":
@@ -163,15 +75,6 @@ def lr_factor(step: int, total_steps: int, schedule: str, warmup_steps: int) -> 
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     raise ValueError(f"unknown schedule {schedule!r}")
-
-
-def autocast(device: torch.device, bf16: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-
-
-def build_model(model_cfg: SegNetConfig, device: torch.device) -> SegNet:
-    model = SegNet.from_config(model_cfg).to(device)
-    return model.to(memory_format=torch.channels_last)
 
 
 def slices_per_epoch(n_train: int, cfg: TrainConfig) -> int:
@@ -230,27 +133,12 @@ def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfi
 
 
 @torch.inference_mode()
-def predict_logits(model, images: torch.Tensor, bf16: bool) -> torch.Tensor:
-    """Logits ``(N, C, H, W)`` (float32) for images ``(N, 1, H, W)`` in [0, 1], in large batches."""
-    model.eval()
-    out = []
-    for start in range(0, images.shape[0], EVAL_BATCH):
-        x = normalize(images[start : start + EVAL_BATCH]).contiguous(memory_format=torch.channels_last)
-        with autocast(images.device, bf16):
-            out.append(model(x).float())
-    return torch.cat(out)
-
-
-@torch.inference_mode()
 def evaluate(model, split: DeviceSplit, bf16: bool) -> dict[str, float]:
     """Dice per class, ``dice_fg``, ``dice_mean4`` and mean cross-entropy over a whole split."""
     logits = predict_logits(model, split.images, bf16)
     scores = dice_from_counts(dice_counts(logits.argmax(1), split.masks, logits.shape[1]))
     scores["loss"] = float(F.cross_entropy(logits, split.masks))
     return scores
-
-
-Fold = tuple[DeviceSplit, DeviceSplit]  # (train, held-out) of one cross-validation fold
 
 
 def fit(
@@ -309,8 +197,7 @@ def fit_folds(
     ``best_scores`` and ``fold_scores`` (the history keeps the subset's figures).
     """
     device = folds[0][0].images.device
-    generator = _seeded_generator(device, seed)
-    bf16 = use_bf16(device) if bf16 is None else bf16
+    generator, bf16 = _start(device, seed, bf16)
     runs = [_FoldRun(model_cfg, train_cfg, train, device) for train, _ in folds]
 
     result = FitResult(best_value=-math.inf, best_epoch=0, best_scores={})
@@ -335,13 +222,13 @@ def fit_folds(
     return result
 
 
-def _seeded_generator(device: torch.device, seed: int) -> torch.Generator:
-    """Seed torch's global RNG (weight init, dropout) and return the training generator (shuffling,
-    patches, augmentation), both from ``seed``."""
+def _start(device: torch.device, seed: int, bf16: bool | None) -> tuple[torch.Generator, bool]:
+    """Seed torch's global RNG (weight init, dropout) and make the training generator (shuffling,
+    patches, augmentation), both from ``seed``; and settle bf16 (None: where the device runs it fast)."""
     torch.manual_seed(seed)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    return generator
+    return generator, use_bf16(device) if bf16 is None else bf16
 
 
 def val_subset(split: DeviceSplit, count: int) -> DeviceSplit:
@@ -380,26 +267,20 @@ def fit_final(
     return the last epoch's weights (on the CPU): the refit on every labelled slice, with an
     epoch count chosen beforehand where slices were held out."""
     device = train.images.device
-    generator = _seeded_generator(device, seed)
-    bf16 = use_bf16(device) if bf16 is None else bf16
+    generator, bf16 = _start(device, seed, bf16)
     run = _FoldRun(model_cfg, train_cfg, train, device)
     for epoch in range(1, train_cfg.epochs + 1):
-        loss = float(train_epoch(run.model, run.optimizer, run.scheduler, train, train_cfg, run.weights, generator, bf16))
-        if not math.isfinite(loss):
-            raise DivergedError(f"training loss became {loss} in epoch {epoch}")
+        loss = run.epoch(train, train_cfg, generator, bf16, epoch)
         if on_epoch is not None:
             on_epoch(epoch, {"epoch": epoch, "train_loss": loss})
-    return _to_cpu(run.model.state_dict())
+    return to_cpu(run.model.state_dict())
 
 
 def _run_epoch(runs, folds: list[Fold], cfg: TrainConfig, generator, bf16: bool, epoch: int):
     """One more epoch of every fold's model; the record of the epoch (means over folds) and each fold's scores."""
     losses, fold_scores = [], []
     for run, (train, held_out) in zip(runs, folds):
-        loss = float(train_epoch(run.model, run.optimizer, run.scheduler, train, cfg, run.weights, generator, bf16))
-        if not math.isfinite(loss):
-            raise DivergedError(f"training loss became {loss} in epoch {epoch}")
-        losses.append(loss)
+        losses.append(run.epoch(train, cfg, generator, bf16, epoch))
         fold_scores.append(evaluate(run.model, held_out, bf16))
     scores = {key: float(np.mean([s[key] for s in fold_scores])) for key in fold_scores[0]}
     record = {"epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in scores.items()}}
@@ -412,7 +293,7 @@ def _keep_best(result: FitResult, record: dict, fold_scores: list[dict], runs) -
     result.best_scores = {k[len("val_"):]: v for k, v in record.items() if k.startswith("val_dice_")}
     result.fold_scores = [{k: v for k, v in s.items() if k.startswith("dice_")} for s in fold_scores]
     if runs is not None:
-        result.state_dicts = [_to_cpu(run.model.state_dict()) for run in runs]
+        result.state_dicts = [to_cpu(run.model.state_dict()) for run in runs]
 
 
 def resume_point(runs, generator: torch.Generator, result: FitResult) -> dict:
@@ -425,7 +306,7 @@ def resume_point(runs, generator: torch.Generator, result: FitResult) -> dict:
     return {
         "epoch": result.epochs_run,
         "folds": [
-            _to_cpu({"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(), "scheduler": r.scheduler.state_dict()})
+            to_cpu({"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(), "scheduler": r.scheduler.state_dict()})
             for r in runs
         ],
         "torch_rng": torch.get_rng_state(),
@@ -463,17 +344,6 @@ def _restore(point: dict, runs, generator: torch.Generator, result: FitResult) -
     result.seconds = point["seconds"]
 
 
-def _to_cpu(obj):
-    """A copy of nested dicts, lists and tuples with every tensor copied to the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
 class _FoldRun:
     """A model with its optimiser, schedule and class weights, for one training split."""
 
@@ -488,8 +358,9 @@ class _FoldRun:
         )
         self.weights = class_weights(train.masks, train_cfg.class_weight_power) if train_cfg.class_weight_power else None
 
-
-def load_model(model_cfg: SegNetConfig, state_dict: dict, device: torch.device) -> SegNet:
-    model = build_model(model_cfg, device)
-    model.load_state_dict(state_dict)
-    return model.eval()
+    def epoch(self, train: DeviceSplit, cfg: TrainConfig, generator: torch.Generator, bf16: bool, number: int) -> float:
+        """Train one more epoch; its mean loss. Raises DivergedError when the loss stops being finite."""
+        loss = float(train_epoch(self.model, self.optimizer, self.scheduler, train, cfg, self.weights, generator, bf16))
+        if not math.isfinite(loss):
+            raise DivergedError(f"training loss became {loss} in epoch {number}")
+        return loss

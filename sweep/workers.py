@@ -25,7 +25,7 @@ from sweep.options import RunOptions
 from sweep.progress import Progress, StopAfterFailures, UntilTarget
 from sweep.resume import open_points, prune_orphans
 from sweep.strategies import make_pruner, make_sampler
-from sweep.train import resolve_device
+from sweep.runtime import resolve_device
 
 EXIT_INTERRUPTED, EXIT_TRIPPED = 130, 3  # a worker process's exit codes besides 0
 POLL_SECONDS = 2.0
