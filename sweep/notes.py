@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from sweep.records import TrialKey
+
 ROWS = (
     ("dice_bg", "background"),
     ("dice_rv", "RV"),
@@ -21,7 +23,7 @@ def dice_table_markdown(trial_or_attrs) -> str:
     as a dash, so a pruned or failed trial still gets a table.
     """
     attrs = trial_or_attrs if isinstance(trial_or_attrs, Mapping) else trial_or_attrs.user_attrs
-    epoch, run = attrs.get("best_epoch"), attrs.get("epochs_run")
+    epoch, run = attrs.get(TrialKey.BEST_EPOCH), attrs.get(TrialKey.EPOCHS_RUN)
     title = "Validation Dice"
     if epoch is not None:
         title += f" at epoch {epoch}" + (f" of {run} run" if run is not None else "")

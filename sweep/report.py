@@ -270,9 +270,9 @@ class _Page:
         rows = [
             ("study", f"{s.study_name} in {st.display_url(self.storage_url)}"),
             ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
-            ("trials", f"{len(rec.retry_chains(trials))} ({states}); epoch budget {attrs.get('epochs', '?')}"),
+            ("trials", f"{len(rec.retry_chains(trials))} ({states}); epoch budget {attrs.get(StudyKey.EPOCHS, '?')}"),
             ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
-            ("selection", f"{attrs['cv']}-fold cross-validation over train+val (values are mean fold dice_fg)"
+            ("selection", f"{attrs[StudyKey.CV]}-fold cross-validation over train+val (values are mean fold dice_fg)"
              if attrs.get(StudyKey.CV) else "on the val split"),
             ("versions", ", ".join(f"{k} {v}" for k, v in attrs.get(StudyKey.VERSIONS, {}).items())),
             ("generated", datetime.now().isoformat(timespec="seconds")),
