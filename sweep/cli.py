@@ -18,9 +18,9 @@ from optuna.exceptions import StorageInternalError
 
 from data import DataError
 from sweep.errors import UsageError
+from sweep.options import RunOptions, flag_name, resume_command, run_flags
 from sweep.predict import add_predict_parser
 from sweep.records import score_label, silence_optuna, states_line
-from sweep.strategies import PRUNERS, SAMPLERS
 from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -84,45 +84,21 @@ def _storage_flags(p: argparse.ArgumentParser, study: bool = True) -> None:
         p.add_argument("--study", default=DEFAULT_STUDY, help="study name (default %(default)s)")
 
 
+ARG_TYPES = {"int": _int, "float": float}  # by a RunOptions field's annotation (``int | None``: int); str as given
+
+
 def _add_run(sub) -> None:
+    """``run``'s flags, one per flag field of ``RunOptions`` (``sweep.options``: defaults, help, checks)."""
     run = sub.add_parser("run", help="create or resume a study and run trials until --trials have finished")
-    run.add_argument("--trials", type=_int, default=20, help="target of finished trials, across runs and workers (default %(default)s)")
-    run.add_argument("--epochs", type=_int, default=50, help="epoch budget of each trial (default %(default)s)")
-    run.add_argument("--data", default="phantom", help="'phantom' (built-in synthetic), a PNG folder, or ACDC / nnU-Net NIfTI (default %(default)s)")
-    _storage_flags(run)
-    run.add_argument("--sampler", choices=tuple(SAMPLERS), default="tpe", help="how trials are drawn (default %(default)s)")
-    run.add_argument("--pruner", choices=tuple(PRUNERS), default="median",
-                     help="how trials that fall behind are stopped early (default %(default)s)")
-    run.add_argument("--seed", type=_int, default=0, help="sampler and training seed (default %(default)s)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
-    run.add_argument("--workers", type=_int, default=1, help="worker processes on this machine (default %(default)s)")
-    run.add_argument("--timeout", type=float, default=None, help="end the run after this many seconds: no trial starts later, and a running trial stops at "
-                          "the end of its epoch and resumes on the next run")
-    run.add_argument("--max-trial-seconds", type=float, default=None, metavar="SEC",
-                     help="prune a trial projected, in its first fifth of epochs, to run longer than this "
-                          "(default: a tenth of --timeout; no cap without --timeout; 0: no cap)")
-    run.add_argument("--enqueue", default=None, metavar="NAME|PARAMS.json|JSON",
-                     help="run this configuration first: a preset (original, small, acdc), a JSON file or a JSON object")
-    run.add_argument("--cv", type=_int, default=0, metavar="K",
-                     help="K-fold cross-validation over train+val: a trial's value is its mean fold dice_fg "
-                          "(default 0: train on train, select on val)")
-    run.add_argument("--groups", default=None, metavar="REGEX",
-                     help="a regex whose first capture on a file or case name is its patient, e.g. 'patient(\\d+)': "
-                          "splits and folds then keep each patient in one part")
-    run.add_argument("--artifacts", default=None, metavar="PATH|s3://BUCKET",
-                     help="where checkpoints and pictures go: a folder all machines share, or an object store "
-                          "(default: beside the SQLite file, else ./artifacts); recorded on the study")
-    run.add_argument("--epoch-slices", type=_int, default=None, metavar="N",
-                     help="train slices drawn per epoch, so that an epoch costs the same on any data set "
-                          "(default: every train slice, at most 1000; 0: every one)")
-    run.add_argument("--val-slices", type=_int, default=None, metavar="N",
-                     help="val slices scored after each epoch (evenly spaced); the best epoch is then scored on "
-                          "the whole val split (default: every val slice, at most 200; 0: every one)")
-    run.add_argument("--patch", type=_int, default=0, metavar="PX",
-                     help="train on random PX x PX crops of each slice (a multiple of 32); val, test and "
-                          "predictions use whole slices (default 0: whole slices)")
+    for f in run_flags():
+        keywords = {k: v for k, v in f.metadata.items() if k not in ("flag", "resume")}
+        if "choices" in keywords:
+            keywords["choices"] = tuple(keywords["choices"])
+        kind = ARG_TYPES.get(str(f.type).split(" |")[0])
+        if kind is not None:
+            keywords["type"] = kind
+        run.add_argument(flag_name(f), dest=f.name, default=f.default, **keywords)
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    run.add_argument("--quiet", action="store_true", help="no progress bar or per-trial lines")
 
 
 def _add_best(sub) -> None:
@@ -205,15 +181,9 @@ def _storage_reason(err: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweep.options import RunOptions, resume_command
     from sweep.run import run
 
-    opts = RunOptions(
-        trials=args.trials, epochs=args.epochs, data=args.data, storage=args.storage, study=args.study,
-        sampler=args.sampler, pruner=args.pruner, seed=args.seed, device=args.device, workers=args.workers,
-        timeout=args.timeout, max_trial_seconds=args.max_trial_seconds, enqueue=args.enqueue, cv=args.cv, groups=args.groups, artifacts=args.artifacts,
-        epoch_slices=args.epoch_slices, val_slices=args.val_slices, patch=args.patch, progress=not args.quiet,
-    )
+    opts = RunOptions.from_args(args)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
     try:
         summary = run(opts)

@@ -1,44 +1,71 @@
-"""The options of ``run``: one validated dataclass, and the command line that reproduces it."""
+"""The options of ``run``, defined once: each field of ``RunOptions`` that is a flag carries its help
+text and argparse's other keywords, and the parser (``sweep.cli``), the defaults, building the options
+from the parsed arguments and the command line that resumes a study all read these fields.
+A new flag is one field here (and its check in ``check``, where it needs one).
+"""
 
 from __future__ import annotations
 
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
+from sweep.config import DEFAULT_EPOCHS
 from sweep.errors import UsageError
 from sweep.strategies import PRUNERS, SAMPLERS
 from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
-
 
 EPOCH_SLICES_AUTO = 1000  # default bound on the train slices of one epoch
 VAL_SLICES_AUTO = 200  # default bound on the val slices scored after each epoch
 PATCH_STEP = 32  # --patch must be a multiple: 2 ** 5, SegNet's deepest down-sampling
 
 
+def flag(default, help: str, resume: bool = True, **argparse_keywords):
+    """A ``RunOptions`` field that is a ``run`` flag (``--name-with-dashes`` unless ``flag=`` says
+    otherwise); ``resume``: whether the command that resumes the study repeats it."""
+    return field(default=default, metadata={"help": help, "resume": resume, **argparse_keywords})
+
+
 @dataclass
 class RunOptions:
-    trials: int = 20
-    epochs: int = 50
-    data: str = "phantom"
-    storage: str = DEFAULT_STORAGE
-    study: str = DEFAULT_STUDY
-    sampler: str = "tpe"
-    pruner: str = "median"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 1
-    timeout: float | None = None
-    max_trial_seconds: float | None = None  # None: a tenth of --timeout (no cap without one); 0: no cap
-    enqueue: str | None = None
-    cv: int = 0  # K >= 2: K-fold cross-validation over train+val instead of selecting on val
-    groups: str | None = None  # regex whose first capture names a slice's patient
-    artifacts: str | None = None  # folder or s3://bucket for checkpoints and pictures (default: beside the storage)
-    epoch_slices: int | None = None  # slices trained per epoch (None: every train slice, at most EPOCH_SLICES_AUTO)
-    val_slices: int | None = None  # val slices scored per epoch (None: every one, at most VAL_SLICES_AUTO)
-    patch: int = 0  # side of the random crop each train slice is trained on (0: the whole slice)
-    progress: bool = True
+    trials: int = flag(20, "target of finished trials, across runs and workers (default %(default)s)")
+    epochs: int = flag(DEFAULT_EPOCHS, "epoch budget of each trial (default %(default)s)")
+    data: str = flag("phantom", "'phantom' (built-in synthetic), a PNG folder, or ACDC / nnU-Net NIfTI (default %(default)s)")
+    storage: str = flag(DEFAULT_STORAGE, "SQLAlchemy URL (default %(default)s)")
+    study: str = flag(DEFAULT_STUDY, "study name (default %(default)s)")
+    sampler: str = flag("tpe", "how trials are drawn (default %(default)s)", choices=SAMPLERS)
+    pruner: str = flag("median", "how trials that fall behind are stopped early (default %(default)s)", choices=PRUNERS)
+    seed: int = flag(0, "sampler and training seed (default %(default)s)")
+    device: str = flag("auto", "auto, cpu, cuda or cuda:K (default %(default)s)")
+    workers: int = flag(1, "worker processes on this machine (default %(default)s)")
+    timeout: float | None = flag(None, "end the run after this many seconds: no trial starts later, and a running "
+                                       "trial stops at the end of its epoch and resumes on the next run")
+    max_trial_seconds: float | None = flag(
+        None, "prune a trial projected, in its first fifth of epochs, to run longer than this "
+              "(default: a tenth of --timeout; no cap without --timeout; 0: no cap)", metavar="SEC")
+    enqueue: str | None = flag(None, "run this configuration first: a preset (original, small, acdc), a JSON file "
+                                     "or a JSON object", metavar="NAME|PARAMS.json|JSON")
+    cv: int = flag(0, "K-fold cross-validation over train+val: a trial's value is its mean fold dice_fg "
+                      "(default 0: train on train, select on val)", metavar="K")
+    groups: str | None = flag(None, "a regex whose first capture on a file or case name is its patient, e.g. "
+                                    "'patient(\\d+)': splits and folds then keep each patient in one part", metavar="REGEX")
+    artifacts: str | None = flag(None, "where checkpoints and pictures go: a folder all machines share, or an object "
+                                       "store (default: beside the SQLite file, else ./artifacts); recorded on the study",
+                                 metavar="PATH|s3://BUCKET")
+    epoch_slices: int | None = flag(None, "train slices drawn per epoch, so that an epoch costs the same on any data "
+                                          "set (default: every train slice, at most 1000; 0: every one)", metavar="N")
+    val_slices: int | None = flag(None, "val slices scored after each epoch (evenly spaced); the best epoch is then "
+                                        "scored on the whole val split (default: every val slice, at most 200; 0: every "
+                                        "one)", metavar="N")
+    patch: int = flag(0, "train on random PX x PX crops of each slice (a multiple of 32); val, test and predictions "
+                         "use whole slices (default 0: whole slices)", metavar="PX")
+    progress: bool = flag(True, "no progress bar or per-trial lines", resume=False, flag="--quiet", action="store_false")
     deadline: float | None = None  # set by `run` from --timeout: wall-clock end shared by every worker
+
+    @classmethod
+    def from_args(cls, args) -> RunOptions:
+        """The options of a parsed ``run`` command line (each flag's ``dest`` is its field's name)."""
+        return cls(**{f.name: getattr(args, f.name) for f in run_flags()})
 
     def check(self) -> None:
         """Every option on its own, before anything is read or created."""
@@ -95,12 +122,20 @@ class RunOptions:
         return self.timeout / 10 if self.timeout is not None else None
 
 
+def run_flags():
+    """The fields of ``RunOptions`` that are ``run`` flags, in the order ``run --help`` shows them."""
+    return [f for f in fields(RunOptions) if "help" in f.metadata]
+
+
+def flag_name(f) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
 def resume_command(opts: RunOptions) -> str:
-    """The ``run`` command line of ``opts``, defaults left out: it resumes the study."""
-    parts = ["python", "-m", "sweep", "run", "--trials", str(opts.trials), "--epochs", str(opts.epochs)]
-    defaults = RunOptions()
-    for flag in ("data", "storage", "study", "sampler", "pruner", "seed", "device", "workers", "timeout", "max_trial_seconds", "enqueue", "cv", "groups", "artifacts", "epoch_slices", "val_slices", "patch"):
-        value = getattr(opts, flag)
-        if value != getattr(defaults, flag):
-            parts += [f"--{flag.replace('_', '-')}", str(value)]
+    """The ``run`` command line of ``opts``, defaults left out but the target and the epoch budget: it resumes the study."""
+    parts = ["python", "-m", "sweep", "run"]
+    for f in run_flags():
+        value = getattr(opts, f.name)
+        if f.metadata["resume"] and (f.name in ("trials", "epochs") or value != f.default):
+            parts += [flag_name(f), str(value)]
     return shlex.join(parts)

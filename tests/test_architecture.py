@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from sweep import strategies
 from sweep.cli import build_parser
 from sweep.errors import UsageError
-from sweep.options import RunOptions
+from sweep.options import RunOptions, resume_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 60
@@ -152,3 +153,11 @@ def test_a_new_pruner_is_one_table_entry(monkeypatch):
     assert isinstance(strategies.make_pruner("patient", 10), optuna.pruners.PatientPruner)
     with pytest.raises(UsageError, match="--pruner"):
         RunOptions(pruner="nonesuch").check()
+
+
+def test_run_flags_defaults_and_the_resume_command_are_one_table():
+    assert RunOptions.from_args(build_parser().parse_args(["run"])) == RunOptions()
+    opts = RunOptions(trials=3, epochs=2, sampler="random", timeout=5.0, cv=3, groups=r"p(\d+)", val_slices=0,
+                      patch=64, artifacts="/shared/a", max_trial_seconds=30.0, progress=False)
+    argv = shlex.split(resume_command(opts))[3:]  # after "python -m sweep"
+    assert RunOptions.from_args(build_parser().parse_args([*argv, "--quiet"])) == opts
