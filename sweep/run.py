@@ -100,9 +100,10 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
         )
 
 
-def check_same_artifacts(study: optuna.Study, opts: RunOptions) -> None:
+def check_same_artifacts(study: optuna.Study, opts: RunOptions, requested: str) -> None:
+    """``requested``: ``--artifacts`` resolved (``artifacts.resolve``)."""
     recorded = (study.user_attrs.get(StudyKey.ARTIFACTS) or {}).get("location")
-    if opts.artifacts is not None and recorded and recorded != artifacts.resolve(opts.storage, opts.artifacts):
+    if opts.artifacts is not None and recorded and recorded != requested:
         raise UsageError(f"--artifacts {opts.artifacts}: study {opts.study!r} keeps its artifacts in {recorded}; "
                          "leave --artifacts out or give that location")
 
@@ -128,10 +129,11 @@ def run(opts: RunOptions) -> dict:
     if opts.cv:
         cv_folds(data, opts.cv)  # enough slices for the folds
     enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue is not None else None
+    requested = artifacts.resolve(opts.storage, opts.artifacts)
     if opts.artifacts is not None:
-        artifacts.check(artifacts.resolve(opts.storage, opts.artifacts))
+        artifacts.check(requested)
 
-    study = _open_study(opts, data)
+    study, location = _open_study(opts, data, requested)
     note = grouping_note(data, opts)  # after the study's checks: a refusal is then its one line alone
     if note:
         print(note, file=sys.stderr)
@@ -149,10 +151,10 @@ def run(opts: RunOptions) -> dict:
     progress = Progress(study, opts.trials, opts.progress)
     try:
         if opts.workers == 1:
-            failures = optimize(opts, data, worker_device(opts.device, 0), worker=0, callbacks=[progress])
+            failures = optimize(opts, data, worker_device(opts.device, 0), 0, location, callbacks=[progress])
             tripped, reason = failures.tripped, f"last: {failures.last_reason}"
         else:
-            tripped = run_workers(opts, study, progress)
+            tripped = run_workers(opts, study, progress, location)
             reason = f"see the failed trials' fail_reason ({st.sweep_command('status', opts.storage, opts.study)})"
     finally:
         progress.close()
@@ -175,26 +177,30 @@ def grouping_note(data: Dataset, opts: RunOptions) -> str | None:
             f"{unit} by {unit}; if a patient has several, name it with --groups REGEX (e.g. --groups 'patient(\\d+)')")
 
 
-def _open_study(opts: RunOptions, data: Dataset) -> optuna.Study:
-    """Create the study or resume it (refusing other data); record the latest target and command."""
+def _open_study(opts: RunOptions, data: Dataset, requested: str) -> tuple[optuna.Study, str]:
+    """Create the study or resume it (refusing other data); record the latest target and command.
+
+    Returns the study and its artifact location, for every worker of the run: the one it
+    recorded, else ``requested`` (``--artifacts`` resolved), now recorded.
+    """
     storage = st.make_storage(opts.storage)
     if st.study_exists(storage, opts.study):
         existing = st.load_study(storage, opts.study)
         check_same_data(existing, data, opts)
-        check_same_artifacts(existing, opts)
+        check_same_artifacts(existing, opts, requested)
         check_own_study(existing, opts)
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)
     if not study.user_attrs.get(StudyKey.DATA_FINGERPRINT):
         record_study_metadata(study, data, opts)
     if not study.user_attrs.get(StudyKey.ARTIFACTS):
-        artifacts.record(study, artifacts.resolve(opts.storage, opts.artifacts))
+        artifacts.record(study, requested)
     if study.user_attrs.get(StudyKey.TARGET) != opts.trials:
         study.set_user_attr(StudyKey.TARGET, opts.trials)
         study.set_user_attr(StudyKey.COMMAND, resume_command(opts))
     # A worker killed in an earlier run left a RUNNING trial: fail it now (if its heartbeat is
     # stale) so that its retry with the same params is queued before anything new.
     optuna.storages.fail_stale_trials(study)
-    return study
+    return study, artifacts.location_of(study, opts.storage)
 
 
 def _announce(opts: RunOptions, data: Dataset, device, finished: int) -> None:

@@ -31,13 +31,16 @@ EXIT_INTERRUPTED, EXIT_TRIPPED = 130, 3  # a worker process's exit codes besides
 POLL_SECONDS = 2.0
 
 
-def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int, callbacks=()) -> StopAfterFailures:
-    """One worker's loop: run trials until the study's target of finished trials is reached."""
+def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int, location: str,
+             callbacks=()) -> StopAfterFailures:
+    """One worker's loop: run trials until the study's target of finished trials is reached.
+
+    ``location``: the study's artifact location, as ``run`` resolved it once for every worker.
+    """
     storage = st.make_storage(opts.storage)
     study = optuna.load_study(study_name=opts.study, storage=storage, pruner=make_pruner(opts.pruner, opts.epochs))
     # Distinct seeds per worker and per resumption, so that no two draw the same start-up configurations.
     study.sampler = make_sampler(opts.sampler, opts.seed + 7919 * len(study.trials) + 104729 * worker)
-    location = artifacts.location_of(study, opts.storage, warn=worker == 0)
     selection = selection_folds(data, opts.cv, device, study.user_attrs.get(rec.StudyKey.CV_FOLDS))
     resume_dir = open_points(location)
     if worker == 0:
@@ -79,7 +82,7 @@ def worker_device(name: str, worker: int) -> torch.device:
     return device
 
 
-def _worker_main(opts: RunOptions, worker: int) -> None:
+def _worker_main(opts: RunOptions, worker: int, location: str) -> None:
     """Entry point of a worker process (spawned; quiet; Ctrl-C/SIGTERM end the running trial as FAIL)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rec.silence_optuna()
@@ -88,19 +91,20 @@ def _worker_main(opts: RunOptions, worker: int) -> None:
         # Split the cores between workers: oversubscribed intra-op threads slow every worker down.
         torch.set_num_threads(max(1, available_cores() // opts.workers))
     try:
-        failures = optimize(opts, load_dataset(opts.data, groups=opts.groups), device, worker)
+        failures = optimize(opts, load_dataset(opts.data, groups=opts.groups), device, worker, location)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     sys.exit(EXIT_TRIPPED if failures.tripped else 0)
 
 
-def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress) -> bool:
-    """Start ``opts.workers`` processes on this machine and follow the study until they end.
+def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, location: str) -> bool:
+    """Start ``opts.workers`` processes on this machine (artifacts in ``location``) and follow the
+    study until they end.
 
     Returns whether a worker stopped after too many failed trials in a row.
     """
     ctx = multiprocessing.get_context("spawn")  # no forked CUDA or thread pools
-    procs = [ctx.Process(target=_worker_main, args=(opts, i), name=f"sweep-worker-{i}") for i in range(opts.workers)]
+    procs = [ctx.Process(target=_worker_main, args=(opts, i, location), name=f"sweep-worker-{i}") for i in range(opts.workers)]
     for p in procs:
         p.start()
     stop = threading.Event()  # a Ctrl-C or SIGTERM arrived, even if library code swallowed its exception
