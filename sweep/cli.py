@@ -19,7 +19,6 @@ from optuna.exceptions import StorageInternalError
 from data import DataError
 from sweep.errors import UsageError
 from sweep.options import RunOptions, flag_name, resume_command, run_flags
-from sweep.predict import add_predict_parser
 from sweep.records import score_label, silence_optuna, states_line
 from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
 
@@ -143,13 +142,31 @@ def _add_views(sub) -> None:
     _storage_flags(dashboard, study=False)
 
 
+def _add_predict(subparsers) -> argparse.ArgumentParser:
+    """Add ``predict`` to the CLI's subparsers (their ``parser_class`` makes errors one line)."""
+    p = subparsers.add_parser("predict", help="segment PNG slices or NIfTI volumes with a saved model.pt")
+    p.add_argument("--model", default=None, metavar="FILE",
+                   help="model.pt written by `best --evaluate` (default: the evaluated model of --study, "
+                        "fetched from the study's artifact location)")
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL, where --model is not given (default %(default)s)")
+    p.add_argument("--study", default=DEFAULT_STUDY, help="study name, where --model is not given (default %(default)s)")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="PNG or NIfTI (.nii, .nii.gz) files, or folders of them")
+    p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
+    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png pictures")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--export", nargs=2, metavar=("onnx|torchscript", "FILE"), default=None,
+                   help="also write the ensemble (without TTA and cleaning) as ONNX or TorchScript, checked against PyTorch")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m sweep", description="Hyperparameter sweeps of SegNet on cardiac MR slices.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
     _add_best(sub)
     _add_views(sub)
-    add_predict_parser(sub)
+    _add_predict(sub)
     return parser
 
 

@@ -32,7 +32,7 @@ from model import SegNetConfig
 from sweep import artifacts
 from sweep import records as rec
 from sweep.best import BestOptions, describe_best
-from sweep.errors import UsageError
+from sweep.errors import UsageError, check_writable
 from sweep.folds import Selection, estimate_holdout, selection_folds, without_holdout
 from sweep.metrics import (
     bootstrap_dice_fg,
@@ -48,7 +48,6 @@ from sweep.postprocess import (
     choose_postprocessing,
     predict_probs,
 )
-from sweep.predict import check_writable
 from sweep.records import StudyKey
 from sweep.space import configs_from_params
 from sweep.runtime import DeviceSplit, load_model, resolve_device_or_fail, use_bf16

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from model import SegNet, SegNetConfig
 from sweep.errors import UsageError
 from sweep.postprocess import apply_postprocessing, predict_probs
-from sweep.runtime import EVAL_BATCH, load_model, normalize, resolve_device_or_fail, use_bf16
+from sweep.runtime import EVAL_BATCH, load_model, resolve_device_or_fail, use_bf16
 
 FORMAT = "segnet-sweep-model"  # the marker that tells this tool's files from any other torch file
 FORMAT_VERSION = 1  # bump when a field changes meaning; load_bundle refuses newer versions
@@ -268,67 +268,3 @@ class Segmenter:
     def predict(self, images) -> np.ndarray:
         """Class ids ``(N, H, W)`` uint8 (0 background, 1 RV, 2 myocardium, 3 LV) for ``(H, W)`` or ``(N, H, W)``."""
         return apply_postprocessing(self.probabilities(images), {"largest_component": self.bundle.largest_component})
-
-
-class ExportSegNet(nn.Module):
-    """A SegNet's inference forward, written so that TorchScript compiles it and torch.export traces it.
-
-    ``SegNet.forward`` indexes its decoders by a loop variable (TorchScript refuses) and checks
-    unpooling sizes with Python conditions (tracing turns them into tensors and fails). This is
-    the same computation on the same modules: pool with indices, unpool at them, deepest decoder
-    first; dropout is left out because it is the identity at inference. ``export_model`` checks
-    every export against ``SegNet.forward``, so a change to SegNet that is not mirrored here fails
-    loudly. ``(B, 1, H, W) -> (B, C, H, W)`` logits, H and W divisible by ``2**depth``.
-    """
-
-    def __init__(self, model: SegNet) -> None:
-        super().__init__()
-        self.encoders = model.encoders
-        self.decoders = nn.ModuleList(list(model.decoders)[::-1])  # deepest first, the order they run
-        self.classifier = model.classifier
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        indices: list[torch.Tensor] = []
-        sizes: list[list[int]] = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            sizes.append([x.shape[-2], x.shape[-1]])
-            x, idx = F.max_pool2d_with_indices(x, 2, 2)
-            indices.append(idx)
-        for decoder in self.decoders:
-            x = F.max_unpool2d(x, indices.pop(), 2, 2, 0, sizes.pop())
-            x = decoder(x)
-        return self.classifier(x)
-
-
-class ExportPad(PadToMultiple):
-    """``PadToMultiple`` that always pads (by zero where H, W are multiples already): a branch on the
-    size would be fixed at the example's size by torch.export, silently skipping padding later."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.padded(x)
-
-
-class ExportEnsemble(nn.Module):
-    """The ensemble as one module: ``(B, 1, H, W)`` images in [0, 1] -> ``(B, C, H, W)`` probabilities.
-
-    Per-slice normalisation, every member (padded to a multiple of ``2**depth`` and cropped back),
-    softmax, the mean over each seed's folds, then over seeds: ``ensemble_probs`` without TTA, in
-    float32. Rotation TTA and largest-component cleaning are NOT inside: apply them outside.
-    """
-
-    def __init__(self, segmenter: Segmenter) -> None:
-        super().__init__()
-        self.seeds = nn.ModuleList(
-            nn.ModuleList(ExportPad(ExportSegNet(m.model), m.multiple) for m in models) for models in segmenter.models
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = normalize(x)
-        per_seed: list[torch.Tensor] = []
-        for models in self.seeds:
-            probs: list[torch.Tensor] = []
-            for m in models:
-                probs.append(m(x).softmax(1))
-            per_seed.append(torch.stack(probs).mean(0))
-        return torch.stack(per_seed).mean(0)

@@ -1,4 +1,5 @@
-"""``python -m sweep predict``: run a saved ``model.pt`` on new PNG slices or NIfTI volumes, or export it.
+"""``python -m sweep predict``: run a saved ``model.pt`` on new PNG slices or NIfTI volumes, or export
+it (``sweep.model_export``).
 
 PNG inputs give ``OUT/NAME_mask.png`` (class ids as pixel values, the coursework encoding) and,
 with ``--overlay``, ``OUT/NAME_overlay.png``; NIfTI inputs give ``OUT/CASE.nii.gz`` on the
@@ -6,21 +7,14 @@ volume's own grid. Paths, output names and folders are checked, and every PNG is
 anything is written, so a bad PNG costs no half-written output folder (a NIfTI file is checked
 as it is read).
 
-torch and the model are imported inside the functions that run them: the CLI builds its parser
-from ``add_predict_parser`` for every command, and read-only commands must not load torch.
+Its parser is ``sweep.cli``'s, with every command's; this module loads only when ``predict`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
-import tempfile
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -28,40 +22,12 @@ from tqdm.auto import tqdm
 from data import read_image, write_mask
 from data.io import png_files
 from data.nifti import is_nifti
-from sweep.errors import UsageError
+from sweep import artifacts
+from sweep.errors import UsageError, check_writable
+from sweep.model_export import EXPORT_FORMATS, export_model
+from sweep.model_file import ModelBundle, Segmenter, load_bundle
 from sweep.pictures import overlay_png
-from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
-
-if TYPE_CHECKING:
-    import torch
-    from torch import nn
-
-    from sweep.model_file import ModelBundle, Segmenter
-
-EXPORT_FORMATS = ("onnx", "torchscript")
-# Max |probability difference| allowed between an export and PyTorch, both float32 on the CPU:
-# the two run the same float32 operations in different kernels (~1e-6 apart); 1e-4 leaves room
-# for that and still catches a wrong layer, a missing normalisation or mis-ordered unpooling.
-EXPORT_TOLERANCE = 1e-4
-DEFAULT_EXPORT_SIZE = (96, 96)  # the phantom's and the coursework's slice size
-
-
-def add_predict_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``predict`` to the CLI's subparsers (their ``parser_class`` makes errors one line)."""
-    p = subparsers.add_parser("predict", help="segment PNG slices or NIfTI volumes with a saved model.pt")
-    p.add_argument("--model", default=None, metavar="FILE",
-                   help="model.pt written by `best --evaluate` (default: the evaluated model of --study, "
-                        "fetched from the study's artifact location)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL, where --model is not given (default %(default)s)")
-    p.add_argument("--study", default=DEFAULT_STUDY, help="study name, where --model is not given (default %(default)s)")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="PNG or NIfTI (.nii, .nii.gz) files, or folders of them")
-    p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
-    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png pictures")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--export", nargs=2, metavar=("onnx|torchscript", "FILE"), default=None,
-                   help="also write the ensemble (without TTA and cleaning) as ONNX or TorchScript, checked against PyTorch")
-    return p
+from sweep.study import open_study_readonly, sweep_command
 
 
 def run_predict(args: argparse.Namespace) -> dict:
@@ -74,8 +40,6 @@ def run_predict(args: argparse.Namespace) -> dict:
         raise UsageError(f"--export {args.export[0]}: expected one of {', '.join(EXPORT_FORMATS)}")
     if not args.inputs and args.export is None:
         raise UsageError("predict: give at least one INPUT (a PNG or NIfTI file, or a folder), or --export")
-    from sweep.model_file import Segmenter, load_bundle
-
     if args.model is None:
         args.model = str(study_model(args.storage, args.study))
     bundle = load_bundle(args.model)
@@ -102,9 +66,6 @@ def run_predict(args: argparse.Namespace) -> dict:
 def study_model(storage_url: str, study_name: str) -> Path:
     """The model.pt of the study's latest ``best --evaluate``, from its artifact location (a
     machine with no local files gets it there)."""
-    from sweep import artifacts
-    from sweep.study import open_study_readonly, sweep_command
-
     path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, "model.pt")
     if path is None:
         raise UsageError(f"--model: not given, and study {study_name!r} has no evaluated model.pt "
@@ -167,18 +128,6 @@ def check_unique_outputs(pngs: list[Path], volumes: list[Path], overlay: bool = 
         if key in seen:
             raise UsageError(f"{path}: writes {key}, as {seen[key]} does; predict them into different --out folders")
         seen[key] = path
-
-
-def check_writable(out: Path, label: str) -> None:
-    """Create ``out`` and a temporary file in it, so an unwritable folder fails before any work."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{label}: {out} is a file, expected a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
-    except OSError as err:
-        raise UsageError(f"{label}: cannot write in folder {out} ({err.strerror or err})") from None
 
 
 def png_notes(bundle: ModelBundle, shapes: list[tuple[int, int]]) -> list[str]:
@@ -278,116 +227,3 @@ def format_summary(summary: dict) -> str:
                      f"{e['max_abs_diff']:.2e} <= {e['tolerance']:g}; no TTA or largest-component cleaning)")
     return "\n".join(lines)
 
-
-def export_size(bundle: ModelBundle) -> tuple[int, int]:
-    """The slice size the model was trained on, where the preprocessing records one."""
-    prep = bundle.preprocessing or {}
-    if isinstance(prep.get("image_size"), (list, tuple)) and len(prep["image_size"]) == 2:
-        return int(prep["image_size"][0]), int(prep["image_size"][1])
-    if isinstance(prep.get("slice_size"), int):  # data.volumes.preprocessing(): square slices
-        return prep["slice_size"], prep["slice_size"]
-    return DEFAULT_EXPORT_SIZE
-
-
-def export_model(bundle_or_segmenter: ModelBundle | Segmenter, fmt: str, path: str | os.PathLike,
-                 example_shape: tuple[int, int, int, int] | None = None) -> dict:
-    """Write the ensemble as ONNX or TorchScript to ``path``, run it, and check it against PyTorch.
-
-    The export maps ``(B, 1, H, W)`` float32 images in [0, 1] to ``(B, C, H, W)`` ensemble
-    probabilities (``ExportEnsemble``); NOT inside: rotation TTA and largest-component cleaning
-    (take the argmax and clean outside). Both take any B, H and W; ``example_shape`` (default
-    ``(1, 1, *export_size(bundle))``) is the size ONNX is traced at and checks start from.
-    The saved file is loaded back (``torch.jit.load`` / onnxruntime) and run on fresh random
-    inputs, of another batch size and, for TorchScript, also of an odd size, next to
-    ``ensemble_probs`` in float32 on the CPU; beyond ``EXPORT_TOLERANCE`` the file is removed and
-    ExportMismatchError raised. Returns ``{"format", "path", "input_shape", "max_abs_diff", "tolerance"}``.
-    """
-    import torch
-
-    from sweep.model_file import ExportEnsemble, Segmenter, ensemble_probs
-
-    if fmt not in EXPORT_FORMATS:
-        raise UsageError(f"--export {fmt}: expected one of {', '.join(EXPORT_FORMATS)}")
-    bundle = bundle_or_segmenter.bundle if isinstance(bundle_or_segmenter, Segmenter) else bundle_or_segmenter
-    n, c, h, w = example_shape or (1, 1, *export_size(bundle))
-    path = Path(path)
-    check_writable(path.parent, f"--export {fmt} {path}")
-    reference = Segmenter(bundle, device="cpu", bf16=False)  # float32: what an export computes
-    net = ExportEnsemble(reference).eval()
-    generator = torch.Generator().manual_seed(0)
-    # Batch 2 at least: torch.export specialises a batch of 1 into a constant.
-    example = torch.rand((max(n, 2), c, h, w), generator=generator)
-    run = _export_torchscript(net, path) if fmt == "torchscript" else _export_onnx(net, example, path)
-    diff = 0.0
-    for check_shape in [(n + 2, c, h, w), (2, c, h + 5, w + 3)]:  # another batch size; an odd size
-        x = torch.rand(check_shape, generator=generator)
-        diff = max(diff, float((run(x) - ensemble_probs(reference.models, x, bf16=False, tta=False)).abs().max()))
-    if not diff <= EXPORT_TOLERANCE:
-        path.unlink(missing_ok=True)
-        raise ExportMismatchError(f"--export {fmt}: exported model differs from PyTorch by {diff:.3g} "
-                                  f"(> {EXPORT_TOLERANCE:g}); {path} removed")
-    return {"format": fmt, "path": str(path), "input_shape": ["B", c, "H", "W"], "max_abs_diff": diff, "tolerance": EXPORT_TOLERANCE}
-
-
-class ExportMismatchError(RuntimeError):
-    """An export's outputs differ from PyTorch's beyond ``EXPORT_TOLERANCE``: a bug, not bad input."""
-
-
-def _export_torchscript(net: nn.Module, path: Path):
-    """Script (not trace: a trace would freeze the unpooling and padding sizes of one input size)."""
-    import torch
-
-    with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; the format still serves C++ and mobile users
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.script(net).save(str(path))
-        loaded = torch.jit.load(str(path), map_location="cpu")
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return loaded(x)
-
-    return run
-
-
-def _export_onnx(net: nn.Module, example: torch.Tensor, path: Path):
-    """``torch.onnx.export`` (the torch.export-based exporter; it maps max-unpooling to ONNX MaxUnpool)."""
-    import torch
-
-    try:
-        import onnxruntime
-    except ImportError:
-        raise UsageError("--export onnx: needs the onnx extra (pip install 'segnet-sweep[onnx]')") from None
-    dynamic = torch.export.Dim.DYNAMIC
-    try:
-        with _quiet_exporter():
-            torch.onnx.export(net, (example,), str(path), input_names=["images"], output_names=["probs"],
-                              dynamic_shapes=({0: dynamic, 2: dynamic, 3: dynamic},), dynamo=True, verbose=False)
-    except ImportError as err:
-        raise UsageError(f"--export onnx: needs the onnx extra (pip install 'segnet-sweep[onnx]'): {err}") from None
-    except Exception as err:  # noqa: BLE001 -- the exporter fails through many types
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise UsageError(f"--export onnx: the ONNX exporter cannot export this model ({reason}); "
-                         "use --export torchscript") from None
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-
-    return run
-
-
-@contextmanager
-def _quiet_exporter():
-    """The exporter and its ONNX libraries log and warn about optional dependencies (torchvision),
-    deprecations and attribute defaults, none of which says anything about this model."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels):
-            logger.setLevel(level)

@@ -1,14 +1,13 @@
 """`python -m sweep report`: one self-contained HTML file showing what the tuning playbook asks for.
 
 The file opens offline: plotly.js is embedded once, pictures are data URIs. The storage is only
-read. Plots are Optuna's own plotly figures wherever Optuna has one.
+read. The figures and the edge analysis are ``sweep.figures``; this module lays out the page.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 import shlex
 from datetime import datetime
 from pathlib import Path
@@ -17,28 +16,28 @@ import optuna
 import optuna.visualization as vis
 import pandas as pd
 import plotly.graph_objects as go
-from optuna.distributions import (
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
 from optuna.trial import FrozenTrial, TrialState
-from plotly.subplots import make_subplots
 
 from sweep import artifacts
 from sweep import records as rec
 from sweep import study as st
 from sweep.errors import UsageError
-from sweep.presets import ORIGINAL
+from sweep.figures import (
+    MIN_TOP,
+    TARGET,
+    edge_warnings,
+    fmt,
+    history_figure,
+    history_plot,
+    learning_curves,
+    original_trials,
+    ranked_trials,
+)
 from sweep.records import CLASS_NAMES, TEST_OVERLAY, StudyKey
 from sweep.records import TrialKey as K
-from sweep.space import ADDED_OFF, EDGE_LIMITS
 from sweep.study import open_study_readonly
 
-TARGET = "val dice_fg"
 TOP_TRIALS = 10
-EDGE = 0.1  # the outer tenth of a range counts as its edge
-TOP_FRACTION, MIN_TOP = 0.2, 3  # "the best trials": the top fifth, but at least three
 
 
 def write_report(storage_url: str, study_name: str, out: str | Path) -> Path:
@@ -52,167 +51,6 @@ def write_report(storage_url: str, study_name: str, out: str | Path) -> Path:
     return path.resolve()
 
 
-# ---------------------------------------------------------------- search-space edges
-
-
-def edge_warnings(study: optuna.Study) -> list[str]:
-    """One line per parameter whose best trials all sit in the outer tenth of its searched range."""
-    ranked = _ranked(study)
-    if len(ranked) < MIN_TOP:
-        return []
-    top = ranked[: max(MIN_TOP, math.ceil(TOP_FRACTION * len(ranked)))]
-    warnings = []
-    for name, dist in top[0].distributions.items():
-        values = [t.params[name] for t in top if name in t.params]
-        side = _edge_side(dist, values)
-        if side is None:
-            continue
-        shown = ", ".join(_fmt(v) for v in values)
-        if isinstance(dist, CategoricalDistribution):
-            choices = ", ".join(_fmt(c) for c in dist.choices)
-            word = "largest" if side == "upper" else "smallest"
-            advice = (f"consider adding {'larger' if side == 'upper' else 'smaller'} values"
-                      if side not in EDGE_LIMITS.get(name, ()) else f"nothing {word[:-3]}er is meaningful here")
-            warnings.append(
-                f"{name}: the best {len(values)} trials all use the {word} choice ({shown}; choices {choices}); {advice}"
-            )
-        else:
-            scale = ", log scale" if dist.log else ""
-            advice = "consider widening the range"
-            if side in EDGE_LIMITS.get(name, ()):
-                advice = f"the range cannot meaningfully go {'higher' if side == 'upper' else 'lower'}"
-            elif side == "lower" and dist.low == 0 and not dist.log:
-                # 0 usually means "off" (no dropout, no augmentation): nothing lies beyond it.
-                advice = "0 is a natural limit, so the best trials leave it off; widen the range only if it can go lower"
-            warnings.append(
-                f"{name}: the best trials sit at the {side} edge ({shown} in {_fmt(dist.low)}..{_fmt(dist.high)}{scale}); "
-                + advice
-            )
-    epochs = _epoch_edge(top)
-    if epochs:
-        warnings.append(epochs)
-    return warnings
-
-
-def _epoch_edge(top: list[FrozenTrial]) -> str | None:
-    """The epoch budget as a range too: do the best trials all peak in its last tenth?"""
-    pairs = [(t.user_attrs.get(K.BEST_EPOCH), t.user_attrs.get(K.EPOCH_BUDGET)) for t in top]
-    pairs = [(best, budget) for best, budget in pairs if best is not None and budget]
-    if len(pairs) < MIN_TOP or not all(best > (1 - EDGE) * budget for best, budget in pairs):
-        return None
-    shown = ", ".join(f"{best} of {budget}" for best, budget in pairs)
-    return (f"epochs: the best trials all peaked in the last tenth of their epoch budget (best epochs {shown}); "
-            "they were still improving: consider a larger --epochs")
-
-
-def _edge_side(dist, values: list) -> str | None:
-    if not values:
-        return None
-    if isinstance(dist, (FloatDistribution, IntDistribution)):
-        if dist.high <= dist.low:
-            return None
-        if dist.log:
-            pos = [(math.log(v) - math.log(dist.low)) / (math.log(dist.high) - math.log(dist.low)) for v in values]
-        else:
-            pos = [(v - dist.low) / (dist.high - dist.low) for v in values]
-        if all(p >= 1 - EDGE for p in pos):
-            return "upper"
-        if all(p <= EDGE for p in pos):
-            return "lower"
-        return None
-    if isinstance(dist, CategoricalDistribution):
-        choices = list(dist.choices)
-        numeric = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in choices)
-        # Only an ordered numeric tuple has edges; ('constant', 'cosine') has none.
-        if len(choices) < 2 or not numeric or choices != sorted(choices):
-            return None
-        if all(v == choices[-1] for v in values):
-            return "upper"
-        if all(v == choices[0] for v in values):
-            return "lower"
-    return None
-
-
-def original_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Trials that ran the original coursework configuration (``configs/original.json``)."""
-    return [t for t in study.get_trials(deepcopy=False) if t.params and _same_params(t.params, ORIGINAL)]
-
-
-def _same_params(a: dict, b: dict) -> bool:
-    a, b = {**ADDED_OFF, **a}, {**ADDED_OFF, **b}  # trials of older studies lack the later parameters
-    if set(a) != set(b):
-        return False
-    return all(math.isclose(a[k], b[k], rel_tol=1e-9) if isinstance(b[k], float) else a[k] == b[k] for k in b)
-
-
-def _ranked(study: optuna.Study) -> list[FrozenTrial]:
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    return sorted(complete, key=lambda t: t.value, reverse=maximize)
-
-
-# ---------------------------------------------------------------- figures
-
-
-def learning_curves(study: optuna.Study) -> go.Figure:
-    """Optuna's intermediate-values plot, with pruned trials dashed grey so they read as stopped."""
-    fig = vis.plot_intermediate_values(study)
-    state = {f"Trial{t.number}": t.state for t in study.get_trials(deepcopy=False)}
-    for trace in fig.data:
-        s = state.get(trace.name)
-        if s == TrialState.PRUNED:
-            trace.update(line={"color": "#9a9a9a", "dash": "dash", "width": 1}, marker={"color": "#9a9a9a"}, opacity=0.8)
-        elif s == TrialState.RUNNING:
-            trace.update(line={"dash": "dot"})
-        trace.update(name=f"trial {trace.name[5:]} ({s.name.lower() if s is not None else '?'})")
-    last = max((max(t.x) for t in fig.data if t.x), default=1)
-    fig.update_xaxes(dtick=_epoch_tick(last))
-    fig.update_layout(
-        title="Learning curves",
-        xaxis_title="epoch",
-        yaxis_title=TARGET,
-        showlegend=True,
-    )
-    return fig
-
-
-def history_figure(trial: FrozenTrial) -> go.Figure | None:
-    """The best trial's per-epoch losses and per-class validation Dice (its ``history`` attr)."""
-    history = trial.user_attrs.get(K.HISTORY)
-    if not history or not history.get("val_dice_fg"):
-        return None
-    epochs = list(range(1, len(history["val_dice_fg"]) + 1))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation Dice"))
-    for key in ("train_loss", "val_loss"):
-        fig.add_trace(go.Scatter(x=epochs, y=history.get(key), name=key.replace("_", " "), mode="lines+markers"), 1, 1)
-    for key in [f"val_dice_{c}" for c in CLASS_NAMES] + ["val_dice_fg"]:
-        wide = {"width": 3} if key == "val_dice_fg" else {}
-        fig.add_trace(go.Scatter(x=epochs, y=history.get(key), name=key[4:], mode="lines+markers", line=wide), 1, 2)
-    best = trial.user_attrs.get(K.BEST_EPOCH)
-    if best:
-        fig.add_vline(x=best, line_dash="dot", line_color="#888", annotation_text=f"best epoch {best}", row=1, col=2)
-    fig.update_xaxes(title_text="epoch", dtick=_epoch_tick(len(epochs)))
-    # An untrained first epoch can score a loss hundreds of times the rest: log scale keeps the curves readable.
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_layout(title=f"Trial {trial.number}: training history", height=420)
-    return fig
-
-
-def history_plot(study: optuna.Study) -> go.Figure:
-    """Optuna's optimisation history, with whole trial numbers on the axis."""
-    fig = vis.plot_optimization_history(study, target_name=TARGET)
-    fig.update_xaxes(tickformat="d", dtick=max(1, math.ceil(len(study.trials) / 10)))
-    return fig
-
-
-def _epoch_tick(last_epoch: int) -> int:
-    """Whole epochs on the axis (plotly would label 1.2, 1.4, ...), at most about ten labels."""
-    return max(1, math.ceil(last_epoch / 10))
-
-
-# ---------------------------------------------------------------- the page
-
-
 class _Page:
     """Collects sections in order; the first plot carries plotly.js, the rest refer to it."""
 
@@ -224,9 +62,9 @@ class _Page:
 
     def render(self) -> str:
         s = self.study
-        ranked = _ranked(s)
+        ranked = ranked_trials(s)
         best = ranked[0] if ranked else None
-        body = [self.header(ranked)]
+        body = [header(s, self.storage_url, ranked)]
         body.append(self.section("Optimisation history", self.plot(history_plot(s) if ranked else None, "no complete trial yet")))
         body.append(self.section("Learning curves", '<p class="hint">val dice_fg per epoch; pruned trials dashed grey, running ones dotted.</p>'
                                  + self.plot(learning_curves(s) if s.trials else None, "no trials yet")))
@@ -235,11 +73,11 @@ class _Page:
         body.append(self.section("Parallel coordinates", self.plot(
             vis.plot_parallel_coordinate(s, target_name=TARGET) if ranked else None, "no complete trial yet")))
         body.append(self.section("Best trial", self.best_trial(best)))
-        body.append(self.section("Against the original configuration", self.against_original(best)))
-        body.append(self.section(f"Top {TOP_TRIALS} trials", self.top_table(ranked)))
+        body.append(self.section("Against the original configuration", against_original(s, best)))
+        body.append(self.section(f"Top {TOP_TRIALS} trials", top_table(ranked)))
         body.append(self.section("Search-space edges", self.edges(ranked)))
         body.append(self.section("Test evaluation", self.evaluation()))
-        body.append(self.section("Reproduce", self.reproduce()))
+        body.append(self.section("Reproduce", reproduce(s, self.storage_url)))
         title = f"Sweep report: study {s.study_name}"
         return _TEMPLATE.format(title=_e(title), body="\n".join(body))
 
@@ -259,29 +97,6 @@ class _Page:
     def section(self, title: str, content: str) -> str:
         anchor = title.lower().replace(" ", "-")
         return f'<section id="{_e(anchor)}"><h2>{_e(title)}</h2>\n{content}\n</section>'
-
-    def header(self, ranked: list[FrozenTrial]) -> str:
-        s = self.study
-        attrs = s.user_attrs
-        trials = s.get_trials(deepcopy=False)
-        # An interrupted trial and its retries are one trial here, as in `status`.
-        chains = rec.chain_counts(trials)
-        states = rec.states_line(rec.state_counts(trials), chains, running=True) if trials else "no trials"
-        rows = [
-            ("study", f"{s.study_name} in {st.display_url(self.storage_url)}"),
-            ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
-            ("trials", f"{len(rec.retry_chains(trials))} ({states}); epoch budget {attrs.get(StudyKey.EPOCHS, '?')}"),
-            ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
-            ("selection", f"{attrs[StudyKey.CV]}-fold cross-validation over train+val (values are mean fold dice_fg)"
-             if attrs.get(StudyKey.CV) else "on the val split"),
-            ("versions", ", ".join(f"{k} {v}" for k, v in attrs.get(StudyKey.VERSIONS, {}).items())),
-            ("generated", datetime.now().isoformat(timespec="seconds")),
-        ]
-        badge = ""
-        if attrs.get(StudyKey.SYNTHETIC):
-            badge = '<p class="badge">Synthetic data: the built-in phantom, not real MR images.</p>'
-        table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows)
-        return f'<h1>{_e("Sweep report: study " + s.study_name)}</h1>\n{badge}<table class="meta">{table}</table>'
 
     def importances(self, ranked: list[FrozenTrial]) -> str:
         if len(ranked) < 2:
@@ -317,7 +132,7 @@ class _Page:
             f"Trial {best.number}: {TARGET} {best.value:.4f} at epoch {a.get(K.BEST_EPOCH, '?')} of {a.get(K.EPOCHS_RUN, '?')}; "
             f"{a.get(K.N_PARAMS, 0):,} parameters; {a.get(K.SECONDS, 0):.0f} s on {a.get(K.DEVICE, '?')}."
         )
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        params = ", ".join(f"{k}={fmt(v)}" for k, v in best.params.items())
         parts = [f"<p>{_e(facts)}</p><p class='params'>{_e(params)}</p>"]
         fig = history_figure(best)
         parts.append(self.plot(fig, "no per-epoch history recorded"))
@@ -326,59 +141,6 @@ class _Page:
             if meta.filename.lower().endswith(".png"):
                 parts.append(self.picture(meta, f"trial {best.number}: validation predictions ({meta.filename})"))
         return "\n".join(parts)
-
-    def against_original(self, best: FrozenTrial | None) -> str:
-        """The best trial beside the original coursework configuration, when the study ran it."""
-        original = original_trials(self.study)
-        if not original:
-            return _note("this study has no trial with the original configuration: start a study with "
-                         "`--enqueue original` to measure the sweep against it")
-        done = [t for t in original if t.state == TrialState.COMPLETE]
-        if not done:
-            states = ", ".join(f"trial {t.number} {t.state.name.lower()}" for t in original)
-            return _note(f"the original configuration did not complete ({states})")
-        orig = max(done, key=lambda t: t.value)
-        if best is None:
-            return _note("no complete trial yet")
-        keys = ["value", *CLASS_NAMES, "mean4"]
-
-        def scores(t: FrozenTrial) -> list[float | None]:
-            a = t.user_attrs
-            return [t.value, *(a.get(f"dice_{c}") for c in CLASS_NAMES), a.get("dice_mean4")]
-
-        def cells(values, signed: bool = False) -> str:
-            return "".join(f"<td>{'–' if v is None else f'{v:+.4f}' if signed else f'{v:.4f}'}</td>" for v in values)
-
-        head = "".join(f"<th>{_e(TARGET if k == 'value' else k)}</th>" for k in keys) + "<th>parameters</th><th>seconds</th>"
-        rows = []
-        for label, t in ((f"original configuration (trial {orig.number})", orig), (f"best (trial {best.number})", best)):
-            a = t.user_attrs
-            rows.append(f"<tr><th>{_e(label)}</th>{cells(scores(t))}<td>{a.get(K.N_PARAMS, 0):,}</td>"
-                        f"<td>{a.get(K.SECONDS, 0):.0f}</td></tr>")
-        diff = [None if a is None or b is None else b - a for a, b in zip(scores(orig), scores(best))]
-        rows.append(f"<tr><th>difference</th>{cells(diff, signed=True)}<td></td><td></td></tr>")
-        return (f'<p class="hint">Same epoch budget and checkpoint rule; both selected and scored the same way.</p>'
-                f'<table class="top"><tr><th></th>{head}</tr>{"".join(rows)}</table>')
-
-    def top_table(self, ranked: list[FrozenTrial]) -> str:
-        if not ranked:
-            return _note("no complete trial yet")
-        rows = []
-        for t in ranked[:TOP_TRIALS]:
-            a = t.user_attrs
-            row = {"trial": t.number, TARGET: t.value}
-            row.update({c: a.get(f"dice_{c}") for c in CLASS_NAMES})
-            row.update({"mean4": a.get("dice_mean4"), "best epoch": a.get(K.BEST_EPOCH), "epochs": a.get(K.EPOCHS_RUN),
-                        "seconds": a.get(K.SECONDS), "n params": a.get(K.N_PARAMS)})
-            row.update({k: _fmt(v) for k, v in t.params.items()})
-            rows.append(row)
-        frame = pd.DataFrame(rows)
-        dice_cols = [TARGET, *CLASS_NAMES, "mean4"]
-        frame[dice_cols] = frame[dice_cols].map(lambda v: "–" if v is None or pd.isna(v) else f"{v:.4f}")
-        frame["n params"] = frame["n params"].map(lambda v: f"{int(v):,}" if pd.notna(v) else "–")
-        table = frame.to_html(index=False, classes="top", border=0, na_rep="–", escape=True)
-        return (f'<p class="hint">Per-class Dice on validation at each trial\'s best epoch, then the trial\'s '
-                f'hyperparameters.</p><div class="scroll">{table}</div>')
 
     def edges(self, ranked: list[FrozenTrial]) -> str:
         if len(ranked) < MIN_TOP:
@@ -412,22 +174,6 @@ class _Page:
             parts.append(self.picture(overlays[-1], "test predictions"))
         return "\n".join(parts)
 
-    def reproduce(self) -> str:
-        flags = []
-        if self.storage_url != st.DEFAULT_STORAGE:
-            flags += ["--storage", st.display_url(self.storage_url)]  # a report is shared: no password in it
-        if self.study.study_name != st.DEFAULT_STUDY:
-            flags += ["--study", self.study.study_name]
-        run = self.study.user_attrs.get(StudyKey.COMMAND, "python -m sweep run  # (command not recorded)")
-        run = run.replace(self.storage_url, st.display_url(self.storage_url))
-        ev = self.study.user_attrs.get(StudyKey.EVALUATION) or {}
-        if ev.get("seeds") is not None:
-            flags += ["--seeds", str(len(ev["seeds"]))]
-        if ev.get("out"):
-            flags += ["--out", ev["out"]]
-        best = shlex.join(["python", "-m", "sweep", "best", "--evaluate", *flags])
-        return f"<pre>{_e(run)}\n{_e(best)}</pre>"
-
     def picture(self, meta, caption: str) -> str:
         try:
             with self.store.open_reader(meta.artifact_id) as f:
@@ -436,6 +182,100 @@ class _Page:
             return _note(f"{meta.filename}: artifact not readable ({err})")
         return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def header(s: optuna.Study, storage_url: str, ranked: list[FrozenTrial]) -> str:
+    """The title, the study's facts and the synthetic-data badge."""
+    attrs = s.user_attrs
+    trials = s.get_trials(deepcopy=False)
+    # An interrupted trial and its retries are one trial here, as in `status`.
+    chains = rec.chain_counts(trials)
+    states = rec.states_line(rec.state_counts(trials), chains, running=True) if trials else "no trials"
+    rows = [
+        ("study", f"{s.study_name} in {st.display_url(storage_url)}"),
+        ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
+        ("trials", f"{len(rec.retry_chains(trials))} ({states}); epoch budget {attrs.get(StudyKey.EPOCHS, '?')}"),
+        ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
+        ("selection", f"{attrs[StudyKey.CV]}-fold cross-validation over train+val (values are mean fold dice_fg)"
+         if attrs.get(StudyKey.CV) else "on the val split"),
+        ("versions", ", ".join(f"{k} {v}" for k, v in attrs.get(StudyKey.VERSIONS, {}).items())),
+        ("generated", datetime.now().isoformat(timespec="seconds")),
+    ]
+    badge = ""
+    if attrs.get(StudyKey.SYNTHETIC):
+        badge = '<p class="badge">Synthetic data: the built-in phantom, not real MR images.</p>'
+    table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows)
+    return f'<h1>{_e("Sweep report: study " + s.study_name)}</h1>\n{badge}<table class="meta">{table}</table>'
+
+def against_original(study: optuna.Study, best: FrozenTrial | None) -> str:
+    """The best trial beside the original coursework configuration, when the study ran it."""
+    original = original_trials(study)
+    if not original:
+        return _note("this study has no trial with the original configuration: start a study with "
+                     "`--enqueue original` to measure the sweep against it")
+    done = [t for t in original if t.state == TrialState.COMPLETE]
+    if not done:
+        states = ", ".join(f"trial {t.number} {t.state.name.lower()}" for t in original)
+        return _note(f"the original configuration did not complete ({states})")
+    orig = max(done, key=lambda t: t.value)
+    if best is None:
+        return _note("no complete trial yet")
+    keys = ["value", *CLASS_NAMES, "mean4"]
+
+    def scores(t: FrozenTrial) -> list[float | None]:
+        a = t.user_attrs
+        return [t.value, *(a.get(f"dice_{c}") for c in CLASS_NAMES), a.get("dice_mean4")]
+
+    def cells(values, signed: bool = False) -> str:
+        return "".join(f"<td>{'–' if v is None else f'{v:+.4f}' if signed else f'{v:.4f}'}</td>" for v in values)
+
+    head = "".join(f"<th>{_e(TARGET if k == 'value' else k)}</th>" for k in keys) + "<th>parameters</th><th>seconds</th>"
+    rows = []
+    for label, t in ((f"original configuration (trial {orig.number})", orig), (f"best (trial {best.number})", best)):
+        a = t.user_attrs
+        rows.append(f"<tr><th>{_e(label)}</th>{cells(scores(t))}<td>{a.get(K.N_PARAMS, 0):,}</td>"
+                    f"<td>{a.get(K.SECONDS, 0):.0f}</td></tr>")
+    diff = [None if a is None or b is None else b - a for a, b in zip(scores(orig), scores(best))]
+    rows.append(f"<tr><th>difference</th>{cells(diff, signed=True)}<td></td><td></td></tr>")
+    return (f'<p class="hint">Same epoch budget and checkpoint rule; both selected and scored the same way.</p>'
+            f'<table class="top"><tr><th></th>{head}</tr>{"".join(rows)}</table>')
+
+def top_table(ranked: list[FrozenTrial]) -> str:
+    if not ranked:
+        return _note("no complete trial yet")
+    rows = []
+    for t in ranked[:TOP_TRIALS]:
+        a = t.user_attrs
+        row = {"trial": t.number, TARGET: t.value}
+        row.update({c: a.get(f"dice_{c}") for c in CLASS_NAMES})
+        row.update({"mean4": a.get("dice_mean4"), "best epoch": a.get(K.BEST_EPOCH), "epochs": a.get(K.EPOCHS_RUN),
+                    "seconds": a.get(K.SECONDS), "n params": a.get(K.N_PARAMS)})
+        row.update({k: fmt(v) for k, v in t.params.items()})
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    dice_cols = [TARGET, *CLASS_NAMES, "mean4"]
+    frame[dice_cols] = frame[dice_cols].map(lambda v: "–" if v is None or pd.isna(v) else f"{v:.4f}")
+    frame["n params"] = frame["n params"].map(lambda v: f"{int(v):,}" if pd.notna(v) else "–")
+    table = frame.to_html(index=False, classes="top", border=0, na_rep="–", escape=True)
+    return (f'<p class="hint">Per-class Dice on validation at each trial\'s best epoch, then the trial\'s '
+            f'hyperparameters.</p><div class="scroll">{table}</div>')
+
+def reproduce(study: optuna.Study, storage_url: str) -> str:
+    """The commands that rerun the study and its evaluation (no password in a URL)."""
+    flags = []
+    if storage_url != st.DEFAULT_STORAGE:
+        flags += ["--storage", st.display_url(storage_url)]  # a report is shared: no password in it
+    if study.study_name != st.DEFAULT_STUDY:
+        flags += ["--study", study.study_name]
+    run = study.user_attrs.get(StudyKey.COMMAND, "python -m sweep run  # (command not recorded)")
+    run = run.replace(storage_url, st.display_url(storage_url))
+    ev = study.user_attrs.get(StudyKey.EVALUATION) or {}
+    if ev.get("seeds") is not None:
+        flags += ["--seeds", str(len(ev["seeds"]))]
+    if ev.get("out"):
+        flags += ["--out", ev["out"]]
+    best = shlex.join(["python", "-m", "sweep", "best", "--evaluate", *flags])
+    return f"<pre>{_e(run)}\n{_e(best)}</pre>"
 
 
 VOLUME_METRICS = (("dice", "Dice", 3), ("hd95", "HD95 mm", 1), ("assd", "ASSD mm", 1))
@@ -486,10 +326,6 @@ def _note(text: str) -> str:
 
 def _e(text: str) -> str:
     return html.escape(text, quote=True)
-
-
-def _fmt(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 _TEMPLATE = """<!DOCTYPE html>

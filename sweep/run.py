@@ -20,8 +20,8 @@ from sweep.options import RunOptions, resume_command
 from sweep.progress import MAX_CONSECUTIVE_FAILURES, Progress
 from sweep.records import StudyKey
 from sweep.space import ADDED_OFF, SPACE_VERSION, params_problem
-from sweep.runtime import resolve_device_or_fail
-from sweep.workers import optimize, run_workers, worker_device
+from sweep.runtime import resolve_device_or_fail, worker_device
+from sweep.workers import optimize, run_workers
 
 
 def parse_enqueue(value: str, epochs: int) -> dict:
@@ -151,10 +151,11 @@ def run(opts: RunOptions) -> dict:
     progress = Progress(study, opts.trials, opts.progress)
     try:
         if opts.workers == 1:
-            failures = optimize(opts, data, worker_device(opts.device, 0), 0, location, callbacks=[progress])
+            failures = optimize(opts, data, worker_device(device, 0), 0, location, callbacks=[progress])
             tripped, reason = failures.tripped, f"last: {failures.last_reason}"
         else:
-            tripped = run_workers(opts, study, progress, location)
+            devices = [worker_device(device, i) for i in range(opts.workers)]
+            tripped = run_workers(opts, study, progress, devices, location)
             reason = f"see the failed trials' fail_reason ({st.sweep_command('status', opts.storage, opts.study)})"
     finally:
         progress.close()

@@ -67,6 +67,14 @@ def resolve_device_or_fail(name: str) -> torch.device:
         raise UsageError(f"--device {name!r}: {str(err).strip().splitlines()[0]}") from None
 
 
+def worker_device(device: torch.device, worker: int) -> torch.device:
+    """The device of worker i of a run on ``device``: with ``cuda`` (no index), GPU i mod count;
+    several workers may share one GPU."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", worker % torch.cuda.device_count())
+    return device
+
+
 def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
     """True where the CPU has bf16 dot-product units, so bf16 autocast beats fp32.
 

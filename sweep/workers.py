@@ -25,7 +25,6 @@ from sweep.options import RunOptions
 from sweep.progress import Progress, StopAfterFailures, UntilTarget
 from sweep.resume import open_points, prune_orphans
 from sweep.strategies import make_pruner, make_sampler
-from sweep.runtime import resolve_device
 
 EXIT_INTERRUPTED, EXIT_TRIPPED = 130, 3  # a worker process's exit codes besides 0
 POLL_SECONDS = 2.0
@@ -74,19 +73,10 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
     return failures
 
 
-def worker_device(name: str, worker: int) -> torch.device:
-    """Worker i uses GPU i mod count; several workers may share one GPU."""
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", worker % torch.cuda.device_count())
-    return device
-
-
-def _worker_main(opts: RunOptions, worker: int, location: str) -> None:
+def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: str) -> None:
     """Entry point of a worker process (spawned; quiet; Ctrl-C/SIGTERM end the running trial as FAIL)."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rec.silence_optuna()
-    device = worker_device(opts.device, worker)
     if device.type == "cpu":
         # Split the cores between workers: oversubscribed intra-op threads slow every worker down.
         torch.set_num_threads(max(1, available_cores() // opts.workers))
@@ -97,14 +87,15 @@ def _worker_main(opts: RunOptions, worker: int, location: str) -> None:
     sys.exit(EXIT_TRIPPED if failures.tripped else 0)
 
 
-def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, location: str) -> bool:
-    """Start ``opts.workers`` processes on this machine (artifacts in ``location``) and follow the
-    study until they end.
+def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, devices: list[torch.device],
+                location: str) -> bool:
+    """Start ``opts.workers`` processes on this machine (worker i on ``devices[i]``, artifacts in
+    ``location``) and follow the study until they end.
 
     Returns whether a worker stopped after too many failed trials in a row.
     """
     ctx = multiprocessing.get_context("spawn")  # no forked CUDA or thread pools
-    procs = [ctx.Process(target=_worker_main, args=(opts, i, location), name=f"sweep-worker-{i}") for i in range(opts.workers)]
+    procs = [ctx.Process(target=_worker_main, args=(opts, i, devices[i], location), name=f"sweep-worker-{i}") for i in range(opts.workers)]
     for p in procs:
         p.start()
     stop = threading.Event()  # a Ctrl-C or SIGTERM arrived, even if library code swallowed its exception

@@ -26,13 +26,9 @@ from sweep.model_file import (
     save_bundle,
 )
 from sweep.postprocess import apply_postprocessing, predict_probs
-from sweep.predict import (
-    EXPORT_TOLERANCE,
-    ExportMismatchError,
-    add_predict_parser,
-    export_model,
-    run_predict,
-)
+from sweep.cli import _add_predict as add_predict_parser
+from sweep.model_export import EXPORT_TOLERANCE, ExportMismatchError, export_model
+from sweep.predict import run_predict
 from sweep.train import load_model
 
 CONFIG = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
@@ -344,7 +340,7 @@ def test_torchscript_export(bundle, tmp_path):
 
 
 def test_export_mismatch_removes_the_file(bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr("sweep.predict.EXPORT_TOLERANCE", -1.0)  # any difference, even 0, now fails
+    monkeypatch.setattr("sweep.model_export.EXPORT_TOLERANCE", -1.0)  # any difference, even 0, now fails
     path = tmp_path / "model.ts"
     with pytest.raises(ExportMismatchError):
         export_model(bundle, "torchscript", path)
