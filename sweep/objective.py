@@ -33,6 +33,8 @@ from sweep.config import TrainConfig
 from sweep.runtime import Fold, load_model, predict_logits, use_bf16
 from sweep.train import DivergedError, FitResult, fit_folds
 
+STEP_PROGRESS_SECONDS = 1.0  # at most this often a running epoch's step count reaches the progress bar
+
 
 class TimeUp(KeyboardInterrupt):
     """The run's ``--timeout`` passed during a trial: it stops as Ctrl-C stops it (queued to resume)."""
@@ -140,7 +142,7 @@ class Objective:
             trial.set_user_attr(TrialKey.RESUMED_AT, point["epoch"] if point else 0)
         self._replay(trial, point, history, on_epoch)
         result = self._fit(
-            trial, model_cfg, train_cfg, on_epoch, seed=seed, resume=point,
+            trial, model_cfg, train_cfg, on_epoch, seed=seed, resume=point, on_step=self._step_hook(trial, history, start),
             on_resume_point=point_file.save if self.resume_dir is not None else None,
             resume_every=resume_interval() if self.resume_every is None else self.resume_every,
             val_slices=fidelity["val_slices"],
@@ -170,16 +172,36 @@ class Objective:
 
     def _show_progress(self, trial: optuna.Trial, history: list[dict[str, float]], seconds: float) -> None:
         """The trial's PROGRESS attribute (what `status` and the bar show), and the ``on_progress`` hook."""
-        progress = {
+        progress = self._progress(history, seconds)
+        trial.set_user_attr(TrialKey.PROGRESS, progress)
+        if self.on_progress is not None:
+            self.on_progress(trial.number, progress)
+
+    def _step_hook(self, trial: optuna.Trial, history: list[dict[str, float]], start: float):
+        """Inside an epoch, at most every STEP_PROGRESS_SECONDS, the epoch's step count and the time
+        so far to ``on_progress`` (not to the storage): a long epoch shows life. None without a hook."""
+        if self.on_progress is None:
+            return None
+        shown = time.perf_counter()
+
+        def on_step(done: int, steps: int) -> None:
+            nonlocal shown
+            now = time.perf_counter()
+            if now - shown >= STEP_PROGRESS_SECONDS:
+                shown = now
+                progress = {**self._progress(history, now - start), ProgressKey.STEP: done, ProgressKey.STEPS: steps}
+                self.on_progress(trial.number, progress)
+
+        return on_step
+
+    def _progress(self, history: list[dict[str, float]], seconds: float) -> dict:
+        return {
             ProgressKey.EPOCH: len(history),
             ProgressKey.EPOCHS: self.epochs,
             ProgressKey.LAST: round(history[-1]["val_dice_fg"], 5) if history else None,
             ProgressKey.BEST: round(max(r["val_dice_fg"] for r in history), 5) if history else None,
             ProgressKey.SECONDS: round(seconds, 1),
         }
-        trial.set_user_attr(TrialKey.PROGRESS, progress)
-        if self.on_progress is not None:
-            self.on_progress(trial.number, progress)
 
     def _record_setup(self, trial: optuna.Trial, model_cfg: SegNetConfig) -> None:
         trial.set_user_attr(TrialKey.EPOCH_BUDGET, self.epochs)

@@ -92,11 +92,13 @@ def remaining_seconds(progress: dict) -> float | None:
 
 
 def progress_text(number: int, progress: dict) -> str:
-    """One running trial in a few words: "#12 epoch 5/50 last 0.8123 best 0.8345 ~3m 05s left"."""
-    text = (
-        f"#{number} epoch {progress.get(ProgressKey.EPOCH, 0)}/{progress.get(ProgressKey.EPOCHS, '?')} "
-        f"last {_dice(progress.get(ProgressKey.LAST))} best {_dice(progress.get(ProgressKey.BEST))}"
-    )
+    """One running trial in a few words: "#12 epoch 5/50 last 0.8123 best 0.8345 ~3m 05s left";
+    inside an epoch, where the progress has its step count, also "(step 37/120, 1m 05s)"."""
+    text = f"#{number} epoch {progress.get(ProgressKey.EPOCH, 0)}/{progress.get(ProgressKey.EPOCHS, '?')} "
+    if ProgressKey.STEP in progress:
+        text += (f"(step {progress[ProgressKey.STEP]}/{progress.get(ProgressKey.STEPS, '?')}, "
+                 f"{duration(progress.get(ProgressKey.SECONDS) or 0.0)}) ")
+    text += f"last {_dice(progress.get(ProgressKey.LAST))} best {_dice(progress.get(ProgressKey.BEST))}"
     left = remaining_seconds(progress)
     return text if left is None else f"{text} ~{duration(left)} left"
 

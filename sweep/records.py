@@ -78,6 +78,9 @@ class ProgressKey:
     LAST = "last"  # val dice_fg of the latest epoch (None before the first)
     BEST = "best"  # best val dice_fg so far
     SECONDS = "seconds"  # training time so far, earlier runs of a resumed trial included
+    # Only in what ``Objective.on_progress`` receives inside an epoch, never stored: signs of life.
+    STEP = "step"  # optimiser steps done in the running epoch (every fold's together)
+    STEPS = "steps"  # optimiser steps in an epoch
 
 
 TEST_OVERLAY = "test_overlay.png"  # the evaluation's test picture among the study's artifacts

@@ -107,8 +107,12 @@ def random_patches(images: torch.Tensor, masks: torch.Tensor, size: int, generat
     return images[batch, 0, rows, cols].unsqueeze(1), masks[batch, rows, cols]
 
 
-def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfig, weights, generator, bf16):
-    """One epoch (``slices_per_epoch`` shuffled train slices); returns the mean loss as a device tensor."""
+def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfig, weights, generator, bf16,
+                on_step: Callable[[int], None] | None = None):
+    """One epoch (``slices_per_epoch`` shuffled train slices); returns the mean loss as a device tensor.
+
+    ``on_step(steps_done)`` is called after each optimiser step with a plain count: no host sync.
+    """
     model.train()
     device = split.images.device
     count = slices_per_epoch(len(split), cfg)
@@ -129,6 +133,8 @@ def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfi
         scheduler.step()
         total += loss.detach()
         n_batches += 1
+        if on_step is not None:
+            on_step(n_batches)
     return total / max(n_batches, 1)
 
 
@@ -175,6 +181,7 @@ def fit_folds(
     on_resume_point: Callable[[dict], None] | None = None,
     resume_every: float = RESUME_SECONDS,
     val_slices: int = 0,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> FitResult:
     """Train one model per fold, in lockstep: every epoch trains each fold's model once more.
 
@@ -191,23 +198,24 @@ def fit_folds(
     ends exactly as an uninterrupted run would (on the CPU; CUDA kernels may not be
     deterministic).
 
-    ``val_slices`` > 0 bounds the cost of the per-epoch evaluation on large data: each epoch
-    scores a fixed subset of that many held-out slices (``val_subset``), and at the end the
-    best epoch's weights are scored on the whole held-out split, which gives ``best_value``,
-    ``best_scores`` and ``fold_scores`` (the history keeps the subset's figures).
+    ``val_slices`` > 0 bounds the per-epoch evaluation on large data: each epoch scores a fixed
+    subset of that many held-out slices (``val_subset``; the history keeps its figures); then the best
+    epoch's weights are scored on the whole held-out split: ``best_value``, ``best_scores``, ``fold_scores``.
+
+    ``on_step(done, steps)``: after each optimiser step, the epoch's steps so far and in all (folds
+    together), plain integers: life inside a long epoch at no host sync.
     """
     device = folds[0][0].images.device
     generator, bf16 = _start(device, seed, bf16)
     runs = [_FoldRun(model_cfg, train_cfg, train, device) for train, _ in folds]
-
+    watched = [(train, val_subset(held, val_slices)) for train, held in folds]
     result = FitResult(best_value=-math.inf, best_epoch=0, best_scores={})
     if resume is not None:
         _restore(resume, runs, generator, result)
-    watched = [(train, val_subset(held, val_slices)) for train, held in folds]
-    start = time.perf_counter() - result.seconds
     last_point = time.perf_counter()
+    start = last_point - result.seconds
     for epoch in range(result.epochs_run + 1, train_cfg.epochs + 1):
-        record, fold_scores = _run_epoch(runs, watched, train_cfg, generator, bf16, epoch)
+        record, fold_scores = _run_epoch(runs, watched, train_cfg, generator, bf16, epoch, on_step)
         result.history.append(record)
         if record["val_dice_fg"] > result.best_value:
             _keep_best(result, record, fold_scores, runs if keep_state else None)
@@ -276,11 +284,14 @@ def fit_final(
     return to_cpu(run.model.state_dict())
 
 
-def _run_epoch(runs, folds: list[Fold], cfg: TrainConfig, generator, bf16: bool, epoch: int):
+def _run_epoch(runs, folds: list[Fold], cfg: TrainConfig, generator, bf16: bool, epoch: int, on_step=None):
     """One more epoch of every fold's model; the record of the epoch (means over folds) and each fold's scores."""
     losses, fold_scores = [], []
+    steps, done = sum(run.steps_per_epoch for run in runs), 0
     for run, (train, held_out) in zip(runs, folds):
-        losses.append(run.epoch(train, cfg, generator, bf16, epoch))
+        hook = None if on_step is None else (lambda n, before=done: on_step(before + n, steps))
+        losses.append(run.epoch(train, cfg, generator, bf16, epoch, hook))
+        done += run.steps_per_epoch
         fold_scores.append(evaluate(run.model, held_out, bf16))
     scores = {key: float(np.mean([s[key] for s in fold_scores])) for key in fold_scores[0]}
     record = {"epoch": epoch, "train_loss": float(np.mean(losses)), **{f"val_{k}": v for k, v in scores.items()}}
@@ -350,17 +361,19 @@ class _FoldRun:
     def __init__(self, model_cfg: SegNetConfig, train_cfg: TrainConfig, train: DeviceSplit, device: torch.device) -> None:
         self.model = build_model(model_cfg, device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-        steps_per_epoch = math.ceil(slices_per_epoch(len(train), train_cfg) / train_cfg.batch_size)
-        total_steps = steps_per_epoch * train_cfg.epochs
-        warmup = max(steps_per_epoch, int(WARMUP_FRACTION * total_steps))
+        self.steps_per_epoch = math.ceil(slices_per_epoch(len(train), train_cfg) / train_cfg.batch_size)
+        total_steps = self.steps_per_epoch * train_cfg.epochs
+        warmup = max(self.steps_per_epoch, int(WARMUP_FRACTION * total_steps))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, total_steps, train_cfg.schedule, warmup)
         )
         self.weights = class_weights(train.masks, train_cfg.class_weight_power) if train_cfg.class_weight_power else None
 
-    def epoch(self, train: DeviceSplit, cfg: TrainConfig, generator: torch.Generator, bf16: bool, number: int) -> float:
+    def epoch(self, train: DeviceSplit, cfg: TrainConfig, generator: torch.Generator, bf16: bool, number: int,
+              on_step: Callable[[int], None] | None = None) -> float:
         """Train one more epoch; its mean loss. Raises DivergedError when the loss stops being finite."""
-        loss = float(train_epoch(self.model, self.optimizer, self.scheduler, train, cfg, self.weights, generator, bf16))
+        loss = float(train_epoch(self.model, self.optimizer, self.scheduler, train, cfg, self.weights, generator, bf16,
+                                 on_step))
         if not math.isfinite(loss):
             raise DivergedError(f"training loss became {loss} in epoch {number}")
         return loss

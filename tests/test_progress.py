@@ -1,0 +1,66 @@
+"""Signs of life inside an epoch: step counts reach the progress bar while a long epoch runs."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+
+import sweep.objective
+from data import make_phantom
+from model import SegNetConfig
+from sweep.config import TrainConfig
+from sweep.objective import Objective
+from sweep.presets import preset
+from sweep.progress import progress_text
+from sweep.records import ProgressKey, TrialKey
+from sweep.runtime import DeviceSplit
+from sweep.train import fit_folds
+
+CPU = torch.device("cpu")
+TINY = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
+
+
+@pytest.fixture(scope="module")
+def folds():
+    images, masks = make_phantom(12, seed=3, size=32)
+    split = lambda idx: DeviceSplit.from_arrays(images[idx], masks[idx], CPU)  # noqa: E731
+    return [(split(list(range(0, 8))), split(list(range(8, 12)))), (split(list(range(4, 12))), split(list(range(0, 4))))]
+
+
+def test_every_step_is_counted_across_folds_as_plain_integers(folds):
+    steps = []
+    fit_folds(TINY, TrainConfig(epochs=2, batch_size=3), folds, bf16=False, keep_state=False,
+              on_step=lambda done, total: steps.append((done, total)))
+    per_epoch = 2 * 3  # two folds of 8 slices in batches of 3
+    assert steps == [(n, per_epoch) for n in range(1, per_epoch + 1)] * 2
+    assert all(type(done) is int and type(total) is int for done, total in steps)
+
+
+def test_the_step_count_does_not_change_what_is_trained(folds):
+    cfg = TrainConfig(epochs=2, batch_size=3)
+    quiet = fit_folds(TINY, cfg, folds[:1], bf16=False)
+    watched = fit_folds(TINY, cfg, folds[:1], bf16=False, on_step=lambda done, total: None)
+    assert quiet.history == watched.history
+
+
+def test_the_bar_shows_the_running_epochs_steps_and_time():
+    text = progress_text(3, {ProgressKey.EPOCH: 0, ProgressKey.EPOCHS: 50, ProgressKey.LAST: None,
+                             ProgressKey.BEST: None, ProgressKey.SECONDS: 65.0, ProgressKey.STEP: 37, ProgressKey.STEPS: 120})
+    assert text == "#3 epoch 0/50 (step 37/120, 1m 05s) last - best -"
+    assert progress_text(3, {ProgressKey.EPOCH: 1, ProgressKey.EPOCHS: 50, ProgressKey.LAST: 0.5, ProgressKey.BEST: 0.5,
+                             ProgressKey.SECONDS: 10.0}).startswith("#3 epoch 1/50 last 0.5000 best 0.5000")
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_trial_shows_steps_between_its_epochs(folds, monkeypatch):
+    monkeypatch.setattr(sweep.objective, "STEP_PROGRESS_SECONDS", 0.0)
+    shown = []
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(preset("small", batch_size=4))
+    study.optimize(Objective(folds[:1], 1, bf16=False, on_progress=lambda n, p: shown.append(dict(p))), n_trials=1)
+    inside = [p for p in shown if ProgressKey.STEP in p]
+    assert [p[ProgressKey.STEP] for p in inside] == [1, 2]  # 8 slices in batches of 4
+    assert all(p[ProgressKey.EPOCH] == 0 and p[ProgressKey.STEPS] == 2 for p in inside)
+    stored = study.trials[0].user_attrs[TrialKey.PROGRESS]
+    assert ProgressKey.STEP not in stored  # only the bar sees them: nothing more is written to the storage
