@@ -34,6 +34,9 @@ from sweep.runtime import Fold, load_model, predict_logits, use_bf16
 from sweep.train import DivergedError, FitResult, fit_folds
 
 STEP_PROGRESS_SECONDS = 1.0  # at most this often a running epoch's step count reaches the progress bar
+# ... and, from a worker process, the trial's PROGRESS attribute that the main process's bar polls:
+# a storage write, so far rarer.
+STORED_STEP_SECONDS = 15.0
 
 
 class TimeUp(KeyboardInterrupt):
@@ -178,19 +181,23 @@ class Objective:
             self.on_progress(trial.number, progress)
 
     def _step_hook(self, trial: optuna.Trial, history: list[dict[str, float]], start: float):
-        """Inside an epoch, at most every STEP_PROGRESS_SECONDS, the epoch's step count and the time
-        so far to ``on_progress`` (not to the storage): a long epoch shows life. None without a hook."""
-        if self.on_progress is None:
-            return None
+        """Inside an epoch, the epoch's step count and the time so far, so that a long epoch shows life:
+        to ``on_progress`` at most every STEP_PROGRESS_SECONDS, or, without it (a worker process), to
+        the trial's PROGRESS attribute at most every STORED_STEP_SECONDS."""
+        every = STEP_PROGRESS_SECONDS if self.on_progress is not None else STORED_STEP_SECONDS
         shown = time.perf_counter()
 
         def on_step(done: int, steps: int) -> None:
             nonlocal shown
             now = time.perf_counter()
-            if now - shown >= STEP_PROGRESS_SECONDS:
-                shown = now
-                progress = {**self._progress(history, now - start), ProgressKey.STEP: done, ProgressKey.STEPS: steps}
+            if now - shown < every:
+                return
+            shown = now
+            progress = {**self._progress(history, now - start), ProgressKey.STEP: done, ProgressKey.STEPS: steps}
+            if self.on_progress is not None:
                 self.on_progress(trial.number, progress)
+            else:
+                trial.set_user_attr(TrialKey.PROGRESS, progress)
 
         return on_step
 

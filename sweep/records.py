@@ -78,7 +78,7 @@ class ProgressKey:
     LAST = "last"  # val dice_fg of the latest epoch (None before the first)
     BEST = "best"  # best val dice_fg so far
     SECONDS = "seconds"  # training time so far, earlier runs of a resumed trial included
-    # Only in what ``Objective.on_progress`` receives inside an epoch, never stored: signs of life.
+    # Inside an epoch only (the epoch's end leaves them out again): signs of life in a long epoch.
     STEP = "step"  # optimiser steps done in the running epoch (every fold's together)
     STEPS = "steps"  # optimiser steps in an epoch
 

@@ -62,5 +62,23 @@ def test_a_trial_shows_steps_between_its_epochs(folds, monkeypatch):
     inside = [p for p in shown if ProgressKey.STEP in p]
     assert [p[ProgressKey.STEP] for p in inside] == [1, 2]  # 8 slices in batches of 4
     assert all(p[ProgressKey.EPOCH] == 0 and p[ProgressKey.STEPS] == 2 for p in inside)
-    stored = study.trials[0].user_attrs[TrialKey.PROGRESS]
-    assert ProgressKey.STEP not in stored  # only the bar sees them: nothing more is written to the storage
+    assert ProgressKey.STEP not in study.trials[0].user_attrs[TrialKey.PROGRESS]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_a_worker_process_stores_the_steps_for_the_bar_that_polls(folds, monkeypatch):
+    monkeypatch.setattr(sweep.objective, "STORED_STEP_SECONDS", 0.0)
+    stored = []
+    real = optuna.Trial.set_user_attr
+
+    def set_user_attr(self, key, value):
+        if key == TrialKey.PROGRESS:
+            stored.append(dict(value))
+        real(self, key, value)
+
+    monkeypatch.setattr(optuna.Trial, "set_user_attr", set_user_attr)
+    study = optuna.create_study(direction="maximize")
+    study.enqueue_trial(preset("small", batch_size=4))
+    study.optimize(Objective(folds[:1], 1, bf16=False), n_trials=1)  # no on_progress: as in a worker process
+    assert [p[ProgressKey.STEP] for p in stored if ProgressKey.STEP in p] == [1, 2]
+    assert ProgressKey.STEP not in study.trials[0].user_attrs[TrialKey.PROGRESS]  # the epoch's end replaced them
