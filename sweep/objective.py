@@ -91,7 +91,7 @@ class Objective:
     resume_dir: Points | Path | None = None
     resume_every: float | None = None
     on_progress: Callable[[int, dict], None] | None = None
-    bf16: bool | None = None  # None: where the device runs it fast (sweep.train.use_bf16)
+    bf16: bool | None = None  # None: where the device runs it fast (sweep.runtime.use_bf16)
     deadline: float | None = None  # wall-clock time (time.time()) after which a running trial stops at its epoch's end
     max_trial_seconds: float | None = None  # a trial projected to run longer is pruned early (``over_time_cap``)
     fidelity: dict | None = None  # what an epoch costs (``records.study_fidelity``); None: whole passes
