@@ -53,10 +53,11 @@ class RunOptions:
                                        "store (default: beside the SQLite file, else ./artifacts); recorded on the study",
                                  metavar="PATH|s3://BUCKET")
     epoch_slices: int | None = flag(None, "train slices drawn per epoch, so that an epoch costs the same on any data "
-                                          "set (default: every train slice, at most 1000; 0: every one)", metavar="N")
+                                          f"set (default: every train slice, at most {EPOCH_SLICES_AUTO}; 0: every one)",
+                                    metavar="N")
     val_slices: int | None = flag(None, "val slices scored after each epoch (evenly spaced); the best epoch is then "
-                                        "scored on the whole val split (default: every val slice, at most 200; 0: every "
-                                        "one)", metavar="N")
+                                        "scored on the whole val split (default: every val slice, at most "
+                                        f"{VAL_SLICES_AUTO}; 0: every one)", metavar="N")
     patch: int = flag(0, "train on random PX x PX crops of each slice (a multiple of 32); val, test and predictions "
                          "use whole slices (default 0: whole slices)", metavar="PX")
     progress: bool = flag(True, "no progress bar or per-trial lines", resume=False, flag="--quiet", action="store_false")
