@@ -308,8 +308,8 @@ def volume_tables(volumes: dict) -> str:
     clinical = volumes.get("clinical")
     if clinical:
         keys = list(clinical)
-        fmt = lambda v: "–" if v is None else f"{v:.3f}"
-        cells = "".join(f"<tr><th>{_e(k)}</th><td>{fmt(clinical[k]['r'])}</td><td>{fmt(clinical[k]['bias'])}</td></tr>"
+        shown = lambda v: "–" if v is None else f"{v:.3f}"
+        cells = "".join(f"<tr><th>{_e(k)}</th><td>{shown(clinical[k]['r'])}</td><td>{shown(clinical[k]['bias'])}</td></tr>"
                         for k in keys)
         parts.append(f'<p class="hint">Clinical indices of {volumes.get("clinical_patients", "?")} patients against the ground truth '
                      f'(ml, %, g).</p><table class="top"><tr><th>index</th><th>Pearson r</th><th>mean bias</th></tr>{cells}</table>')
