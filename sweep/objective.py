@@ -145,7 +145,8 @@ class Objective:
             trial.set_user_attr(TrialKey.RESUMED_AT, point["epoch"] if point else 0)
         self._replay(trial, point, history, on_epoch)
         result = self._fit(
-            trial, model_cfg, train_cfg, on_epoch, seed=seed, resume=point, on_step=self._step_hook(trial, history, start),
+            trial, model_cfg, train_cfg, on_epoch, seed=seed, resume=point,
+            on_step=self._step_hook(trial, history, start, ends, len(point["history"]) if point else 0),
             on_resume_point=point_file.save if self.resume_dir is not None else None,
             resume_every=resume_interval() if self.resume_every is None else self.resume_every,
             val_slices=fidelity["val_slices"],
@@ -180,16 +181,24 @@ class Objective:
         if self.on_progress is not None:
             self.on_progress(trial.number, progress)
 
-    def _step_hook(self, trial: optuna.Trial, history: list[dict[str, float]], start: float):
+    def _step_hook(self, trial: optuna.Trial, history: list[dict[str, float]], start: float, ends: list[float],
+                   resumed_epochs: int):
         """Inside an epoch, the epoch's step count and the time so far, so that a long epoch shows life:
         to ``on_progress`` at most every STEP_PROGRESS_SECONDS, or, without it (a worker process), to
-        the trial's PROGRESS attribute at most every STORED_STEP_SECONDS."""
+        the trial's PROGRESS attribute at most every STORED_STEP_SECONDS. In the first epoch this
+        process runs, a trial projected from its steps to run past ``max_trial_seconds`` is pruned
+        there (``StepClock``), before it spends minutes on epochs the cap would end anyway."""
         every = STEP_PROGRESS_SECONDS if self.on_progress is not None else STORED_STEP_SECONDS
         shown = time.perf_counter()
+        clock = StepClock(self.max_trial_seconds, self.epochs - resumed_epochs)
 
         def on_step(done: int, steps: int) -> None:
             nonlocal shown
             now = time.perf_counter()
+            remaining = clock.remaining(done, steps, now) if not ends else None  # this process's first epoch
+            if remaining is not None and now - start + remaining > self.max_trial_seconds:
+                _prune_unscored(trial, now - start, f"projected {_duration(now - start + remaining)} from its first "
+                                f"{done} steps, over the cap of {_duration(self.max_trial_seconds)} per trial")
             if now - shown < every:
                 return
             shown = now
@@ -282,6 +291,36 @@ def failure_reason(err: BaseException) -> str:
     return f"{kind}: {text[0]}" if text else kind
 
 
+class StepClock:
+    """Projects a trial's remaining seconds from the steps of its first epoch, where a cap is set.
+
+    The first ``WARM_STEPS`` steps are not timed (memory and kernel set-up); from then on, once
+    ``MIN_SECONDS`` of steps have passed, the mean step time times the steps left in the trial
+    (``epochs`` epochs of ``steps``, folds included) is its projection. Evaluation after each
+    epoch is not counted, so the projection leans low: a trial pruned by it would have been
+    pruned by ``over_time_cap`` after its second epoch, minutes later for a wide one.
+    """
+
+    WARM_STEPS = 2
+    MIN_SECONDS = 5.0
+
+    def __init__(self, cap: float | None, epochs: int) -> None:
+        self.cap, self.epochs = cap, epochs
+        self.since: tuple[int, float] | None = None
+
+    def remaining(self, done: int, steps: int, now: float) -> float | None:
+        """Seconds the trial is projected to run from now, or None (no cap, or too few steps timed)."""
+        if self.cap is None or done < self.WARM_STEPS:
+            return None
+        if self.since is None:
+            self.since = (done, now)
+            return None
+        first, then = self.since
+        if done == first or now - then < self.MIN_SECONDS:
+            return None
+        return (now - then) / (done - first) * (steps * self.epochs - done)
+
+
 def over_time_cap(ends: list[float], elapsed: float, epoch: int, epochs: int, cap: float | None) -> float | None:
     """The projected seconds of a trial that will run past ``cap``, else None.
 
@@ -312,6 +351,13 @@ def _prune(trial: optuna.Trial, history: list[dict[str, float]], seconds: float,
         trial.set_user_attr(TrialKey.PRUNE_REASON, why)
         raise optuna.TrialPruned(why)
     raise optuna.TrialPruned(f"val dice_fg {record['val_dice_fg']:.4f} at epoch {record['epoch']} behind the median")
+
+
+def _prune_unscored(trial: optuna.Trial, seconds: float, why: str) -> None:
+    """Stop a trial inside its first epoch, before it has a val score, recording why."""
+    _set_attrs(trial, {TrialKey.SECONDS: round(seconds, 2), TrialKey.EPOCHS_RUN: 0, TrialKey.PRUNED_AT: 0,
+                       TrialKey.PRUNE_REASON: why})
+    raise optuna.TrialPruned(why)
 
 
 def _set_attrs(trial: optuna.Trial, attrs: dict) -> None:

@@ -41,7 +41,7 @@ class RunOptions:
     timeout: float | None = flag(None, "end the run after this many seconds: no trial starts later, and a running "
                                        "trial stops at the end of its epoch and resumes on the next run")
     max_trial_seconds: float | None = flag(
-        None, "prune a trial projected, in its first fifth of epochs, to run longer than this "
+        None, "prune a trial projected, from the steps of its first epoch or in its first fifth of epochs, to run longer than this "
               "(default: a tenth of --timeout; no cap without --timeout; 0: no cap)", metavar="SEC")
     enqueue: str | None = flag(None, "run this configuration first: a preset (original, small, acdc), a JSON file "
                                      "or a JSON object", metavar="NAME|PARAMS.json|JSON")

@@ -7,7 +7,7 @@ from optuna.trial import TrialState
 
 from data import make_phantom
 from sweep.errors import UsageError
-from sweep.objective import Objective, over_time_cap
+from sweep.objective import Objective, StepClock, over_time_cap
 from sweep.options import RunOptions
 from sweep.presets import preset
 from sweep.records import TrialKey
@@ -42,6 +42,16 @@ def test_a_resumed_trial_counts_its_earlier_seconds():
     assert over_time_cap([1.0, 4.0], 306.0, epoch=7, epochs=50, cap=400.0) == pytest.approx(306.0 + 3.0 * 43)
 
 
+def test_the_step_clock_projects_from_timed_steps_after_the_warm_ones():
+    clock = StepClock(cap=100.0, epochs=20)
+    assert clock.remaining(1, 50, now=0.0) is None  # warming up
+    assert clock.remaining(2, 50, now=3.0) is None  # the timing starts here
+    assert clock.remaining(4, 50, now=5.0) is None  # 2 s of steps: too few to trust
+    # 10 steps in 10 s after the warm ones: 1 s a step, 20 epochs of 50 steps less the 12 done
+    assert clock.remaining(12, 50, now=13.0) == pytest.approx(1000 - 12)
+    assert StepClock(cap=None, epochs=20).remaining(12, 50, now=13.0) is None
+
+
 # --- in a study ------------------------------------------------------------------------------
 
 
@@ -65,6 +75,16 @@ def test_a_trial_over_the_cap_is_pruned_at_its_second_epoch_with_the_reason(fold
     assert trial.user_attrs[TrialKey.PRUNED_AT] == 2 and sorted(trial.intermediate_values) == [1, 2]
     assert "per trial" in trial.user_attrs[TrialKey.PRUNE_REASON]
     assert trial.user_attrs[TrialKey.EPOCHS_RUN] == 2  # what it ran is recorded, as for any pruned trial
+
+
+def test_a_trial_far_over_the_cap_is_pruned_inside_its_first_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(StepClock, "MIN_SECONDS", 0.0)  # project from the first timed steps, whatever the machine's speed
+    images, masks = make_phantom(30, seed=5, size=32)
+    folds = [(DeviceSplit.from_arrays(images[:24], masks[:24], CPU), DeviceSplit.from_arrays(images[24:], masks[24:], CPU))]
+    trial = run_one(folds, tmp_path, cap=1e-6)  # batch 4: 6 steps an epoch
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {}
+    assert trial.user_attrs[TrialKey.PRUNED_AT] == 0 and trial.user_attrs[TrialKey.EPOCHS_RUN] == 0
+    assert "from its first 3 steps, over the cap" in trial.user_attrs[TrialKey.PRUNE_REASON]
 
 
 def test_a_trial_within_the_cap_runs_its_whole_budget(folds, tmp_path):
