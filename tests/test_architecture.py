@@ -42,25 +42,21 @@ def import_graph() -> dict[str, set[str]]:
     return {p.stem: sweep_imports(p) for p in sorted((ROOT / "sweep").glob("*.py"))}
 
 
-def test_read_only_commands_load_nothing_that_trains():
-    code = (
-        "import sys\n"
-        "import sweep.cli, sweep.best, sweep.status, sweep.export, sweep.report, sweep.dashboard, sweep.space\n"
-        "heavy = sorted(m for m in ('torch', 'sweep.train', 'sweep.objective', 'sweep.run', 'sweep.evaluate') if m in sys.modules)\n"
-        "print(','.join(heavy))\n"
-    )
+def loaded_after_importing(modules: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of ``watched`` a fresh interpreter has loaded after ``import {modules}``."""
+    code = f"import sys\nimport {modules}\nprint(','.join(m for m in {watched!r} if m in sys.modules))\n"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_read_only_commands_load_nothing_that_trains():
+    modules = "sweep.cli, sweep.best, sweep.status, sweep.export, sweep.report, sweep.dashboard, sweep.space"
+    assert loaded_after_importing(modules, ("torch", "sweep.train", "sweep.objective", "sweep.run", "sweep.evaluate")) == []
 
 
 def test_inference_loads_no_trainer():
-    code = (
-        "import sys\n"
-        "import sweep.predict, sweep.model_file, sweep.postprocess\n"
-        "print(','.join(m for m in ('sweep.train', 'sweep.augment', 'sweep.losses') if m in sys.modules))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == ""
+    assert loaded_after_importing("sweep.predict, sweep.model_file, sweep.postprocess",
+                                  ("sweep.train", "sweep.augment", "sweep.losses")) == []
 
 
 def test_no_module_is_a_hub():
