@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
+from .files import output_file
 
 #: Number of classes; mask values must lie in 0..N_CLASSES-1.
 N_CLASSES = 4
@@ -133,6 +134,5 @@ def write_mask(path: os.PathLike | str, mask: np.ndarray) -> None:
         raise ValueError(f"write_mask: mask must hold integer class ids, got {mask.dtype}")
     if mask.size and (mask.min() < 0 or mask.max() >= N_CLASSES):
         raise ValueError(f"write_mask: class ids must be in 0..{N_CLASSES - 1}, got {mask.min()}..{mask.max()}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8)).save(path, format="PNG")
+    with output_file(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8)).save(tmp, format="PNG")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DataError
+from .files import output_file
 from .io import N_CLASSES
 
 #: Largest difference (mm) between a label's and its image's affine entries that still
@@ -184,6 +185,5 @@ def write_labels(
     img.set_data_dtype(np.uint8)
     img.header.set_slope_inter(1.0, 0.0)
     img.header["cal_min"], img.header["cal_max"] = 0, N_CLASSES - 1
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(img, str(path))
+    with output_file(path) as tmp:
+        nib.save(img, str(tmp))

@@ -28,11 +28,13 @@ from data import (
     write_mask,
 )
 from data import preprocessing as volume_preprocessing
+from data.files import output_file
 from model import SegNetConfig
 from sweep import artifacts
 from sweep import records as rec
 from sweep.best import BestOptions, describe_best
 from sweep.errors import UsageError, check_writable
+from sweep.outputs import refuse_inside, refuse_overwrite
 from sweep.folds import Selection, estimate_holdout, selection_folds, without_holdout
 from sweep.metrics import (
     bootstrap_dice_fg,
@@ -96,7 +98,7 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         raise UsageError(f"--top {opts.top}: study {study.study_name!r} has only {len(candidates)} complete trial(s)")
     if opts.epochs is not None:  # a search at a lower budget, its picks trained longer to ship
         candidates = [{**c, "epochs": opts.epochs} for c in candidates]
-    check_writable(Path(opts.out), f"--out {opts.out}")  # now, not after minutes of retraining
+    check_outputs(study, opts)  # now, not after minutes of retraining
     data = load_checked_data(study, opts.data)
     device = resolve_device_or_fail(opts.device)
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))
@@ -331,13 +333,24 @@ def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bun
         for name, mask in zip(data.test.names, masks):
             write_mask(mask_dir / f"{name}_mask.png", mask)
     result["masks"] = str(mask_dir.resolve())
-    model_path = save_bundle(bundle, out / "model.pt")
+    model_path = save_bundle(bundle, out / rec.MODEL_FILE)
     result["model"] = str(model_path.resolve())
     overlay_path = out / rec.TEST_OVERLAY
     overlay_png(data.test.images, data.test.masks, masks, overlay_path)
-    summary_path = out / "summary.json"
-    summary_path.write_text(json.dumps(result, indent=2))
+    summary_path = out / rec.SUMMARY_FILE
+    with output_file(summary_path) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     return [summary_path, overlay_path, model_path]
+
+
+def check_outputs(study: optuna.Study, opts: BestOptions) -> None:
+    """``--out`` can be written, and its files replace neither the study nor the data."""
+    out = Path(opts.out)
+    source = opts.data or study.user_attrs.get(StudyKey.DATA_SOURCE)
+    refuse_inside("--out", out, None if source in (None, "phantom") else source, "the data folder")
+    written = [out / name for name in (rec.SUMMARY_FILE, rec.MODEL_FILE, rec.TEST_OVERLAY)]
+    refuse_overwrite(f"--out {opts.out}", written, storage=opts.storage)
+    check_writable(out, f"--out {opts.out}")
 
 
 def record_evaluation(study: optuna.Study, result: dict, files: list[Path], store) -> None:

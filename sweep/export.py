@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from data.files import output_file
 from sweep.errors import UsageError
+from sweep.outputs import refuse_overwrite
 from sweep.records import DICE_KEYS, StudyKey, TrialKey, attempt, root_trial_number
 from sweep.study import open_study_readonly
 
@@ -22,6 +24,7 @@ FIRST = (
 
 def export_csv(storage_url: str, study_name: str, path: str | Path) -> int:
     """Write the study's trials to ``path``; returns the number of rows."""
+    refuse_overwrite(f"--csv {path}", [path, cases_path(path)], storage=storage_url)
     study = open_study_readonly(storage_url, study_name)
     frame = study.trials_dataframe()
     # System attrs are Optuna's bookkeeping (artifact ids, retry links, enqueued params).
@@ -60,6 +63,7 @@ def export_cases(storage_url: str, study_name: str, path: str | Path) -> int:
 
 def _write(frame: pd.DataFrame, path: str | Path) -> None:
     try:
-        frame.to_csv(path, index=False)
+        with output_file(path) as tmp:
+            frame.to_csv(tmp, index=False)
     except OSError as err:
         raise UsageError(f"--csv {path}: cannot write ({err.strerror or err})") from None

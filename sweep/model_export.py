@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from model import SegNet
+from data.files import output_file
 from sweep.errors import UsageError, check_writable
 from sweep.model_file import ModelBundle, PadToMultiple, Segmenter, ensemble_probs
 from sweep.runtime import normalize
@@ -65,15 +66,15 @@ def export_model(bundle_or_segmenter: ModelBundle | Segmenter, fmt: str, path: s
     generator = torch.Generator().manual_seed(0)
     # Batch 2 at least: torch.export specialises a batch of 1 into a constant.
     example = torch.rand((max(n, 2), c, h, w), generator=generator)
-    run = _export_torchscript(net, path) if fmt == "torchscript" else _export_onnx(net, example, path)
-    diff = 0.0
-    for check_shape in [(n + 2, c, h, w), (2, c, h + 5, w + 3)]:  # another batch size; an odd size
-        x = torch.rand(check_shape, generator=generator)
-        diff = max(diff, float((run(x) - ensemble_probs(reference.models, x, bf16=False, tta=False)).abs().max()))
-    if not diff <= EXPORT_TOLERANCE:
-        path.unlink(missing_ok=True)
-        raise ExportMismatchError(f"--export {fmt}: exported model differs from PyTorch by {diff:.3g} "
-                                  f"(> {EXPORT_TOLERANCE:g}); {path} removed")
+    with output_file(path) as tmp:  # checked before it takes the name: a failed check leaves no file
+        run = _export_torchscript(net, tmp) if fmt == "torchscript" else _export_onnx(net, example, tmp)
+        diff = 0.0
+        for check_shape in [(n + 2, c, h, w), (2, c, h + 5, w + 3)]:  # another batch size; an odd size
+            x = torch.rand(check_shape, generator=generator)
+            diff = max(diff, float((run(x) - ensemble_probs(reference.models, x, bf16=False, tta=False)).abs().max()))
+        if not diff <= EXPORT_TOLERANCE:
+            raise ExportMismatchError(f"--export {fmt}: exported model differs from PyTorch by {diff:.3g} "
+                                      f"(> {EXPORT_TOLERANCE:g}); nothing written to {path}")
     return {"format": fmt, "path": str(path), "input_shape": ["B", c, "H", "W"], "max_abs_diff": diff, "tolerance": EXPORT_TOLERANCE}
 
 

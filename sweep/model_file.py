@@ -13,9 +13,10 @@ masks, meant to be the one copy both call: then ``predict`` on the test images w
 
 from __future__ import annotations
 
+import math
 import os
 import platform
-import tempfile
+import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from model import SegNet, SegNetConfig
+from data.files import output_file
 from sweep.errors import UsageError
 from sweep.postprocess import apply_postprocessing, predict_probs
 from sweep.runtime import EVAL_BATCH, load_model, resolve_device_or_fail, use_bf16
@@ -98,15 +100,8 @@ def save_bundle(bundle: ModelBundle, path: str | os.PathLike) -> Path:
     path = Path(path)
     record = {"format": FORMAT, "format_version": FORMAT_VERSION}
     record.update({f.name: _plain(getattr(bundle, f.name), f.name) for f in fields(bundle)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(record, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with output_file(path) as tmp:
+        torch.save(record, tmp)
     return path
 
 
@@ -122,13 +117,14 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--model {path}: {'is a folder' if path.is_dir() else 'file not found'}")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; torch's own errors on other
+        # files are internals ("pop from empty list", a pickle opcode number), no reason for a person
+        raise UsageError(f"--model {path}: not a model file of segnet-sweep (not a PyTorch file)")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 -- torch reports foreign files through many types
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
-        if reason.startswith("Weights only load failed"):  # torch's long advice does not apply here
-            reason = "not a PyTorch file, or one holding pickled code"
-        raise UsageError(f"--model {path}: not a model file of segnet-sweep ({reason})") from None
+    except Exception:  # noqa: BLE001 -- torch reports damaged or foreign archives through many types
+        raise UsageError(f"--model {path}: not a model file of segnet-sweep (a damaged PyTorch file, "
+                         "or one holding pickled code)") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise UsageError(f"--model {path}: not a model file of segnet-sweep (no {FORMAT!r} marker)")
     version = record.get("format_version")
@@ -142,7 +138,29 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     bundle = ModelBundle(**{n: record[n] for n in names})
     if not bundle.members or not all(bundle.members):
         raise UsageError(f"--model {path}: damaged model file (a seed without models)")
+    problem = preprocessing_problem(bundle.preprocessing)
+    if problem:
+        raise UsageError(f"--model {path}: invalid preprocessing in the model file ({problem})")
     return bundle
+
+
+def preprocessing_problem(prep) -> str | None:
+    """What is wrong with a model file's recorded preprocessing, or None: every size and spacing
+    ``predict`` divides by or allocates must be a positive, finite number."""
+    if not isinstance(prep, dict):
+        return f"expected a mapping, got {type(prep).__name__}"
+    for key, kinds in (("target_spacing_mm", (int, float)), ("slice_size", (int,)), ("image_size", (int,))):
+        if prep.get(key) is None:
+            continue
+        values = prep[key] if isinstance(prep[key], (list, tuple)) else [prep[key]]
+        if not values or not all(_positive(v, kinds) for v in values):
+            what = "whole numbers of pixels" if kinds == (int,) else "millimetres"
+            return f"{key} {prep[key]!r}: must be positive {what}"
+    return None
+
+
+def _positive(value, kinds: tuple[type, ...]) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def ensemble_probs(models_by_seed: list[list[nn.Module]], images: torch.Tensor, bf16: bool, tta: bool) -> torch.Tensor:

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from data.files import output_file
+
 # Okabe-Ito colours: distinct for colour-blind readers too. Background (0) stays transparent.
 CLASS_COLOURS = {1: (230, 159, 0), 2: (0, 158, 115), 3: (86, 180, 233)}
 CLASS_LABELS = {1: "RV", 2: "Myo", 3: "LV"}
@@ -52,7 +54,8 @@ def overlay_png(
             tile = _tile(images[i], None if masks is None else np.asarray(masks[i]))
             canvas.paste(tile.resize((w, h), Image.NEAREST), (LABEL_WIDTH + c * (w + GAP), y))
     _legend(draw, font, y=len(rows) * (h + GAP) + 4)
-    canvas.save(path, format="PNG")
+    with output_file(path) as tmp:
+        canvas.save(tmp, format="PNG")
 
 
 def _tile(image: np.ndarray, mask: np.ndarray | None) -> Image.Image:

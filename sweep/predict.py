@@ -21,11 +21,13 @@ from tqdm.auto import tqdm
 
 from data import read_image, write_mask
 from data.io import png_files
-from data.nifti import is_nifti
+from data.nifti import is_nifti, nifti_stem
 from sweep import artifacts
 from sweep.errors import UsageError, check_writable
 from sweep.model_export import EXPORT_FORMATS, export_model
 from sweep.model_file import ModelBundle, Segmenter, load_bundle
+from sweep.outputs import refuse_overwrite
+from sweep.records import MODEL_FILE
 from sweep.pictures import overlay_png
 from sweep.study import open_study_readonly, sweep_command
 
@@ -43,18 +45,23 @@ def run_predict(args: argparse.Namespace) -> dict:
     if args.model is None:
         args.model = str(study_model(args.storage, args.study))
     bundle = load_bundle(args.model)
-    pngs, volumes = resolve_inputs(args.inputs)
+    pngs, volumes, skipped = resolve_inputs(args.inputs)
     out = Path(args.out)
+    reads = [*pngs, *volumes, Path(args.model)]
     if pngs or volumes:
         check_unique_outputs(pngs, volumes, args.overlay)
+        written = [out / name for _, name in output_names(pngs, volumes, args.overlay)]
+        refuse_overwrite(f"--out {out}", written, storage=args.storage, inputs=reads)
         check_writable(out, f"--out {out}")
     if args.export is not None:
+        refuse_overwrite(f"--export {args.export[0]}", [args.export[1]], storage=args.storage, inputs=reads)
         check_writable(Path(args.export[1]).parent, f"--export {args.export[0]} {args.export[1]}")
     shapes = [read_image(p).shape for p in pngs]  # decodes and checks every PNG before any output
     segmenter = Segmenter(bundle, device=args.device) if pngs or volumes else None
     summary = {"model": str(args.model), "inputs": len(pngs) + len(volumes), "images": len(pngs),
                "volumes": len(volumes), "outputs": [], "out": str(out),
-               "notes": png_notes(bundle, shapes) + volume_notes(bundle, volumes), "export": None}
+               "notes": skipped_notes(skipped) + png_notes(bundle, shapes) + volume_notes(bundle, volumes),
+               "skipped": len(skipped), "export": None}
     with tqdm(total=len(pngs) + len(volumes), desc="predict", unit="file", file=sys.stderr, disable=args.quiet) as bar:
         summary["outputs"] += predict_pngs(segmenter, pngs, shapes, out, args.overlay, bar)
         summary["outputs"] += predict_volumes(segmenter, volumes, out, args.overlay, bar)
@@ -66,30 +73,46 @@ def run_predict(args: argparse.Namespace) -> dict:
 def study_model(storage_url: str, study_name: str) -> Path:
     """The model.pt of the study's latest ``best --evaluate``, from its artifact location (a
     machine with no local files gets it there)."""
-    path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, "model.pt")
+    path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, MODEL_FILE)
     if path is None:
         raise UsageError(f"--model: not given, and study {study_name!r} has no evaluated model.pt "
                          f"(run `{sweep_command('best --evaluate', storage_url, study_name)}` first)")
     return path
 
 
-def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
-    """PNG and NIfTI files named directly or found directly inside the named folders.
+LABEL_FOLDERS = ("labelsTr", "labelsTs")  # nnU-Net's label folders: every file in them is a label
+LABEL_ENDINGS = ("_gt", "_4d", "_mask", "_overlay")  # ACDC labels and cine, coursework masks, our own overlays
+
+
+def is_label_file(path: Path) -> bool:
+    """A file found in a folder that is no image to segment: a label volume (ACDC's ``_gt``, anything
+    in nnU-Net's ``labelsTr/``), a 4-D cine (``_4d``), a coursework mask or an overlay picture."""
+    stem = nifti_stem(path) if is_nifti(path) else path.stem
+    return path.parent.name in LABEL_FOLDERS or stem.endswith(LABEL_ENDINGS)
+
+
+def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[Path], list[Path]]:
+    """PNG and NIfTI files named directly or found directly inside the named folders, and the
+    label files skipped in those folders (``is_label_file``).
 
     Inside folders, hidden files and other file types are skipped; a named file must be one of the
-    two kinds, and a folder must hold at least one.
+    two kinds (it is segmented as named), and a folder must hold at least one image.
     """
     pngs: list[Path] = []
     volumes: list[Path] = []
+    skipped: list[Path] = []
     for name in inputs:
         path = Path(name)
         if path.is_dir():
-            found_png = png_files(path)
-            found_nii = sorted(p for p in path.iterdir() if is_nifti(p))
-            if not found_png and not found_nii:
-                raise UsageError(f"{path}: folder holds no PNG or NIfTI (.nii, .nii.gz) files")
-            pngs += found_png
-            volumes += found_nii
+            found = png_files(path) + sorted(p for p in path.iterdir() if is_nifti(p) and not p.name.startswith("."))
+            labels = [p for p in found if is_label_file(p)]
+            found = [p for p in found if not is_label_file(p)]
+            if not found:
+                what = f"only label files ({len(labels)})" if labels else "no PNG or NIfTI (.nii, .nii.gz) files"
+                raise UsageError(f"{path}: folder holds {what}; give the folder of the images to segment")
+            skipped += labels
+            pngs += [p for p in found if not is_nifti(p)]
+            volumes += [p for p in found if is_nifti(p)]
         elif path.is_file():
             if path.suffix.lower() == ".png":
                 pngs.append(path)
@@ -99,7 +122,15 @@ def resolve_inputs(inputs: list[str]) -> tuple[list[Path], list[Path]]:
                 raise UsageError(f"{path}: not a PNG or NIfTI (.nii, .nii.gz) file")
         else:
             raise UsageError(f"{path}: no such file or folder")
-    return pngs, volumes
+    return pngs, volumes, skipped
+
+
+def skipped_notes(skipped: list[Path]) -> list[str]:
+    """One note counting the label and cine files left out of the folders given."""
+    if not skipped:
+        return []
+    return [f"skipped {len(skipped)} label, cine or overlay file(s) in the input folders "
+            f"(e.g. {skipped[0].name}); name a file to segment it anyway"]
 
 
 def case_name(path: Path) -> str:

@@ -84,6 +84,8 @@ class ProgressKey:
 
 
 TEST_OVERLAY = "test_overlay.png"  # the evaluation's test picture among the study's artifacts
+MODEL_FILE = "model.pt"  # the evaluated model, under best's --out and among the study's artifacts
+SUMMARY_FILE = "summary.json"  # the evaluation's JSON, under best's --out
 
 HISTORY_KEYS = ("train_loss", "val_loss", "val_dice_bg", "val_dice_rv", "val_dice_myo", "val_dice_lv", "val_dice_fg")
 

@@ -18,10 +18,12 @@ import pandas as pd
 import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
+from data.files import output_file
 from sweep import artifacts
 from sweep import records as rec
 from sweep import study as st
 from sweep.errors import UsageError
+from sweep.outputs import refuse_overwrite
 from sweep.figures import (
     MIN_TOP,
     TARGET,
@@ -41,11 +43,13 @@ TOP_TRIALS = 10
 
 
 def write_report(storage_url: str, study_name: str, out: str | Path) -> Path:
+    path = Path(out)
+    refuse_overwrite(f"--out {out}", [path], storage=storage_url)
     study = open_study_readonly(storage_url, study_name)
     page = _Page(study, storage_url)
-    path = Path(out)
     try:
-        path.write_text(page.render(), encoding="utf-8")
+        with output_file(path) as tmp:
+            tmp.write_text(page.render(), encoding="utf-8")
     except OSError as err:
         raise UsageError(f"--out {out}: cannot write ({err.strerror or err})") from None
     return path.resolve()
