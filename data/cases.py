@@ -58,6 +58,26 @@ def _check_test_labels(cases: list[CaseFile]) -> None:
         raise DataError(f"{missing.image}: no label volume, though other test cases have one")
 
 
+def check_identity(cases: list[CaseFile]) -> None:
+    """No two volumes share a case name (results are keyed by it, so one would silently replace the
+    other), and no patient is both in the layout's own test part and in train/val (a leak across
+    splits, e.g. one patient folder name reused in ACDC's training/ and testing/). DataError names
+    both paths."""
+    parts: dict[str, CaseFile] = {}
+    for c in cases:
+        first = parts.setdefault(c.patient, c)
+        if first.test != c.test:
+            test, dev = (c, first) if c.test else (first, c)
+            raise DataError(f"{test.image}: patient {c.patient!r} is in the test part and also in train/val "
+                            f"({dev.image}); a patient must be in one split only, rename or remove one")
+
+    seen: dict[str, CaseFile] = {}
+    for c in cases:
+        if c.case in seen:
+            raise DataError(f"{c.image}: case {c.case!r} is also {seen[c.case].image}; every volume needs its own name")
+        seen[c.case] = c
+
+
 def _preprocess_all(cases: list[CaseFile]) -> list[cache.Entry]:
     """Preprocess every case (reading its NIfTI files) and attach its metadata."""
     entries = []
@@ -118,6 +138,7 @@ def volume_dataset(root: Path, layout: str, cases: list[CaseFile], seed: int, ex
     """
     if not cases:
         raise DataError(f"{root}: no volumes found")
+    check_identity(cases)
     _check_test_labels(cases)
     entries = _cached_entries(cases, extra_files)
     dev = [i for i, c in enumerate(cases) if not c.test]

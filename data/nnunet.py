@@ -114,9 +114,4 @@ def nnunet_cases(root: Path, pattern) -> tuple[list[CaseFile], list[Path]]:
     # nnU-Net's own tools create an empty imagesTs/ for datasets without a test set.
     if (root / "imagesTs").is_dir() and any(is_nifti(p) for p in (root / "imagesTs").iterdir()):
         cases += _part_cases(root / "imagesTs", root / "labelsTs", ending, True, pattern)
-    seen: dict[str, Path] = {}
-    for c in cases:
-        if c.case in seen:
-            raise DataError(f"{c.image}: case {c.case!r} is also {seen[c.case]}")
-        seen[c.case] = c.image
     return cases, [root / "dataset.json"]
