@@ -18,6 +18,7 @@ from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
 EPOCH_SLICES_AUTO = 1000  # default bound on the train slices of one epoch
 VAL_SLICES_AUTO = 200  # default bound on the val slices scored after each epoch
 PATCH_STEP = 32  # --patch must be a multiple: 2 ** 5, SegNet's deepest down-sampling
+MAX_EPOCH_PASSES = 100  # --epoch-slices beyond this many passes over the train split is a slip, not a budget
 
 
 def flag(default, help: str, resume: bool = True, **argparse_keywords):
@@ -58,8 +59,8 @@ class RunOptions:
     val_slices: int | None = flag(None, "val slices scored after each epoch (evenly spaced); the best epoch is then "
                                         "scored on the whole val split (default: every val slice, at most "
                                         f"{VAL_SLICES_AUTO}; 0: every one)", metavar="N")
-    patch: int = flag(0, "train on random PX x PX crops of each slice (a multiple of 32); val, test and predictions "
-                         "use whole slices (default 0: whole slices)", metavar="PX")
+    patch: int | None = flag(None, "train on random PX x PX crops of each slice (a multiple of 32); val, test and "
+                                   "predictions use whole slices (default 0: whole slices)", metavar="PX")
     progress: bool = flag(True, "no progress bar or per-trial lines", resume=False, flag="--quiet", action="store_false")
     deadline: float | None = None  # set by `run` from --timeout: wall-clock end shared by every worker
 
@@ -91,25 +92,40 @@ class RunOptions:
             value = getattr(self, flag)
             if value is not None and value < 0:
                 raise UsageError(f"--{flag.replace('_', '-')} must be >= 0 (0: all), got {value}")
-        if self.patch < 0 or self.patch % PATCH_STEP:
+        if self.patch is not None and (self.patch < 0 or self.patch % PATCH_STEP):
             raise UsageError(f"--patch must be 0 (whole slices) or a multiple of {PATCH_STEP} "
                              f"(SegNet's deepest down-sampling), got {self.patch}")
 
-    def fidelity(self, n_train: int, n_val: int) -> dict[str, int]:
-        """What one epoch costs, for data with ``n_train`` train and ``n_val`` val slices:
-        ``epoch_slices`` and ``val_slices`` (0: all) and ``patch`` (0: whole slices).
+    def fidelity(self, n_train: int, n_val: int, shape: tuple[int, int] | None = None) -> dict[str, int]:
+        """What one epoch costs, for data with ``n_train`` train and ``n_val`` val slices of
+        ``shape``: ``epoch_slices`` and ``val_slices`` (0: all) and ``patch`` (0: whole slices),
+        as what runs: a value that means "every slice" or "the whole slice" is 0, so that equal
+        meanings compare equal.
 
         By default an epoch trains on every train slice and scores every val slice, up to
         ``EPOCH_SLICES_AUTO`` and ``VAL_SLICES_AUTO``: small data sets train as they always did,
         and a trial's cost on a large one (ACDC's 1,224 train slices of 192 x 192) stays bounded.
+        An ``epoch_slices`` above ``n_train`` is kept: an epoch then passes over the split more than once.
         """
         def bounded(value: int | None, n: int, limit: int) -> int:
             if value is None:
                 value = limit if n > limit else 0
             return 0 if value >= n else value
 
-        return {"epoch_slices": self.epoch_slices if self.epoch_slices is not None else bounded(None, n_train, EPOCH_SLICES_AUTO),
-                "val_slices": bounded(self.val_slices, n_val, VAL_SLICES_AUTO), "patch": self.patch}
+        epoch_slices = bounded(None, n_train, EPOCH_SLICES_AUTO) if self.epoch_slices is None else self.epoch_slices
+        patch = self.patch or 0
+        if shape is not None and patch >= max(shape):  # random_patches crops nothing: whole slices run
+            patch = 0
+        return {"epoch_slices": 0 if epoch_slices == n_train else epoch_slices,
+                "val_slices": bounded(self.val_slices, n_val, VAL_SLICES_AUTO), "patch": patch}
+
+    def check_fidelity(self, n_train: int) -> None:
+        """``--epoch-slices`` against the data: more than ``MAX_EPOCH_PASSES`` passes over the train
+        split in one epoch is refused before anything is allocated."""
+        if self.epoch_slices is not None and self.epoch_slices > MAX_EPOCH_PASSES * max(n_train, 1):
+            raise UsageError(f"--epoch-slices {self.epoch_slices}: more than {MAX_EPOCH_PASSES} passes over the "
+                             f"{n_train} train slices in one epoch; give at most {MAX_EPOCH_PASSES * n_train} "
+                             "(0: every slice once)")
 
     def trial_cap(self) -> float | None:
         """Seconds a trial may be projected to run before it is pruned (``sweep.objective.over_time_cap``).

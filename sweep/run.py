@@ -64,7 +64,7 @@ def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions) 
     study.set_user_attr(StudyKey.GROUPS, opts.groups)
     study.set_user_attr(StudyKey.SPACE_VERSION, SPACE_VERSION)
     study.set_user_attr(StudyKey.EPOCHS, opts.epochs)
-    study.set_user_attr(StudyKey.FIDELITY, opts.fidelity(len(data.train), len(data.val)))
+    study.set_user_attr(StudyKey.FIDELITY, opts.fidelity(len(data.train), len(data.val), data.image_shape))
     study.set_user_attr(StudyKey.VERSIONS, st.versions())
     study.set_user_attr(StudyKey.CV, opts.cv)
     if opts.cv:
@@ -86,9 +86,9 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
         raise UsageError(f"--cv {opts.cv}: study {opts.study!r} was made with {made}; use the same or another --study")
     recorded_fidelity = study.user_attrs.get(StudyKey.FIDELITY)
     if recorded_fidelity is not None:
-        asked = opts.fidelity(len(data.train), len(data.val))
+        asked = opts.fidelity(len(data.train), len(data.val), data.image_shape)
         for key, value in recorded_fidelity.items():
-            given = getattr(opts, key)
+            given = getattr(opts, key)  # None: left out, so the study's recorded value runs
             if given is not None and asked[key] != value:
                 flag = f"--{key.replace('_', '-')}"
                 raise UsageError(f"{flag} {given}: study {opts.study!r} was made with {flag} {value} (0: all); "
@@ -126,6 +126,7 @@ def run(opts: RunOptions) -> dict:
     st.check_storage_url(opts.storage)
     device = resolve_device_or_fail(opts.device)
     data = load_dataset(opts.data, groups=opts.groups)
+    opts.check_fidelity(len(data.train))
     if opts.cv:
         cv_folds(data, opts.cv)  # enough slices for the folds
     enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue is not None else None

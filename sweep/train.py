@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,14 +82,25 @@ def slices_per_epoch(n_train: int, cfg: TrainConfig) -> int:
     return cfg.epoch_slices or n_train
 
 
-def epoch_order(n: int, count: int, generator: torch.Generator) -> torch.Tensor:
-    """``count`` slice indices: permutations of ``0..n-1`` one after another, cut at ``count``,
-    so every slice is drawn once before any is drawn twice."""
+def epoch_batches(n: int, count: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """``count`` slice indices in batches of ``batch_size``: permutations of ``0..n-1`` one after
+    another, cut at ``count``, so every slice is drawn once before any is drawn twice.
+
+    Each permutation is drawn when the previous one runs out, so memory stays that of one
+    permutation however many slices an epoch draws.
+    """
     device = generator.device
-    if count == n:
-        return torch.randperm(n, device=device, generator=generator)
-    repeats = -(-count // n)
-    return torch.cat([torch.randperm(n, device=device, generator=generator) for _ in range(repeats)])[:count]
+    order, used = torch.randperm(n, device=device, generator=generator), 0
+    for start in range(0, count, batch_size):
+        need, parts = min(batch_size, count - start), []
+        while need:
+            if used == n:
+                order, used = torch.randperm(n, device=device, generator=generator), 0
+            take = min(need, n - used)
+            parts.append(order[used : used + take])
+            used, need = used + take, need - take
+        yield parts[0] if len(parts) == 1 else torch.cat(parts)
+
 
 
 def random_patches(images: torch.Tensor, masks: torch.Tensor, size: int, generator: torch.Generator):
@@ -116,11 +127,9 @@ def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfi
     model.train()
     device = split.images.device
     count = slices_per_epoch(len(split), cfg)
-    order = epoch_order(len(split), count, generator)
     total = torch.zeros((), device=device)
     n_batches = 0
-    for start in range(0, count, cfg.batch_size):
-        idx = order[start : start + cfg.batch_size]
+    for idx in epoch_batches(len(split), count, cfg.batch_size, generator):
         x, y = random_patches(split.images[idx], split.masks[idx], cfg.patch, generator)
         x, y = augment(x, y, cfg, generator)
         x = normalize(x).contiguous(memory_format=torch.channels_last)

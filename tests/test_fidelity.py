@@ -19,7 +19,7 @@ from sweep.train import (
     DeviceSplit,
     TrainConfig,
     _FoldRun,
-    epoch_order,
+    epoch_batches,
     evaluate,
     fit_folds,
     load_model,
@@ -46,9 +46,11 @@ def _split(n: int, size: int = 32, seed: int = 0) -> DeviceSplit:
     return DeviceSplit.from_arrays(images, masks, torch.device("cpu"))
 
 
-@pytest.mark.parametrize("n,count", [(10, 10), (10, 4), (10, 25)])
-def test_an_epoch_draws_every_slice_once_before_any_twice(n, count):
-    order = epoch_order(n, count, _generator()).tolist()
+@pytest.mark.parametrize("n,count,batch", [(10, 10, 4), (10, 4, 4), (10, 25, 3), (10, 25, 25)])
+def test_an_epoch_draws_every_slice_once_before_any_twice(n, count, batch):
+    batches = list(epoch_batches(n, count, batch, _generator()))
+    assert [len(b) for b in batches[:-1]] == [batch] * (len(batches) - 1)  # batches cross permutations whole
+    order = torch.cat(batches).tolist()
     assert len(order) == count
     for start in range(0, count, n):
         chunk = order[start : start + n]
@@ -146,3 +148,44 @@ def test_a_study_keeps_the_epoch_cost_it_was_made_with(in_tmp, capsys):
     assert main(["run", "--trials", "2", "--epochs", "1", "--quiet", "--epoch-slices", "50"]) == 2
     assert "--epoch-slices 50: study 'segnet' was made with --epoch-slices 40" in capsys.readouterr().err
     assert len(study.trials) == 1  # refused before anything ran
+
+
+def test_a_rerun_without_the_epoch_cost_flags_runs_the_recorded_one(in_tmp, capsys):
+    """Left out is not a different value: the study's recorded cost runs (it was refused as "leave it out")."""
+    import optuna
+
+    small = json.dumps(preset("small"))
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", small, "--patch", "64",
+                 "--epoch-slices", "40", "--val-slices", "5"]) == 0
+    assert main(["run", "--trials", "2", "--epochs", "1", "--quiet"]) == 0, capsys.readouterr().err
+    study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
+    assert study.user_attrs["fidelity"] == {"epoch_slices": 40, "val_slices": 5, "patch": 64}
+    assert len(study.trials) == 2
+
+
+def test_every_slice_means_every_slice_however_it_is_said(in_tmp, capsys):
+    """The phantom has 100 train and 20 val slices of 96 x 96: --epoch-slices 100, --val-slices 500 and
+    --patch 128 all mean what 0 means, on a study recorded as 0."""
+    import optuna
+
+    small = json.dumps(preset("small"))
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", small, "--patch", "128"]) == 0
+    study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
+    assert study.user_attrs["fidelity"] == {"epoch_slices": 0, "val_slices": 0, "patch": 0}  # what ran: whole slices
+    for flags in (["--epoch-slices", "100"], ["--val-slices", "500"], ["--patch", "96"], ["--epoch-slices", "0"]):
+        assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", *flags]) == 0, (flags, capsys.readouterr().err)
+
+
+def test_an_absurd_epoch_slices_is_refused_before_the_study(in_tmp, capsys):
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--epoch-slices", "3000000000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --epoch-slices 3000000000: more than 100 passes") and "\n" not in err
+    assert not (in_tmp / "studies.db").exists()
+
+
+def test_an_epochs_order_is_drawn_as_it_goes():
+    """A million-slice epoch over 10 slices holds one permutation at a time, not the whole order."""
+    batches = epoch_batches(10, 10**6, 4, _generator())
+    first = [next(batches) for _ in range(5)]
+    assert torch.cat(first).tolist()[:10] and all(len(b) == 4 for b in first)
+    assert batches.gi_frame is not None  # a generator, still running: nothing drawn past what was asked
