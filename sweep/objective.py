@@ -125,6 +125,10 @@ class Objective:
         point = point_file.load()
         history: list[dict[str, float]] = []
         start = time.perf_counter() - (point["seconds"] if point else 0.0)
+        # Until one trial is complete, a trial runs to its end whatever the cap and the deadline say:
+        # on a slow or busy machine a run must still leave something that `best --evaluate` can ship.
+        first = not trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        cap, deadline = (None, None) if first else (self.max_trial_seconds, self.deadline)
         ends: list[float] = []  # when each epoch run by this process ended
 
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
@@ -134,11 +138,11 @@ class Objective:
             self._show_progress(trial, history, time.perf_counter() - start)
             if trial.should_prune():
                 _prune(trial, history, time.perf_counter() - start)
-            projected = over_time_cap(ends, ends[-1] - start, epoch, self.epochs, self.max_trial_seconds)
+            projected = over_time_cap(ends, ends[-1] - start, epoch, self.epochs, cap)
             if projected is not None:
                 _prune(trial, history, time.perf_counter() - start,
-                       f"projected {_duration(projected)}, over the cap of {_duration(self.max_trial_seconds)} per trial")
-            if self.deadline is not None and epoch < self.epochs and past(self.deadline):  # the last epoch finishes
+                       f"projected {_duration(projected)}, over the cap of {_duration(cap)} per trial")
+            if deadline is not None and epoch < self.epochs and past(deadline):  # the last epoch finishes
                 raise TimeUp(f"--timeout reached in epoch {epoch}")
 
         if root != trial.number:
@@ -146,7 +150,7 @@ class Objective:
         self._replay(trial, point, history, on_epoch)
         result = self._fit(
             trial, model_cfg, train_cfg, on_epoch, seed=seed, resume=point,
-            on_step=self._step_hook(trial, history, start, ends, len(point["history"]) if point else 0),
+            on_step=self._step_hook(trial, history, start, ends, len(point["history"]) if point else 0, cap),
             on_resume_point=point_file.save if self.resume_dir is not None else None,
             resume_every=resume_interval() if self.resume_every is None else self.resume_every,
             val_slices=fidelity["val_slices"],
@@ -182,23 +186,23 @@ class Objective:
             self.on_progress(trial.number, progress)
 
     def _step_hook(self, trial: optuna.Trial, history: list[dict[str, float]], start: float, ends: list[float],
-                   resumed_epochs: int):
+                   resumed_epochs: int, cap: float | None):
         """Inside an epoch, the epoch's step count and the time so far, so that a long epoch shows life:
         to ``on_progress`` at most every STEP_PROGRESS_SECONDS, or, without it (a worker process), to
         the trial's PROGRESS attribute at most every STORED_STEP_SECONDS. In the first epoch this
         process runs, a trial projected from its steps to run past ``max_trial_seconds`` is pruned
-        there (``StepClock``), before it spends minutes on epochs the cap would end anyway."""
+        there (``StepClock``), before it spends minutes on epochs the cap (``cap``) would end anyway."""
         every = STEP_PROGRESS_SECONDS if self.on_progress is not None else STORED_STEP_SECONDS
         shown = time.perf_counter()
-        clock = StepClock(self.max_trial_seconds, self.epochs - resumed_epochs)
+        clock = StepClock(cap, self.epochs - resumed_epochs)
 
         def on_step(done: int, steps: int) -> None:
             nonlocal shown
             now = time.perf_counter()
             remaining = clock.remaining(done, steps, now) if not ends else None  # this process's first epoch
-            if remaining is not None and now - start + remaining > self.max_trial_seconds:
+            if remaining is not None and now - start + remaining > cap:
                 _prune_unscored(trial, now - start, f"projected {_duration(now - start + remaining)} from its first "
-                                f"{done} steps, over the cap of {_duration(self.max_trial_seconds)} per trial")
+                                f"{done} steps, over the cap of {_duration(cap)} per trial")
             if now - shown < every:
                 return
             shown = now

@@ -311,17 +311,28 @@ def test_a_trial_running_at_the_deadline_stops_at_its_epoch_end_and_resumes(slic
     checks = []
     monkeypatch.setattr(sweep.objective, "past", lambda deadline: checks.append(deadline) or len(checks) >= 2)
     study = open_study(tmp_path)
+    study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))  # the deadline binds once one is complete
     study.enqueue_trial(PARAMS)
     spy = FitSpy(monkeypatch)
     with pytest.raises(TimeUp):
         study.optimize(objective(slices, tmp_path, deadline=123.0), n_trials=1)
-    stopped, retry = study.trials
+    _, stopped, retry = study.trials
     assert checks == [123.0, 123.0] and spy.epochs == [[1, 2]]  # checked after every epoch; stopped after the 2nd
     assert stopped.state == TrialState.FAIL and stopped.user_attrs[TrialKey.FAIL_REASON] == TIMED_OUT
     assert retry.state == TrialState.WAITING and retry.params == stopped.params
 
     study.optimize(objective(slices, tmp_path), n_trials=1)  # the next run, no deadline
-    assert study.trials[1].state == TrialState.COMPLETE and spy.started_at == [0, 2]
+    assert study.trials[2].state == TrialState.COMPLETE and spy.started_at == [0, 2]
+
+
+def test_the_first_trial_of_a_study_finishes_past_the_deadline(slices, tmp_path, monkeypatch):
+    """Until one trial is complete, the deadline does not stop a trial: a run on a slow machine still
+    leaves a trial that `best --evaluate` can ship."""
+    monkeypatch.setattr(sweep.objective, "past", lambda deadline: True)
+    study = open_study(tmp_path)
+    study.enqueue_trial(PARAMS)
+    study.optimize(objective(slices, tmp_path, deadline=123.0), n_trials=1)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
 
 
 def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, monkeypatch):
@@ -330,18 +341,20 @@ def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, mo
     from sweep.cli import main
 
     real_past = sweep.objective.past
-    monkeypatch.setattr(sweep.objective, "past", lambda deadline: True)  # the deadline passes in the first epoch
     args = ["run", "--trials", "2", "--epochs", "3", "--enqueue", "small", "--quiet", "--json"]
+    assert main(["run", "--trials", "1", "--epochs", "3", "--quiet"]) == 0  # the deadline binds once one is complete
+    capsys.readouterr()
+    monkeypatch.setattr(sweep.objective, "past", lambda deadline: True)  # the deadline passes in the first epoch
     assert main([*args, "--timeout", "3600"]) == 0  # not the exit code of an interruption
     summary = json.loads(capsys.readouterr().out)
     assert "--timeout 3600 s reached; 1 stopped trial(s) resume on the next run" in summary["note"]
-    assert summary["finished"] == 0 and summary["states"]["fail"] == 1 and summary["stopped"] == 1
+    assert summary["finished"] == 1 and summary["states"]["fail"] == 1 and summary["stopped"] == 1
 
     monkeypatch.setattr(sweep.objective, "past", real_past)
     assert main(args) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
-    resumed = study.trials[1]
-    assert resumed.state == TrialState.COMPLETE and resumed.params == study.trials[0].params
+    resumed = study.trials[2]
+    assert resumed.state == TrialState.COMPLETE and resumed.params == study.trials[1].params
     assert resumed.user_attrs[TrialKey.RESUMED_AT] in (0, 1)  # from the first epoch's point, if one was written
     assert json.loads(capsys.readouterr().out)["finished"] == 2
 
