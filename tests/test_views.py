@@ -385,6 +385,49 @@ def test_report_in_browser(report, browser):
     assert re.search(r'<img alt="test predictions" src="data:image/png;base64,', dom)
 
 
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def webdriver_session():
+    """Debian's headless Chromium driven through its chromedriver (Selenium), with the browser's
+    console log kept: what a person opening the file would see, errors included."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("chromium or chromedriver missing on CI: apt-get install -y chromium chromium-driver")
+        pytest.skip("chromium and chromedriver not installed (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000", "--disable-dev-shm-usage"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.mark.slow
+def test_report_draws_loads_and_logs_no_error_in_a_real_browser(report, webdriver_session):
+    """``report.html`` opened from file: every plot draws its SVG, every image decodes, and the
+    console holds no error (plotly.js inline, nothing fetched from a network)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = webdriver_session
+    driver.get(report.as_uri())
+    WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    plots = driver.execute_script("return document.querySelectorAll('.js-plotly-plot').length")
+    drawn = driver.execute_script(
+        "return [...document.querySelectorAll('.js-plotly-plot')].filter(p => p.querySelector('svg.main-svg')).length")
+    assert plots >= 5 and drawn == plots
+    images = driver.execute_script("return [...document.images].map(i => [i.alt, i.complete, i.naturalWidth])")
+    assert images and all(complete and width > 0 for _, complete, width in images), images
+    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+
+
 def test_report_sets_the_best_trial_against_the_original_configuration(tmp_path):
     from sweep.space import suggest
 
