@@ -111,7 +111,8 @@ def autocast(device: torch.device, bf16: bool):
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """Per-slice zero mean, unit variance: MR intensities have no absolute scale."""
     mean = images.mean(dim=(1, 2, 3), keepdim=True)
-    std = images.std(dim=(1, 2, 3), keepdim=True)
+    # A one-pixel slice has no sample spread (Bessel's correction would divide by 0): its spread is 0.
+    std = images.std(dim=(1, 2, 3), keepdim=True, correction=1 if images[0].numel() > 1 else 0)
     return (images - mean) / (std + 1e-6)
 
 

@@ -214,3 +214,22 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
         raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+
+def test_a_one_pixel_png_is_segmented_without_a_warning(tmp_path, capsys):
+    import warnings
+
+    from PIL import Image
+
+    state = SegNet.from_config(CONFIG).state_dict()
+    bundle = ModelBundle(members=[[state]], model_config=CONFIG.to_dict(), tta=True, largest_component=True,
+                         preprocessing={"kind": "slices", "image_size": [96, 96]}, params={}, data_fingerprint="x",
+                         study="segnet", trial=0, versions=current_versions())
+    model = save_bundle(bundle, tmp_path / "model.pt")
+    Image.fromarray(np.array([[7]], np.uint8)).save(tmp_path / "one.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert main(["predict", "--model", str(model), str(tmp_path / "one.png"), "--out", str(tmp_path / "o"),
+                     "--quiet", "--device", "cpu"]) == 0
+    assert "Warning" not in capsys.readouterr().err
+    assert np.asarray(Image.open(tmp_path / "o" / "one_mask.png")).shape == (1, 1)
