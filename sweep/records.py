@@ -117,6 +117,46 @@ def root_trial_number(trial: FrozenTrial) -> int:
     return trial.system_attrs.get("failed_trial", trial.number)
 
 
+ENQUEUED = "fixed_params"  # Optuna's system attribute on a trial made by enqueue_trial (`run --enqueue`)
+
+
+def default_chain(trials: Iterable[FrozenTrial]) -> list[FrozenTrial] | None:
+    """The enqueued default's retry chain: the first trial ``run --enqueue`` queued (a retry copies
+    its ``fixed_params``, so only a chain's root counts), with its retries; None if none was queued."""
+    for root, chain in retry_chains(trials).items():
+        if chain[0].number == root and ENQUEUED in chain[0].system_attrs:
+            return chain
+    return None
+
+
+def search_gain(study: optuna.Study) -> dict:
+    """What the search gained over the enqueued default on val (DESIGN.md's ``"search"``); the
+    held-out ``gain_estimate`` is left None here (``best --evaluate`` fills it in)."""
+    chain = default_chain(study.get_trials(deepcopy=False))
+    best = best_summary(study)
+    done = [t.value for t in chain or () if t.state == TrialState.COMPLETE]
+    default = done[-1] if done else None
+    best_value = best["val_dice_fg"] if best else None
+    return {"default_trial": chain[0].number if chain else None, "default_val_dice_fg": default,
+            "best_val_dice_fg": best_value,
+            "gain_val": None if default is None or best_value is None else round(best_value - default, 5),
+            "gain_estimate": None, "gain_estimate_ci95": None}
+
+
+def search_line(search: dict) -> str:
+    """DESIGN.md's ``"search"`` in one line, as ``best`` prints it and the report shows it."""
+    if search["default_trial"] is None:
+        return "no enqueued default to measure the search against (run --enqueue PRESET)"
+    if search["default_val_dice_fg"] is None:
+        return f"the enqueued default (trial {search['default_trial']}) did not complete"
+    line = (f"gain {search['gain_val']:+.4f} val dice_fg over the enqueued default (trial {search['default_trial']}, "
+            f"{search['default_val_dice_fg']:.4f} -> {search['best_val_dice_fg']:.4f})")
+    if search["gain_estimate"] is not None:
+        lo, hi = search["gain_estimate_ci95"]
+        line += f"; held-out {search['gain_estimate']:+.4f} (95% interval {lo:+.4f} to {hi:+.4f})"
+    return line
+
+
 def attempt(trial: FrozenTrial) -> int:
     """Which run of its chain a trial is: 1 for the original, 2 for its first retry, ..."""
     return len(trial.system_attrs.get("retry_history", [])) + 1
