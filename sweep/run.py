@@ -148,7 +148,7 @@ def run(opts: RunOptions) -> dict:
     before = len(study.trials)
     if opts.timeout is not None:
         opts = replace(opts, deadline=time.time() + opts.timeout)
-    progress = Progress(study, opts.trials, opts.progress)
+    progress = Progress(study, opts.trials, opts.progress, opts.deadline)
     try:
         if opts.workers == 1:
             failures = optimize(opts, data, worker_device(device, 0), 0, location, callbacks=[progress])
