@@ -29,6 +29,7 @@ class StudyKey:
     SPLIT_PATIENTS = "split_patients"  # {"train": [...], "val": [...], "test": [...]}: who went where
     GROUPS = "groups"  # --groups REGEX that named the patients (None: the layout's own, or none)
     SPACE_VERSION = "space_version"
+    SPACE = "space"  # run --space: {"name": "full" or "local", "centre": the enqueued default's params (local)}
     EPOCHS = "epochs"  # the epoch budget of the study's trials
     FIDELITY = "fidelity"  # what an epoch costs: {"epoch_slices", "val_slices", "patch"} (0: all / whole)
     VERSIONS = "versions"  # package versions of the run that made the study
