@@ -30,6 +30,15 @@ Ranges and why:
 - ``aug_elastic`` 0..6 px, ``aug_lowres`` 0..1 (down to half resolution), ``aug_blur``
   0..1 px, ``aug_noise`` 0..0.2 (of a slice's spread): nnU-Net's 2-D ranges in this
   project's units; 0 switches each off, so the search can find that one does not help.
+
+``run --space local`` (``local_space``) searches only a neighbourhood of the enqueued default, for
+budgets of a few dozen trials, where the full space's 21 dimensions leave TPE a random search:
+lr within a decade centred on the default's, weight decay a decade either side, the loss
+weighting over its whole range, each augmentation the default uses from off to twice its
+strength (mirroring kept), one stage more or fewer, half or twice the width; the rest as the
+default's. Every local range lies inside the full one, so a local trial is a configuration of
+the full space and ``SPACE_VERSION`` (the full space's) is unchanged; a study records which
+space it searched and its centre (``StudyKey.SPACE``).
 """
 
 from __future__ import annotations
