@@ -101,7 +101,8 @@ def test_when_the_default_ships_its_held_out_gain_is_zero_and_nothing_more_train
 
 
 def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out_patients(in_tmp, capsys, fits):
-    assert main(["run", "--trials", "2", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
+    # --space local: the second trial is a neighbour of `small`, as cheap to retrain
+    assert main(["run", "--trials", "2", "--epochs", "2", "--quiet", "--enqueue", "small", "--space", "local"]) == 0
     result = _evaluate(capsys, "--top", "2")
     search = result["search"]
     lo, hi = search["gain_estimate_ci95"]
@@ -109,3 +110,16 @@ def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out
     assert len(fits) == 3 and fits[0] == fits[1] == fits[2]  # two twins, then the default's, all without the held-out slices
     assert main(["report", "--out", "r.html"]) == 0
     assert "held-out" in (in_tmp / "r.html").read_text()
+
+
+def test_on_volumes_the_held_out_gain_is_paired_per_volume_over_patients(in_tmp, capsys, monkeypatch):
+    from data import write_acdc_phantom
+
+    monkeypatch.setenv("SEGNET_CACHE_DIR", str(in_tmp / "cache"))
+    root = write_acdc_phantom(in_tmp / "acdc", 6, seed=3, n_test=2)
+    assert main(["run", "--data", str(root), "--trials", "2", "--epochs", "2", "--quiet", "--enqueue", "small",
+                 "--space", "local"]) == 0
+    result = _evaluate(capsys, "--top", "2")
+    search, cases = result["search"], result["estimate"]["volumes"]["cases"]
+    lo, hi = search["gain_estimate_ci95"]
+    assert cases and lo <= search["gain_estimate"] <= hi and -1.0 <= search["gain_estimate"] <= 1.0
