@@ -157,9 +157,11 @@ def top_trials(study: optuna.Study, k: int) -> list[dict]:
 
 
 def candidate(study: optuna.Study, t: optuna.trial.FrozenTrial) -> dict:
-    """A trial as ``retrain`` takes it: number, params, epoch budget and its retry chain's root."""
+    """A trial as ``retrain`` takes it: number, params (an enqueued trial's before it ran too), epoch
+    budget and its retry chain's root."""
     epochs = t.user_attrs.get(rec.TrialKey.EPOCH_BUDGET, study.user_attrs.get(StudyKey.EPOCHS))
-    return {"trial": t.number, "params": t.params, "epochs": epochs, "root": rec.root_trial_number(t)}
+    params = t.params or t.system_attrs.get(rec.ENQUEUED, {})
+    return {"trial": t.number, "params": params, "epochs": epochs, "root": rec.root_trial_number(t)}
 
 
 def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
@@ -219,8 +221,9 @@ def search_gain(study: optuna.Study, search: dict, candidates: list[dict], estim
     Where what ships is not the default alone, the default is trained as the estimate's twins were
     (same held-out patients, seeds, epochs and epoch cost; its post-processing chosen on val, as the
     best's) and both are scored on the same volumes (slices, without volumes): the gain is the mean
-    paired difference, its interval a paired bootstrap over patients (slices). Cost: the default's
-    epochs once per seed, about what the estimate's own twins cost.
+    paired difference, its interval a paired bootstrap over patients (slices). A default that was
+    pruned or never ran is trained all the same: the gain is over what it would have shipped. Cost:
+    the default's epochs once per seed, what the estimate's own twin of each seed costs.
     """
     selection, data, opts, device, held, fidelity = context
     if held is None or search["default_trial"] is None:
