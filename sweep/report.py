@@ -196,6 +196,8 @@ def header(s: optuna.Study, storage_url: str, ranked: list[FrozenTrial]) -> str:
         ("study", f"{s.study_name} in {st.display_url(storage_url)}"),
         ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
         ("trials", f"{len(rec.retry_chains(trials))} ({states}); epoch budget {attrs.get(StudyKey.EPOCHS, '?')}"),
+        ("search space", "local: the enqueued default's neighbourhood (run --space local)"
+         if (attrs.get(StudyKey.SPACE) or {}).get("name") == "local" else "full"),
         ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
         ("selection", f"{attrs[StudyKey.CV]}-fold cross-validation over train+val (values are mean fold dice_fg)"
          if attrs.get(StudyKey.CV) else "on the val split"),

@@ -72,6 +72,9 @@ def test_a_local_search_runs_the_default_first_and_records_its_space(in_tmp, cap
     capsys.readouterr()
     assert main(["best", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["search"]["default_trial"] == 0
+    assert main(["report", "--out", "r.html"]) == 0
+    assert "local: the enqueued default" in (in_tmp / "r.html").read_text()
+    capsys.readouterr()
     assert main(["run", "--trials", "4", "--epochs", "2", "--quiet"]) == 2  # the study's space is kept
     err = capsys.readouterr().err.strip()
     assert "--space full" in err and "--space local" in err and len(err.splitlines()) == 1
