@@ -37,7 +37,7 @@ class RunOptions:
     sampler: str = flag("tpe", "how trials are drawn (default %(default)s)", choices=SAMPLERS)
     pruner: str = flag("median", "how trials that fall behind are stopped early (default %(default)s)", choices=PRUNERS)
     space: str = flag("full", "what the sampler searches: the full space, or (local) a neighbourhood of the --enqueue "
-                              "default: lr, weight decay, loss weighting, augmentation strengths, depth +-1, width x/2 "
+                              "default: lr, weight decay, loss weighting, augmentation strengths, depth +-1, width halved or doubled "
                               "(default %(default)s)", choices=SPACES)
     seed: int = flag(0, "sampler and training seed (default %(default)s)")
     device: str = flag("auto", "auto, cpu, cuda or cuda:K (default %(default)s)")
