@@ -57,4 +57,5 @@ def describe_best(study: optuna.Study) -> dict:
         "best_epoch": trial.user_attrs.get(TrialKey.BEST_EPOCH),
         "epochs": trial.user_attrs.get(TrialKey.EPOCH_BUDGET, study.user_attrs.get(StudyKey.EPOCHS)),
         "cv": rec.study_cv(study),
+        "search": rec.search_gain(study),
     }

@@ -19,7 +19,7 @@ from optuna.exceptions import StorageInternalError
 from data import DataError
 from sweep.errors import UsageError
 from sweep.options import RunOptions, flag_name, resume_command, run_flags
-from sweep.records import score_label, silence_optuna, states_line
+from sweep.records import score_label, search_line, silence_optuna, states_line
 from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -308,6 +308,8 @@ def _format_best(result: dict) -> str:
     if any(v is not None for v in val.values()):
         lines.append(("  cv Dice   " if cv else "  val Dice  ") + "  ".join(f"{k[5:]} {v:.4f}" for k, v in val.items() if v is not None))
     lines.append("  params    " + ", ".join(f"{k}={_fmt(v)}" for k, v in result["params"].items()))
+    if "search" in result:
+        lines.append(f"  search    {search_line(result['search'])}")
     if "seeds" in result:
         lines += _format_evaluation(result)
     return "\n".join(lines)

@@ -38,6 +38,7 @@ from sweep.outputs import refuse_inside, refuse_overwrite
 from sweep.folds import Selection, estimate_holdout, selection_folds, without_holdout
 from sweep.metrics import (
     bootstrap_dice_fg,
+    bootstrap_dice_fg_gain,
     dice_from_counts,
     dice_scores,
     per_image_counts,
@@ -129,6 +130,8 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         "synthetic_data": data.synthetic,
         "out": opts.out,
     }
+    result["search"] = search_gain(study, best["search"], candidates, result["estimate"], runs, post,
+                                   (selection, data, opts, device, held, rec.study_fidelity(study)))
     if data.volumes:
         result["volumes"] = evaluate_volumes(data, masks, Path(opts.out) / "masks")
     files = write_outputs(result, data, masks, Path(opts.out), bundle)
@@ -152,9 +155,15 @@ def top_trials(study: optuna.Study, k: int) -> list[dict]:
     """The ``k`` best complete trials, best first, as ``describe_best`` describes the best."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     ranked = sorted(complete, key=lambda t: t.value, reverse=True)[:k]
-    epochs = study.user_attrs.get(StudyKey.EPOCHS)
-    return [{"trial": t.number, "params": t.params, "epochs": t.user_attrs.get(rec.TrialKey.EPOCH_BUDGET, epochs)}
-            for t in ranked]
+    return [candidate(study, t) for t in ranked]
+
+
+def candidate(study: optuna.Study, t: optuna.trial.FrozenTrial) -> dict:
+    """A trial as ``retrain`` takes it: number, params (an enqueued trial's before it ran too), epoch
+    budget and its retry chain's root."""
+    epochs = t.user_attrs.get(rec.TrialKey.EPOCH_BUDGET, study.user_attrs.get(StudyKey.EPOCHS))
+    params = t.params or t.system_attrs.get(rec.ENQUEUED, {})
+    return {"trial": t.number, "params": params, "epochs": epochs, "root": rec.root_trial_number(t)}
 
 
 def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
@@ -180,14 +189,10 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
             bar.update(1)
 
         for cand in candidates:
-            model_cfg, train_cfg = configs_from_params(cand["params"], cand["epochs"])
-            train_cfg = replace(train_cfg, epoch_slices=fidelity["epoch_slices"], patch=fidelity["patch"])
+            model_cfg, train_cfg = _configs(cand, fidelity)
             for seed in range(opts.seeds):
                 bar.set_postfix(trial=cand["trial"], seed=seed)
-                fit = fit_folds(model_cfg, train_cfg, twins.folds, seed=seed, on_epoch=tick, val_slices=fidelity["val_slices"])
-                models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
-                held_out = _held_out_probs(models, twins, bf16)
-                estimate = None if hold is None else _probs(models[0], hold.images, bf16)
+                fit, models, held_out, estimate = _twin_fit(model_cfg, train_cfg, twins, hold, seed, tick, fidelity, device)
                 shipped = fit.state_dicts
                 if refit:
                     bar.total -= cand["epochs"] - fit.best_epoch  # the refit runs to the best epoch only
@@ -202,6 +207,76 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
                 runs.append(Retraining(cand["trial"], seed, fit.best_value, fit.best_epoch, model_cfg, shipped,
                                        held_out, test, estimate))
     return runs
+
+
+def _configs(cand: dict, fidelity: dict) -> tuple[SegNetConfig, object]:
+    """A candidate's configs, an epoch costing what one of the search's did."""
+    model_cfg, train_cfg = configs_from_params(cand["params"], cand["epochs"])
+    return model_cfg, replace(train_cfg, epoch_slices=fidelity["epoch_slices"], patch=fidelity["patch"])
+
+
+def search_gain(study: optuna.Study, search: dict, candidates: list[dict], estimate: dict, runs: list[Retraining],
+                post: dict, context: tuple) -> dict:
+    """DESIGN.md's ``"search"`` with ``gain_estimate``: the shipped recipe against the enqueued default
+    on the estimate's held-out slices (None without a default or a held-out estimate).
+
+    Where what ships is not the default alone, the default is trained as the estimate's twins were
+    (same held-out patients, seeds, epochs and epoch cost; its post-processing chosen on val, as the
+    best's) and both are scored on the same volumes (slices, without volumes): the gain is the mean
+    paired difference, its interval a paired bootstrap over patients (slices). A default that was
+    pruned or never ran is trained all the same: the gain is over what it would have shipped. Cost:
+    the default's epochs once per seed, what the estimate's own twin of each seed costs.
+    """
+    selection, data, opts, device, held, fidelity = context
+    if held is None or search["default_trial"] is None:
+        return search
+    if {c["root"] for c in candidates} == {search["default_trial"]}:
+        return {**search, "gain_estimate": 0.0, "gain_estimate_ci95": [0.0, 0.0]}
+    default = candidate(study, rec.default_chain(study.get_trials(deepcopy=False))[-1])
+    if opts.epochs is not None:
+        default["epochs"] = opts.epochs
+    on_selection, on_held = default_twins(default, selection, data, opts, device, held, fidelity)
+    default_post = choose_postprocessing(on_selection, selection.masks)
+    gain, ci = paired_gain(estimate, data, held, (Probs.mean([r.estimate for r in runs]), post), (on_held, default_post))
+    return {**search, "gain_estimate": gain, "gain_estimate_ci95": ci}
+
+
+def default_twins(default: dict, selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
+                  held: np.ndarray, fidelity: dict) -> tuple[Probs, Probs]:
+    """The default's estimate twins, one per seed: their ensemble's predictions of the selection and held-out slices."""
+    twins, hold = without_holdout(selection, data, held, device)
+    model_cfg, train_cfg = _configs(default, fidelity)
+    total = default["epochs"] * opts.seeds
+    with tqdm(total=total, desc="retrain default", unit="epoch", disable=not opts.progress, file=sys.stderr) as bar:
+        fits = [_twin_fit(model_cfg, train_cfg, twins, hold, seed, lambda epoch, record: bar.update(1), fidelity, device)
+                for seed in range(opts.seeds)]
+    return Probs.mean([f[2] for f in fits]), Probs.mean([f[3] for f in fits])
+
+
+def paired_gain(estimate: dict, data: Dataset, held: np.ndarray, ours: tuple[Probs, dict],
+                base: tuple[Probs, dict]) -> tuple[float, list[float]]:
+    """Held-out ``dice_fg`` of ``ours`` minus ``base`` (each: probabilities of the held-out slices and
+    their post-processing), and its paired 95 % bootstrap interval: per volume over patients on
+    volume data (``estimate["volumes"]`` holds ours), else stack Dice over slices."""
+    if data.volumes:
+        theirs = {c["case"]: c["dice_fg"] for c in volume_estimate(data, held, *base)["cases"]}
+        diffs = [(c["patient"], c["dice_fg"] - theirs[c["case"]]) for c in estimate["volumes"]["cases"]]
+        return round(float(np.mean([d for _, d in diffs])), 5), patient_bootstrap(diffs)
+    truth = torch.as_tensor(data.train.masks[held])
+    a, b = (per_image_counts(torch.as_tensor(apply_postprocessing(p.of(post["tta"]), post)), truth) for p, post in (ours, base))
+    gain = dice_from_counts(a.sum(0))["dice_fg"] - dice_from_counts(b.sum(0))["dice_fg"]
+    return round(gain, 5), [round(x, 5) for x in bootstrap_dice_fg_gain(a, b)]
+
+
+def _twin_fit(model_cfg: SegNetConfig, train_cfg, twins: Selection, hold, seed: int, tick, fidelity: dict,
+              device: torch.device):
+    """One seed's fit on the selection's folds (without the estimate's held-out slices where ``hold``):
+    the fit, its models, their predictions of the selection slices and of ``hold`` (None without)."""
+    bf16 = use_bf16(device)
+    fit = fit_folds(model_cfg, train_cfg, twins.folds, seed=seed, on_epoch=tick, val_slices=fidelity["val_slices"])
+    models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
+    estimate = None if hold is None else _probs(models[0], hold.images, bf16)
+    return fit, models, _held_out_probs(models, twins, bf16), estimate
 
 
 def _probs(model, images: torch.Tensor, bf16: bool) -> Probs:
@@ -355,7 +430,8 @@ def check_outputs(study: optuna.Study, opts: BestOptions) -> None:
 
 def record_evaluation(study: optuna.Study, result: dict, files: list[Path], store) -> None:
     """The evaluation goes on the study (attribute and artifacts), never into a trial."""
-    keys = ("trial", "seeds", "test", "val_dice_fg", "n_test_images", "postprocess", "estimate", "cv", "out", "model")
+    keys = ("trial", "seeds", "test", "val_dice_fg", "n_test_images", "postprocess", "estimate", "cv", "out", "model",
+            "search")
     recorded = {k: result[k] for k in keys}
     if result.get("volumes"):  # per-patient figures: a few kB even for ACDC's 100 test volumes
         recorded["volumes"] = result["volumes"]

@@ -52,12 +52,27 @@ def bootstrap_dice_fg(counts: torch.Tensor, n_boot: int = 2000, seed: int = 0, l
 
     ``counts`` are per-image counts ``(N, 3, C)``; each resample sums them like the stack Dice does.
     """
+    idx = np.random.default_rng(seed).integers(0, counts.shape[0], size=(n_boot, counts.shape[0]))
+    return _interval(_resampled_fg(counts, idx), level)
+
+
+def bootstrap_dice_fg_gain(counts: torch.Tensor, base: torch.Tensor, n_boot: int = 2000, seed: int = 0,
+                           level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of ``dice_fg(counts) - dice_fg(base)``, two predictions of the same images
+    (per-image counts ``(N, 3, C)`` each), the images resampled together (a paired bootstrap)."""
+    idx = np.random.default_rng(seed).integers(0, counts.shape[0], size=(n_boot, counts.shape[0]))
+    return _interval(_resampled_fg(counts, idx) - _resampled_fg(base, idx), level)
+
+
+def _resampled_fg(counts: torch.Tensor, idx: np.ndarray) -> np.ndarray:
+    """The stack ``dice_fg`` of each resample ``idx`` (B, N) of per-image counts."""
     c = counts.double().numpy()
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, c.shape[0], size=(n_boot, c.shape[0]))
     inter, n_pred, n_true = np.moveaxis(c[idx].sum(axis=1), 1, 0)  # each (B, C)
     denom = n_pred + n_true
     dice = np.where(denom > 0, 2 * inter / np.maximum(denom, 1), 1.0)
-    fg = dice[:, list(FOREGROUND)].mean(axis=1)
+    return dice[:, list(FOREGROUND)].mean(axis=1)
+
+
+def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
     alpha = (1 - level) / 2
-    return float(np.quantile(fg, alpha)), float(np.quantile(fg, 1 - alpha))
+    return float(np.quantile(values, alpha)), float(np.quantile(values, 1 - alpha))

@@ -95,6 +95,7 @@ class Objective:
     deadline: float | None = None  # wall-clock time (time.time()) after which a running trial stops at its epoch's end
     max_trial_seconds: float | None = None  # a trial projected to run longer is pruned early (``over_time_cap``)
     fidelity: dict | None = None  # what an epoch costs (``records.study_fidelity``); None: whole passes
+    space: dict | None = None  # the study's search space (``StudyKey.SPACE``); None: the full space
 
     def __call__(self, trial: optuna.Trial) -> float:
         root = root_trial_number(frozen(trial))
@@ -115,7 +116,7 @@ class Objective:
 
     def _run(self, trial: optuna.Trial, root: int, point_file: ResumeFile) -> float:
         fidelity = {**NO_FIDELITY, **(self.fidelity or {})}
-        model_cfg, train_cfg = suggest(trial, self.epochs)
+        model_cfg, train_cfg = suggest(trial, self.epochs, self.space)
         train_cfg = replace(train_cfg, epoch_slices=fidelity["epoch_slices"], patch=fidelity["patch"])
         self._record_setup(trial, model_cfg)
         seed = self.seed + root  # the chain's seed: a retry trains as its first trial would have

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 from sweep.config import DEFAULT_EPOCHS
 from sweep.errors import UsageError
+from sweep.space import SPACES
 from sweep.strategies import PRUNERS, SAMPLERS
 from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY
 
@@ -36,6 +37,9 @@ class RunOptions:
     study: str = flag(DEFAULT_STUDY, "study name (default %(default)s)")
     sampler: str = flag("tpe", "how trials are drawn (default %(default)s)", choices=SAMPLERS)
     pruner: str = flag("median", "how trials that fall behind are stopped early (default %(default)s)", choices=PRUNERS)
+    space: str = flag("full", "what the sampler searches: the full space, or (local) a neighbourhood of the --enqueue "
+                              "default: lr, weight decay, loss weighting, augmentation strengths, depth +-1, width halved or doubled "
+                              "(default %(default)s)", choices=SPACES)
     seed: int = flag(0, "sampler and training seed (default %(default)s)")
     device: str = flag("auto", "auto, cpu, cuda or cuda:K (default %(default)s)")
     workers: int = flag(1, "worker processes on this machine (default %(default)s)")
@@ -86,6 +90,8 @@ class RunOptions:
             raise UsageError(f"--cv must be 0 (select on val) or a number of folds >= 2, got {self.cv}")
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.space not in SPACES:
+            raise UsageError(f"--space must be one of {', '.join(SPACES)}, got {self.space!r}")
         if self.pruner not in PRUNERS:
             raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
         for flag in ("epoch_slices", "val_slices"):

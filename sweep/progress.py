@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import optuna
 from optuna.trial import TrialState
@@ -14,12 +15,42 @@ from sweep.records import ProgressKey, TrialKey
 MAX_CONSECUTIVE_FAILURES = 5  # a sweep whose every trial fails has a systematic problem: stop and say so
 
 
-class Progress:
-    """A bar over the study's target and one line per finished trial."""
+# tqdm's own layout, its projected time left replaced by ``time_left``'s.
+BAR_FORMAT = "{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}<{left}, {rate_fmt}{postfix}]"
 
-    def __init__(self, study: optuna.Study, target: int, enabled: bool) -> None:
-        self.bar = tqdm(
+
+def time_left(n: int, total: int | None, elapsed: float, rate: float | None, initial: int = 0,
+              until_deadline: float | None = None) -> str:
+    """The bar's time left: the trials still to go at the rate so far (tqdm's projection), but never
+    past the run's ``--timeout`` (``until_deadline`` seconds away), after which no trial starts."""
+    if rate is None and elapsed:
+        rate = (n - initial) / elapsed
+    projection = (total - n) / rate if rate and total else None
+    known = [s for s in (projection, until_deadline) if s is not None]
+    return tqdm.format_interval(max(0.0, min(known))) if known else "?"
+
+
+class _Bar(tqdm):
+    """tqdm, its time left bounded by the run's deadline (``time.time()`` seconds, or None)."""
+
+    deadline: float | None = None
+
+    @property
+    def format_dict(self):
+        d = super().format_dict
+        until = None if self.deadline is None else self.deadline - time.time()
+        d["left"] = time_left(d["n"], d["total"], d["elapsed"] or 0.0, d["rate"], d.get("initial") or 0, until)
+        return d
+
+
+class Progress:
+    """A bar over the study's target and one line per finished trial; with ``deadline`` (``run
+    --timeout``'s wall-clock end) its time left never runs past it."""
+
+    def __init__(self, study: optuna.Study, target: int, enabled: bool, deadline: float | None = None) -> None:
+        self.bar = _Bar(
             total=target,
+            bar_format=BAR_FORMAT,
             initial=min(rec.count_finished(study), target),
             desc=f"study {study.study_name}",
             unit="trial",
@@ -27,6 +58,7 @@ class Progress:
             file=sys.stderr,
             dynamic_ncols=True,
         )
+        self.bar.deadline = deadline
         self.enabled = enabled
         self.score = rec.score_label(rec.study_cv(study))
         self.study = study

@@ -29,6 +29,7 @@ class StudyKey:
     SPLIT_PATIENTS = "split_patients"  # {"train": [...], "val": [...], "test": [...]}: who went where
     GROUPS = "groups"  # --groups REGEX that named the patients (None: the layout's own, or none)
     SPACE_VERSION = "space_version"
+    SPACE = "space"  # run --space: {"name": "full" or "local", "centre": the enqueued default's params (local)}
     EPOCHS = "epochs"  # the epoch budget of the study's trials
     FIDELITY = "fidelity"  # what an epoch costs: {"epoch_slices", "val_slices", "patch"} (0: all / whole)
     VERSIONS = "versions"  # package versions of the run that made the study
@@ -117,6 +118,46 @@ def root_trial_number(trial: FrozenTrial) -> int:
     a user knows an interrupted trial by, whichever retry runs it now. (Optuna's retry callback
     records it as ``failed_trial``; ``RetryHeartbeatStaleTrialCallback.retried_trial_number``.)"""
     return trial.system_attrs.get("failed_trial", trial.number)
+
+
+ENQUEUED = "fixed_params"  # Optuna's system attribute on a trial made by enqueue_trial (`run --enqueue`)
+
+
+def default_chain(trials: Iterable[FrozenTrial]) -> list[FrozenTrial] | None:
+    """The enqueued default's retry chain: the first trial ``run --enqueue`` queued (a retry copies
+    its ``fixed_params``, so only a chain's root counts), with its retries; None if none was queued."""
+    for root, chain in retry_chains(trials).items():
+        if chain[0].number == root and ENQUEUED in chain[0].system_attrs:
+            return chain
+    return None
+
+
+def search_gain(study: optuna.Study) -> dict:
+    """What the search gained over the enqueued default on val (DESIGN.md's ``"search"``); the
+    held-out ``gain_estimate`` is left None here (``best --evaluate`` fills it in)."""
+    chain = default_chain(study.get_trials(deepcopy=False))
+    best = best_summary(study)
+    done = [t.value for t in chain or () if t.state == TrialState.COMPLETE]
+    default = done[-1] if done else None
+    best_value = best["val_dice_fg"] if best else None
+    return {"default_trial": chain[0].number if chain else None, "default_val_dice_fg": default,
+            "best_val_dice_fg": best_value,
+            "gain_val": None if default is None or best_value is None else round(best_value - default, 5),
+            "gain_estimate": None, "gain_estimate_ci95": None}
+
+
+def search_line(search: dict) -> str:
+    """DESIGN.md's ``"search"`` in one line, as ``best`` prints it and the report shows it."""
+    if search["default_trial"] is None:
+        return "no enqueued default to measure the search against (run --enqueue PRESET)"
+    if search["default_val_dice_fg"] is None:
+        return f"the enqueued default (trial {search['default_trial']}) did not complete"
+    line = (f"gain {search['gain_val']:+.4f} val dice_fg over the enqueued default (trial {search['default_trial']}, "
+            f"{search['default_val_dice_fg']:.4f} -> {search['best_val_dice_fg']:.4f})")
+    if search["gain_estimate"] is not None:
+        lo, hi = search["gain_estimate_ci95"]
+        line += f"; held-out {search['gain_estimate']:+.4f} (95% interval {lo:+.4f} to {hi:+.4f})"
+    return line
 
 
 def attempt(trial: FrozenTrial) -> int:

@@ -77,6 +77,7 @@ class _Page:
         body.append(self.section("Parallel coordinates", self.plot(
             vis.plot_parallel_coordinate(s, target_name=TARGET) if ranked else None, "no complete trial yet")))
         body.append(self.section("Best trial", self.best_trial(best)))
+        body.append(self.section("What the search gained", search_gained(s)))
         body.append(self.section("Against the original configuration", against_original(s, best)))
         body.append(self.section(f"Top {TOP_TRIALS} trials", top_table(ranked)))
         body.append(self.section("Search-space edges", self.edges(ranked)))
@@ -199,6 +200,8 @@ def header(s: optuna.Study, storage_url: str, ranked: list[FrozenTrial]) -> str:
         ("study", f"{s.study_name} in {st.display_url(storage_url)}"),
         ("data", attrs.get(StudyKey.DATA_DESCRIPTION) or attrs.get(StudyKey.DATA_SOURCE) or "not recorded"),
         ("trials", f"{len(rec.retry_chains(trials))} ({states}); epoch budget {attrs.get(StudyKey.EPOCHS, '?')}"),
+        ("search space", "local: the enqueued default's neighbourhood (run --space local)"
+         if (attrs.get(StudyKey.SPACE) or {}).get("name") == "local" else "full"),
         ("best", f"trial {ranked[0].number}: {TARGET} {ranked[0].value:.4f}" if ranked else "no complete trial yet"),
         ("selection", f"{attrs[StudyKey.CV]}-fold cross-validation over train+val (values are mean fold dice_fg)"
          if attrs.get(StudyKey.CV) else "on the val split"),
@@ -210,6 +213,12 @@ def header(s: optuna.Study, storage_url: str, ranked: list[FrozenTrial]) -> str:
         badge = '<p class="badge">Synthetic data: the built-in phantom, not real MR images.</p>'
     table = "".join(f"<tr><th>{_e(k)}</th><td>{_e(str(v))}</td></tr>" for k, v in rows)
     return f'<h1>{_e("Sweep report: study " + s.study_name)}</h1>\n{badge}<table class="meta">{table}</table>'
+
+def search_gained(study: optuna.Study) -> str:
+    """DESIGN.md's ``"search"``: the latest evaluation's (with its held-out gain), else the study's on val."""
+    search = (study.user_attrs.get(StudyKey.EVALUATION) or {}).get("search") or rec.search_gain(study)
+    return f"<p>{_e(rec.search_line(search))}.</p>"
+
 
 def against_original(study: optuna.Study, best: FrozenTrial | None) -> str:
     """The best trial beside the original coursework configuration, when the study ran it."""

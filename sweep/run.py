@@ -54,7 +54,7 @@ def parse_enqueue(value: str, epochs: int) -> dict:
     return params
 
 
-def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions) -> None:
+def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions, enqueue: dict | None = None) -> None:
     study.set_metric_names([rec.OBJECTIVE_NAME])
     study.set_user_attr(StudyKey.DATA_FINGERPRINT, data.fingerprint)
     study.set_user_attr(StudyKey.DATA_SOURCE, data.source)
@@ -63,6 +63,7 @@ def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions) 
     study.set_user_attr(StudyKey.SPLIT_PATIENTS, data.split_patients())
     study.set_user_attr(StudyKey.GROUPS, opts.groups)
     study.set_user_attr(StudyKey.SPACE_VERSION, SPACE_VERSION)
+    study.set_user_attr(StudyKey.SPACE, {"name": opts.space, "centre": enqueue if opts.space == "local" else None})
     study.set_user_attr(StudyKey.EPOCHS, opts.epochs)
     study.set_user_attr(StudyKey.FIDELITY, opts.fidelity(len(data.train), len(data.val), data.image_shape))
     study.set_user_attr(StudyKey.VERSIONS, st.versions())
@@ -93,6 +94,10 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
                 flag = f"--{key.replace('_', '-')}"
                 raise UsageError(f"{flag} {given}: study {opts.study!r} was made with {flag} {value} (0: all); "
                                  "leave it out, give the same, or use another --study")
+    space = (study.user_attrs.get(StudyKey.SPACE) or {}).get("name", "full")  # studies before --space: full
+    if recorded is not None and space != opts.space:
+        raise UsageError(f"--space {opts.space}: study {opts.study!r} was made with --space {space}; "
+                         "use the same or another --study")
     version = study.user_attrs.get(StudyKey.SPACE_VERSION)
     if version is not None and version != SPACE_VERSION:
         raise UsageError(
@@ -134,7 +139,7 @@ def run(opts: RunOptions) -> dict:
     if opts.artifacts is not None:
         artifacts.check(requested)
 
-    study, location = _open_study(opts, data, requested)
+    study, location = _open_study(opts, data, requested, enqueue)
     note = grouping_note(data, opts)  # after the study's checks: a refusal is then its one line alone
     if note:
         print(note, file=sys.stderr)
@@ -149,7 +154,7 @@ def run(opts: RunOptions) -> dict:
     before = len(study.trials)
     if opts.timeout is not None:
         opts = replace(opts, deadline=time.time() + opts.timeout)
-    progress = Progress(study, opts.trials, opts.progress)
+    progress = Progress(study, opts.trials, opts.progress, opts.deadline)
     try:
         if opts.workers == 1:
             failures = optimize(opts, data, worker_device(device, 0), 0, location, callbacks=[progress])
@@ -179,21 +184,23 @@ def grouping_note(data: Dataset, opts: RunOptions) -> str | None:
             f"{unit} by {unit}; if a patient has several, name it with --groups REGEX (e.g. --groups 'patient(\\d+)')")
 
 
-def _open_study(opts: RunOptions, data: Dataset, requested: str) -> tuple[optuna.Study, str]:
+def _open_study(opts: RunOptions, data: Dataset, requested: str, enqueue: dict | None) -> tuple[optuna.Study, str]:
     """Create the study or resume it (refusing other data); record the latest target and command.
 
     Returns the study and its artifact location, for every worker of the run: the one it
     recorded, else ``requested`` (``--artifacts`` resolved), now recorded.
     """
     storage = st.make_storage(opts.storage)
-    if st.study_exists(storage, opts.study):
-        existing = st.load_study(storage, opts.study)
+    existing = st.load_study(storage, opts.study) if st.study_exists(storage, opts.study) else None
+    if existing is not None:
         check_same_data(existing, data, opts)
         check_same_artifacts(existing, opts, requested)
         check_own_study(existing, opts)
+    if opts.space == "local" and enqueue is None and not (existing and existing.user_attrs.get(StudyKey.SPACE)):
+        raise UsageError("--space local searches around the configuration --enqueue names: add one, e.g. --enqueue acdc")
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)
     if not study.user_attrs.get(StudyKey.DATA_FINGERPRINT):
-        record_study_metadata(study, data, opts)
+        record_study_metadata(study, data, opts, enqueue)
     if not study.user_attrs.get(StudyKey.ARTIFACTS):
         artifacts.record(study, requested)
     if study.user_attrs.get(StudyKey.TARGET) != opts.trials:

@@ -49,6 +49,7 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
         resume_dir=resume_dir,
         on_progress=next((c.show_trial for c in callbacks if isinstance(c, Progress)), None),
         deadline=opts.deadline, max_trial_seconds=opts.trial_cap(), fidelity=rec.study_fidelity(study),
+        space=study.user_attrs.get(rec.StudyKey.SPACE),
     )
     failures = StopAfterFailures()
     # gc_after_trial runs a full collection; freezing the long-lived objects of the torch and

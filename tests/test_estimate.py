@@ -109,3 +109,26 @@ def test_a_holdout_outside_zero_to_one_is_refused_in_one_line(in_tmp, capsys):
     assert main(["best", "--evaluate", "--holdout", "1.5"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--holdout" in err and len(err.splitlines()) == 1
+
+
+def test_the_estimate_scores_masks_post_processed_as_the_shipped_ones(in_tmp, capsys, monkeypatch):
+    """The held-out estimate's masks get the same rotation TTA and largest-component cleaning as the
+    written test masks, chosen once on val (here forced on, so that a path that skipped them shows)."""
+    from sweep.postprocess import Probs
+
+    forced = {"tta": True, "largest_component": True, "val_dice_fg": {}}
+    monkeypatch.setattr(evaluate, "choose_postprocessing", lambda probs, masks: forced)
+    applied, chosen_tta = [], []
+    apply, of = evaluate.apply_postprocessing, Probs.of
+    monkeypatch.setattr(evaluate, "apply_postprocessing", lambda probs, post: applied.append((len(probs), post)) or apply(probs, post))
+    monkeypatch.setattr(Probs, "of", lambda self, tta: chosen_tta.append(tta) or of(self, tta))
+
+    assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
+    capsys.readouterr()
+    assert main(["best", "--evaluate", "--seeds", "1", "--quiet", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    data = load_dataset("phantom")
+    n_held = result["estimate"]["n_images"]
+    assert {n for n, _ in applied} >= {n_held, len(data.test)}  # the estimate and the written masks ...
+    assert all(post is forced for _, post in applied) and set(chosen_tta) == {True}  # ... post-processed alike
+    assert result["postprocess"] is not None

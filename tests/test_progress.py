@@ -82,3 +82,28 @@ def test_a_worker_process_stores_the_steps_for_the_bar_that_polls(folds, monkeyp
     study.optimize(Objective(folds[:1], 1, bf16=False), n_trials=1)  # no on_progress: as in a worker process
     assert [p[ProgressKey.STEP] for p in stored if ProgressKey.STEP in p] == [1, 2]
     assert ProgressKey.STEP not in study.trials[0].user_attrs[TrialKey.PROGRESS]  # the epoch's end replaced them
+
+
+def test_the_time_left_is_the_projection_bounded_by_the_timeout():
+    from sweep.progress import time_left
+
+    # 29 of 100 trials in 38 minutes: tqdm's projection alone says 1:33:02 ...
+    assert time_left(29, 100, 38 * 60, None) == "1:33:02"
+    # ... but the run ends at its --timeout, 2 minutes away
+    assert time_left(29, 100, 38 * 60, None, until_deadline=120) == "02:00"
+    assert time_left(99, 100, 60, 1.0, until_deadline=3600) == "00:01"  # the projection where it comes first
+    assert time_left(29, 100, 2400, None, until_deadline=-5) == "00:00"  # past the deadline: the last trial ends
+    assert time_left(0, 100, 0, None) == "?" and time_left(0, 100, 0, None, until_deadline=60) == "01:00"
+
+
+def test_the_bar_shows_the_time_left_until_the_deadline(capsys):
+    import time
+
+    from sweep.progress import Progress
+
+    study = optuna.create_study(direction="maximize")
+    progress = Progress(study, 100, True, deadline=time.time() + 90)
+    progress.bar.refresh()
+    progress.close()
+    err = capsys.readouterr().err
+    assert "<01:29" in err or "<01:30" in err

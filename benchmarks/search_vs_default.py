@@ -1,0 +1,335 @@
+"""Does the search pay? Best-so-far held-out Dice against CPU minutes: the README's ACDC search,
+the same search on the local space, plain Optuna, and the default preset alone, at equal budgets.
+
+    OMP_NUM_THREADS=2 python benchmarks/search_vs_default.py --data ../shared/data/acdc --minutes 40 --seeds 3 \
+        --out docs/measurements/search_vs_default.json
+
+Uses ``training/`` only: the search trains on the train patients less ``best --evaluate``'s
+estimate hold-out (``--holdout``, the same patients) and selects on val; the held-out patients
+neither train nor select anything, and score each arm's pick whenever its pick changes, at full
+fidelity (every slice of every held-out volume, whole slices, stacked onto the source grid: mean
+foreground Dice per volume; stack Dice over slices on slice data). No post-processing, for every
+arm alike. Each arm runs in this process, one after the other, for ``--minutes`` of wall time on
+``--threads`` threads, the scoring not counted (a trial still running at the end stops at its
+epoch's end and does not count); the x-axis is this process's CPU minutes, scoring excluded.
+Arms (``--arms``):
+
+- ``recipe``: the README's search: TPE (10 random start-up trials, multivariate), the median
+  pruner, the full space, the ``--preset`` enqueued first, the cap per trial at 360/2400 of the budget;
+- ``local``: ``run --space local --sampler tpe-5 --pruner halving``, the preset first, the same cap;
+- ``plain``: the Optuna script a user would write: ``TPESampler(seed)`` and ``MedianPruner()`` at
+  Optuna's defaults, the full space, no default, no cap;
+- ``default``: the preset alone, one training whose epoch budget fills the minutes (from the time
+  of one calibration epoch, not counted), its pick the epoch with the best val Dice so far.
+
+All arms train at the same epoch cost (``--epochs``, ``--epoch-slices``, ``--val-slices``,
+``--patch``: the recipe's). Seed s of every arm uses the sampler and training seed s, so arms
+are paired by seed and by patient. The JSON (rewritten after every arm) holds every point, each
+arm's final held-out figure per seed, and per seed the paired difference of each arm against
+``default`` (mean over volumes, with a bootstrap interval over patients); the PNG beside it draws
+the curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from data import load_dataset  # noqa: E402
+from sweep import records as rec  # noqa: E402
+from sweep.evaluate import patient_bootstrap, volume_estimate  # noqa: E402
+from sweep.folds import estimate_holdout  # noqa: E402
+from sweep.metrics import dice_scores  # noqa: E402
+from sweep.objective import Objective, TimeUp  # noqa: E402
+from sweep.postprocess import Probs, predict_probs  # noqa: E402
+from sweep.run import parse_enqueue  # noqa: E402
+from sweep.space import configs_from_params  # noqa: E402
+from sweep.strategies import make_pruner, make_sampler  # noqa: E402
+from sweep.runtime import DeviceSplit, load_model, use_bf16  # noqa: E402
+from sweep.train import fit_folds  # noqa: E402
+
+RESULT = ROOT / "docs" / "measurements" / "search_vs_default.json"
+ARMS = ("recipe", "local", "plain", "default")
+CAP_SHARE = 360 / 2400  # the README recipe's --max-trial-seconds over its --timeout
+NO_POSTPROCESSING = {"tta": False, "largest_component": False}
+COLOURS = {"recipe": (31, 119, 180), "local": (44, 160, 44), "plain": (214, 39, 40), "default": (90, 90, 90)}
+
+
+class OutOfTime(Exception):
+    """The default arm's training reached the end of its minutes."""
+
+
+@dataclass
+class Bench:
+    """What every arm shares: the data, the held-out patients, the epoch cost, the clock."""
+
+    data: object
+    held: np.ndarray
+    folds: list
+    hold_images: torch.Tensor
+    fidelity: dict
+    epochs: int
+    seconds: float
+    params: dict
+    bf16: bool
+    scoring_cpu: float = 0.0  # CPU seconds spent scoring, kept off the x-axis ...
+    scoring_wall: float = 0.0  # ... and wall seconds, kept out of every arm's minutes
+
+    def score(self, model_cfg, state: dict) -> dict:
+        """The held-out figure of one model: per volume where the data has volumes, else over slices."""
+        start, wall = time.process_time(), time.time()
+        model = load_model(model_cfg, state, self.hold_images.device)
+        plain = predict_probs(model, self.hold_images, self.bf16, False).cpu()
+        if self.data.volumes:
+            figures = volume_estimate(self.data, self.held, Probs(plain, plain), NO_POSTPROCESSING)
+            out = {"dice_fg": figures["dice_fg"]["all"][0],
+                   "cases": {c["case"]: [c["patient"], c["dice_fg"]] for c in figures["cases"]}}
+        else:
+            truth = torch.as_tensor(self.data.train.masks[self.held])
+            out = {"dice_fg": round(dice_scores(plain.argmax(1), truth)["dice_fg"], 5), "cases": None}
+        self.scoring_cpu += time.process_time() - start
+        self.scoring_wall += time.time() - wall
+        return out
+
+    def clock(self) -> Clock:
+        return Clock(self, time.process_time(), time.time(), self.scoring_cpu, self.scoring_wall)
+
+
+@dataclass
+class Clock:
+    """An arm's CPU and wall seconds since its start, the bench's scoring left out of both."""
+
+    bench: Bench
+    cpu0: float
+    wall0: float
+    scoring_cpu0: float
+    scoring_wall0: float
+
+    def cpu_minutes(self) -> float:
+        return round((time.process_time() - self.cpu0 - (self.bench.scoring_cpu - self.scoring_cpu0)) / 60, 3)
+
+    def wall(self) -> float:
+        return time.time() - self.wall0 - (self.bench.scoring_wall - self.scoring_wall0)
+
+    def deadline(self) -> float:
+        """The wall-clock end of the arm's minutes (``time.time()``), moved on by the scoring so far."""
+        return time.time() + self.bench.seconds - self.wall()
+
+    def over(self) -> bool:
+        return self.wall() > self.bench.seconds
+
+
+def setup(args) -> Bench:
+    torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    data = load_dataset(args.data)
+    held = estimate_holdout(data, args.holdout)
+    rest = np.setdiff1d(np.arange(len(data.train)), held)
+    train = DeviceSplit.from_arrays(data.train.images[rest], data.train.masks[rest], device)
+    val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
+    fidelity = {"epoch_slices": args.epoch_slices, "val_slices": args.val_slices, "patch": args.patch}
+    return Bench(data, held, [(train, val)], torch.as_tensor(data.train.images[held]).unsqueeze(1), fidelity,
+                 args.epochs, args.minutes * 60, parse_enqueue(args.preset, args.epochs), use_bf16(device))
+
+
+class _Keeping(Objective):
+    """The trial objective of ``run``, keeping in memory (not as an artifact) the weights of the
+    latest trial that beat every trial before it: the only ones a point scores."""
+
+    kept: dict
+
+    def _maybe_upload_checkpoint(self, trial, model_cfg, train_cfg, result) -> None:
+        try:
+            best = trial.study.best_value
+        except ValueError:  # no complete trial yet
+            best = -float("inf")
+        if result.best_value > best:
+            self.kept = {trial.number: (model_cfg, result.state_dict)}
+
+
+def search_arm(bench: Bench, arm: str, seed: int) -> list[dict]:
+    """One search for the bench's minutes; a point each time the study's best trial changes."""
+    rec.silence_optuna()
+    epochs = bench.epochs
+    strategies = {
+        "recipe": (make_sampler("tpe", seed), make_pruner("median", epochs), None),
+        "local": (make_sampler("tpe-5", seed), make_pruner("halving", epochs), {"name": "local", "centre": bench.params}),
+        "plain": (optuna.samplers.TPESampler(seed=seed), optuna.pruners.MedianPruner(), None),
+    }
+    sampler, pruner, space = strategies[arm]
+    study = optuna.create_study(direction="maximize", sampler=sampler, pruner=pruner)
+    if arm != "plain":
+        study.enqueue_trial(bench.params)
+    clock = bench.clock()
+    objective = _Keeping(bench.folds, epochs, seed=seed, deadline=clock.deadline(), fidelity=bench.fidelity,
+                         max_trial_seconds=None if arm == "plain" else CAP_SHARE * bench.seconds, space=space)
+    objective.kept = {}
+    points: list[dict] = []
+
+    def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        best = rec.best_summary(study)
+        if clock.over():  # a trial that finished its last epoch after the end does not count
+            study.stop()
+            return
+        if best is None or (points and points[-1]["trial"] == best["trial"]):
+            return
+        points.append({"cpu_minutes": clock.cpu_minutes(), "wall_minutes": round(clock.wall() / 60, 3),
+                       "trials": len(study.trials), "trial": best["trial"], "val_dice_fg": best["val_dice_fg"],
+                       "params": best["params"], **bench.score(*objective.kept[best["trial"]])})
+        objective.deadline = clock.deadline()
+
+    try:
+        study.optimize(objective, catch=(Exception,), callbacks=[on_trial])
+    except TimeUp:
+        pass  # the trial running at the end stopped there: it does not count
+    return points
+
+
+def default_arm(bench: Bench, seed: int) -> list[dict]:
+    """The preset alone: one training whose epoch budget fills the minutes; a point at every new best val epoch."""
+    model_cfg, train_cfg = configs_from_params(bench.params, 1)
+    train_cfg = replace(train_cfg, epoch_slices=bench.fidelity["epoch_slices"], patch=bench.fidelity["patch"])
+    start = time.time()
+    fit_folds(model_cfg, train_cfg, bench.folds, seed=seed, keep_state=False, val_slices=bench.fidelity["val_slices"])
+    epochs = max(1, int(bench.seconds / (time.time() - start)))  # the calibration epoch is not counted
+    clock = bench.clock()
+    points: list[dict] = []
+
+    def on_point(point: dict) -> None:
+        record = point["history"][-1]
+        if clock.over():
+            raise OutOfTime
+        if not points or record["val_dice_fg"] > points[-1]["val_dice_fg"]:
+            points.append({"cpu_minutes": clock.cpu_minutes(), "wall_minutes": round(clock.wall() / 60, 3),
+                           "epoch": point["epoch"], "epochs": epochs, "val_dice_fg": round(record["val_dice_fg"], 5),
+                           **bench.score(model_cfg, point["folds"][0]["model"])})
+
+    try:
+        fit_folds(model_cfg, replace(train_cfg, epochs=epochs), bench.folds, seed=seed, keep_state=False,
+                  on_resume_point=on_point, resume_every=0.0, val_slices=bench.fidelity["val_slices"])
+    except OutOfTime:
+        pass
+    return points
+
+
+def paired(final: dict, base: dict) -> dict | None:
+    """One arm's final pick against the default's, the same held-out volumes: mean difference per
+    volume and its bootstrap interval over patients (on slice data, the difference alone)."""
+    if final["cases"] is None:
+        return {"gain": round(final["dice_fg"] - base["dice_fg"], 5), "ci95": None}
+    diffs = [(patient, value - base["cases"][case][1]) for case, (patient, value) in final["cases"].items()]
+    return {"gain": round(float(np.mean([d for _, d in diffs])), 5), "ci95": patient_bootstrap(diffs)}
+
+
+def summarize(result: dict) -> dict:
+    """Per arm: the final held-out figure of each seed and their mean; per seed, each arm against ``default``."""
+    summary = {}
+    for arm, runs in result["arms"].items():
+        finals = [run["points"][-1] if run["points"] else None for run in runs]
+        values = [f["dice_fg"] for f in finals if f]
+        summary[arm] = {"final_dice_fg": [f and f["dice_fg"] for f in finals],
+                        "mean": round(float(np.mean(values)), 5) if values else None}
+    base = result["arms"].get("default")
+    if base:
+        for arm, runs in result["arms"].items():
+            if arm != "default":
+                summary[arm]["vs_default"] = [paired(r["points"][-1], b["points"][-1]) if r["points"] and b["points"] else None
+                                              for r, b in zip(runs, base)]
+    return summary
+
+
+def draw(result: dict, path: Path, size: tuple[int, int] = (800, 500)) -> None:
+    """Best-so-far held-out Dice against CPU minutes, a step line per arm and seed (Pillow; no plotting library)."""
+    width, height = size
+    left, right, top, bottom = 60, 20, 20, 50
+    points = [p for runs in result["arms"].values() for run in runs for p in run["points"]]
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    if not points:
+        img.save(path)
+        return
+    xmax = max(max(p["cpu_minutes"] for p in points), 1e-3)
+    ylo, yhi = min(p["dice_fg"] for p in points), max(p["dice_fg"] for p in points)
+    ylo, yhi = (ylo - 0.01, yhi + 0.01) if yhi - ylo > 1e-6 else (ylo - 0.05, yhi + 0.05)
+
+    def xy(x: float, y: float) -> tuple[float, float]:
+        return left + x / xmax * (width - left - right), height - bottom - (y - ylo) / (yhi - ylo) * (height - top - bottom)
+
+    d.rectangle([left, top, width - right, height - bottom], outline="black")
+    for frac in (0, 0.5, 1):
+        y = ylo + frac * (yhi - ylo)
+        d.text((4, xy(0, y)[1] - 6), f"{y:.3f}", fill="black")
+        d.text((xy(frac * xmax, ylo)[0] - 10, height - bottom + 6), f"{frac * xmax:.1f}", fill="black")
+    d.text((width // 2 - 120, height - 20), "CPU minutes (scoring excluded)", fill="black")
+    for i, (arm, runs) in enumerate(result["arms"].items()):
+        colour = COLOURS.get(arm, (0, 0, 0))
+        d.text((left + 10, top + 8 + 14 * i), arm, fill=colour)
+        for run in runs:
+            line, last = [], None
+            for p in run["points"]:
+                if last is not None:
+                    line.append(xy(p["cpu_minutes"], last))
+                line.append(xy(p["cpu_minutes"], p["dice_fg"]))
+                last = p["dice_fg"]
+            if last is not None:
+                line.append(xy(xmax, last))
+                d.line(line, fill=colour, width=2)
+    img.save(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "acdc"))
+    p.add_argument("--minutes", type=float, default=40.0, help="wall minutes of each arm and seed (the recipe's 40)")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--arms", default=",".join(ARMS), help=f"which of {', '.join(ARMS)}")
+    p.add_argument("--preset", default="acdc", help="the enqueued default (a preset, a JSON file or a JSON object)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epoch-slices", type=int, default=500)
+    p.add_argument("--val-slices", type=int, default=100)
+    p.add_argument("--patch", type=int, default=128)
+    p.add_argument("--holdout", type=float, default=0.2, help="share of train patients held out (as best --evaluate)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=str(RESULT), help="JSON file; the PNG goes beside it")
+    args = p.parse_args(argv)
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = set(arms) - set(ARMS)
+    if unknown:
+        p.error(f"--arms: no such arm(s) {', '.join(sorted(unknown))}; choose from {', '.join(ARMS)}")
+
+    bench = setup(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": "python benchmarks/search_vs_default.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "data": bench.data.describe(), "preset": bench.params, "minutes": args.minutes, "seeds": args.seeds,
+        "fidelity": {"epochs": args.epochs, **bench.fidelity},
+        "held_out_patients": sorted(set(np.asarray(bench.data.train.groups)[bench.held])),
+        "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
+        "arms": {arm: [] for arm in arms},
+    }
+    for seed in range(args.seeds):
+        for arm in arms:
+            points = default_arm(bench, seed) if arm == "default" else search_arm(bench, arm, seed)
+            result["arms"][arm].append({"seed": seed, "points": points})
+            result["summary"] = summarize(result)
+            out.write_text(json.dumps(result, indent=2) + "\n")
+            print(json.dumps({"arm": arm, "seed": seed, "final": points[-1]["dice_fg"] if points else None}), flush=True)
+    draw(result, out.with_suffix(".png"))
+    return result
+
+
+if __name__ == "__main__":
+    main()
