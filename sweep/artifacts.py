@@ -29,9 +29,13 @@ def resolve(storage_url: str, location: str | None) -> str:
     """The location to use for a new study: ``location`` made absolute, or the default folder."""
     if location is None:
         return str(default_artifact_dir(storage_url))
+    if location.rstrip("/") in ("s3:", "gs:"):  # what ``s3://$BUCKET`` gives with the variable unset
+        raise UsageError(f"--artifacts {location!r}: no bucket named; give one, e.g. {location.rstrip('/')}//my-bucket")
     if location.startswith(OBJECT_STORES):
         return location.rstrip("/")
-    return str(Path(location).expanduser().resolve())
+    if "://" in location:
+        raise UsageError(f"--artifacts {location!r}: expected a folder, s3://BUCKET or gs://BUCKET")
+    return str(Path(location).expanduser().resolve())  # absolute: every later command finds it from anywhere
 
 
 def check(location: str) -> None:
@@ -46,7 +50,7 @@ def check(location: str) -> None:
         except ImportError:
             raise UsageError(f"--artifacts {location!r}: needs {module.split('.')[0]}; pip install it") from None
         if location.startswith("s3://"):
-            _check_bucket(location, bucket)
+            _check_bucket(bucket, f"--artifacts {location!r}")
         return
     path = Path(location)
     if path.exists() and not path.is_dir():
@@ -55,7 +59,14 @@ def check(location: str) -> None:
         raise UsageError(f"--artifacts {location!r}: folder {path.parent} does not exist")
 
 
-def _check_bucket(location: str, bucket: str) -> None:
+def check_recorded(study: optuna.Study, location: str) -> None:
+    """Reach the object store a study recorded (``run`` reopening it, ``predict --study``), so that
+    an endpoint that is down is one line naming it, not a traceback at the first upload."""
+    if location.startswith("s3://"):
+        _check_bucket(location[len("s3://"):], f"study {study.study_name!r} keeps its artifacts in {location}")
+
+
+def _check_bucket(bucket: str, label: str) -> None:
     """Reach the bucket now: a worker without credentials or endpoint would otherwise fail at its
     first resume point, with a traceback."""
     import boto3
@@ -64,7 +75,7 @@ def _check_bucket(location: str, bucket: str) -> None:
     try:
         boto3.client("s3").head_bucket(Bucket=bucket)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
-        raise UsageError(f"--artifacts {location!r}: cannot reach the bucket ({err}); a worker needs the store's "
+        raise UsageError(f"{label}: cannot reach the bucket ({err}); a worker needs the store's "
                          "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and, for a server "
                          "other than AWS, AWS_ENDPOINT_URL") from None
 
@@ -75,7 +86,10 @@ def open_store(location: str):
         return optuna.artifacts.Boto3ArtifactStore(location[len("s3://"):])
     if location.startswith("gs://"):
         return optuna.artifacts.GCSArtifactStore(location[len("gs://"):])
-    Path(location).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(location).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # replaced by a file, or on a mount that went away
+        raise UsageError(f"artifact location {location}: cannot use it as a folder ({err.strerror or err})") from None
     return optuna.artifacts.FileSystemArtifactStore(location)
 
 
@@ -118,9 +132,17 @@ def fetch(study: optuna.Study, storage_url: str, filename: str) -> Path | None:
     artifact_id = metas[-1].artifact_id  # each upload adds one; the last is the latest
     path = cache_folder() / "artifacts" / artifact_id / filename
     if not path.is_file():
+        location = location_of(study, storage_url)
+        check_recorded(study, location)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{filename}.{os.getpid()}.tmp")
-        with open_store(location_of(study, storage_url)).open_reader(artifact_id) as f, open(tmp, "wb") as out:
-            out.write(f.read())
-        os.replace(tmp, path)
+        try:
+            with open_store(location).open_reader(artifact_id) as f, open(tmp, "wb") as out:
+                out.write(f.read())
+            os.replace(tmp, path)
+        except optuna.artifacts.exceptions.ArtifactNotFound:
+            raise UsageError(f"study {study.study_name!r}: its {filename} is missing from its artifact location "
+                             f"{location} (moved or deleted?)") from None
+        finally:
+            tmp.unlink(missing_ok=True)  # an interrupted download leaves no part of a file
     return path

@@ -190,6 +190,8 @@ def _open_study(opts: RunOptions, data: Dataset, requested: str) -> tuple[optuna
         check_same_data(existing, data, opts)
         check_same_artifacts(existing, opts, requested)
         check_own_study(existing, opts)
+        if opts.artifacts is None:  # (a given one is checked already)
+            artifacts.check_recorded(existing, artifacts.location_of(existing, opts.storage, warn=False))
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)
     if not study.user_attrs.get(StudyKey.DATA_FINGERPRINT):
         record_study_metadata(study, data, opts)

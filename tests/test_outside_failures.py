@@ -103,3 +103,107 @@ def test_a_database_dropped_mid_run_is_one_line(tmp_path, postgres_url, workers)
     assert proc.returncode == 1, err[-3000:]
     line = one_line(err)
     assert line.startswith(f"error: --storage {url}: "), line
+
+
+# --- 5: the S3 endpoint down when a study's recorded store is used -------------------------------
+
+
+def closed_port() -> str:
+    """An endpoint nothing listens on: the store is down."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def study_copy(one_trial_study, tmp_path, monkeypatch):
+    """The one-trial study (its database and artifacts) in an empty folder, with a cache of its own."""
+    import shutil
+
+    for path in one_trial_study.glob("studies.db*"):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copytree(one_trial_study / "artifacts", tmp_path / "artifacts")
+    record_location(tmp_path, str(tmp_path / "artifacts"))  # (the original records its own, absolute)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SEGNET_CACHE", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def record_location(folder: Path, location: str, model: bytes | None = None) -> None:
+    """Record ``location`` as the study's artifact location, with a ``model.pt`` there if given."""
+    import optuna
+
+    from sweep import artifacts
+
+    study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{folder / 'studies.db'}")
+    artifacts.record(study, location)
+    if model is not None:
+        (folder / "model.pt").write_bytes(model)
+        optuna.artifacts.upload_artifact(artifact_store=artifacts.open_store(location), file_path=str(folder / "model.pt"),
+                                         study_or_trial=study)
+
+
+@pytest.mark.parametrize("argv", [["run", "--trials", "2", "--epochs", "1", "--quiet"], ["predict", "--study", "segnet", "x.png"]])
+def test_a_recorded_store_that_is_down_is_one_line(study_copy, bucket, monkeypatch, capsys, argv):
+    record_location(study_copy, bucket, model=b"a model")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", closed_port())
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")  # botocore's backoff is not what is tested
+    capsys.readouterr()
+    assert main(argv) == 2
+    line = one_line(capsys.readouterr().err)
+    assert bucket in line and "cannot reach the bucket" in line, line
+
+
+# --- 8: the artifact folder deleted ---------------------------------------------------------------
+
+
+def test_predict_from_a_study_whose_artifact_folder_was_deleted_is_one_line(study_copy, capsys):
+    import shutil
+
+    record_location(study_copy, str(study_copy / "artifacts"), model=b"a model")
+    shutil.rmtree(study_copy / "artifacts")
+    capsys.readouterr()
+    assert main(["predict", "--study", "segnet", "x.png"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "model.pt is missing from its artifact location" in line and str(study_copy / "artifacts") in line
+
+
+def test_report_without_its_artifact_folder_notes_the_missing_pictures(study_copy, capsys):
+    import shutil
+
+    shutil.rmtree(study_copy / "artifacts")
+    assert main(["report", "--out", "r.html"]) == 0
+    assert f"not in the artifact location {study_copy / 'artifacts'}" in (study_copy / "r.html").read_text()
+
+
+def test_an_artifact_location_that_became_a_file_is_one_line(study_copy, capsys):
+    import shutil
+
+    shutil.rmtree(study_copy / "artifacts")
+    (study_copy / "artifacts").write_text("not a folder")
+    capsys.readouterr()
+    assert main(["report", "--out", "r.html"]) == 2
+    assert "artifact location" in one_line(capsys.readouterr().err)
+    assert not (study_copy / "r.html").exists()
+
+
+# --- 9: a store with no bucket; local locations recorded absolute --------------------------------
+
+
+@pytest.mark.parametrize("location", ["s3://", "gs://", "s3:///", "http://example.org/x"])
+def test_an_artifact_location_without_a_bucket_is_refused(in_tmp, capsys, location):
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--artifacts", location]) == 2
+    assert "--artifacts" in one_line(capsys.readouterr().err)
+    assert not list(in_tmp.iterdir())  # no study, no folder "s3:"
+
+
+def test_a_relative_artifact_folder_is_recorded_absolute(in_tmp):
+    import optuna
+
+    from sweep.records import StudyKey
+
+    assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", SMALL, "--artifacts", "arts"]) == 0
+    study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
+    assert study.user_attrs[StudyKey.ARTIFACTS]["location"] == str(in_tmp / "arts")
