@@ -207,3 +207,28 @@ def test_a_relative_artifact_folder_is_recorded_absolute(in_tmp):
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", SMALL, "--artifacts", "arts"]) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
     assert study.user_attrs[StudyKey.ARTIFACTS]["location"] == str(in_tmp / "arts")
+
+
+# --- 7: a damaged preprocessing cache -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated npz", "emptied npz", "garbage npz", "emptied json"])
+def test_a_damaged_cache_entry_is_rebuilt_with_one_line(tmp_path, monkeypatch, capsys, damage):
+    from data import load_dataset
+    from data.volume_phantom import write_acdc_phantom
+
+    root = write_acdc_phantom(tmp_path / "data", 2, n_test=1, size_range=(60, 68))
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEGNET_CACHE_DIR", str(cache))
+    first = load_dataset(str(root))
+    npz, meta = next(cache.glob("*.npz")), next(cache.glob("*.json"))
+    damaged = {"truncated npz": (npz, npz.read_bytes()[: npz.stat().st_size // 2]), "emptied npz": (npz, b""),
+               "garbage npz": (npz, b"PK\x03\x04" + os.urandom(4000)), "emptied json": (meta, b"")}[damage]
+    damaged[0].write_bytes(damaged[1])
+    capsys.readouterr()
+    again = load_dataset(str(root))
+    line = one_line(capsys.readouterr().err)
+    assert "damaged" in line and str(damaged[0]) in line
+    assert again.fingerprint == first.fingerprint
+    load_dataset(str(root))  # rebuilt: a hit, silent
+    assert capsys.readouterr().err == ""
