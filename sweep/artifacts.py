@@ -13,15 +13,19 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import optuna
 
-from sweep.errors import UsageError
+from sweep.errors import UsageError, is_outage, warn
 from sweep.records import StudyKey
 from sweep.study import default_artifact_dir
 
 OBJECT_STORES = ("s3://", "gs://")
+# Waits between tries of a store that is down (``patiently``): about 60 s in all, well inside the
+# heartbeat's 90 s grace period, so an outage shorter than that costs no trial.
+OUTAGE_WAITS = (1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
 CACHE_ENV = "SEGNET_CACHE"  # default: $XDG_CACHE_HOME/segnet-sweep, else ~/.cache/segnet-sweep
 
 
@@ -146,3 +150,22 @@ def fetch(study: optuna.Study, storage_url: str, filename: str) -> Path | None:
         finally:
             tmp.unlink(missing_ok=True)  # an interrupted download leaves no part of a file
     return path
+
+
+def patiently(call, what: str):
+    """``call()``, tried again after each of ``OUTAGE_WAITS`` while the store or folder is down
+    (``errors.is_outage``), with a warning line per failed try; the last try's error is raised."""
+    for wait in OUTAGE_WAITS:
+        try:
+            return call()
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            warn(f"{what}: {_first_line(err)}; trying again in {wait:g} s")
+        time.sleep(wait)
+    return call()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

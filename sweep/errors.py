@@ -84,3 +84,16 @@ def _storage_reason(err: BaseException) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def is_outage(err: BaseException) -> bool:
+    """A store or folder that may answer again soon: an object store client's error (an endpoint
+    down, a 5xx) or an OSError (a network mount's hiccup), not a missing artifact."""
+    return (_is_store_error(err) and not isinstance(err, ArtifactNotFound)) or isinstance(err, OSError)
+
+
+def warn(text: str) -> None:
+    """One ``warning:`` line on stderr, above a progress bar if one is shown."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"warning: {text}", file=sys.stderr)

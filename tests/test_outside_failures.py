@@ -232,3 +232,58 @@ def test_a_damaged_cache_entry_is_rebuilt_with_one_line(tmp_path, monkeypatch, c
     assert again.fingerprint == first.fingerprint
     load_dataset(str(root))  # rebuilt: a hit, silent
     assert capsys.readouterr().err == ""
+
+
+# --- 6: a store outage during a trial ------------------------------------------------------------
+
+
+def finished_trial(folder: Path):
+    import optuna
+
+    study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{folder / 'studies.db'}")
+    (trial,) = study.trials
+    return trial
+
+
+def test_a_store_outage_during_a_trial_costs_no_trial(in_tmp, bucket, monkeypatch, capsys):
+    """The store refuses its first writes (resume points, the checkpoint's first try): warnings, and
+    the trial trains on to the end, with its checkpoint uploaded once the store is back."""
+    import botocore.exceptions
+    import optuna
+
+    from sweep import artifacts
+    from sweep.records import TrialKey
+
+    real_write, calls = optuna.artifacts.Boto3ArtifactStore.write, []
+
+    def write(self, artifact_id, content_body):
+        calls.append(artifact_id)
+        if len(calls) <= 3:
+            raise botocore.exceptions.EndpointConnectionError(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+        return real_write(self, artifact_id, content_body)
+
+    monkeypatch.setattr(optuna.artifacts.Boto3ArtifactStore, "write", write)
+    monkeypatch.setattr(artifacts, "OUTAGE_WAITS", (0.01,) * 3)
+    monkeypatch.setenv("SEGNET_RESUME_SECONDS", "0")
+    monkeypatch.setenv("SEGNET_CACHE", str(in_tmp / "cache"))
+    assert main(["run", "--trials", "1", "--epochs", "3", "--quiet", "--enqueue", SMALL, "--artifacts", bucket]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "resume point not written" in err, err
+    trial = finished_trial(in_tmp)
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs[TrialKey.EPOCHS_RUN] == 3
+    assert trial.user_attrs.get(TrialKey.CHECKPOINT)
+
+
+def test_an_unwritable_resume_folder_costs_no_trial(in_tmp, monkeypatch, capsys):
+    import optuna
+
+    from sweep.records import TrialKey
+
+    (in_tmp / "artifacts").mkdir()
+    (in_tmp / "artifacts" / "resume").write_text("a file where the resume folder goes")
+    monkeypatch.setenv("SEGNET_RESUME_SECONDS", "0")
+    assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", SMALL]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "resume point not written" in err, err
+    trial = finished_trial(in_tmp)
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs[TrialKey.EPOCHS_RUN] == 2
