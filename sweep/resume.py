@@ -230,7 +230,13 @@ class ResumeFile:
     def load(self) -> dict | None:
         """The stored point, or None (none, another identity, or unreadable: training starts over)."""
         name = self.current() if self.points is not None else None
-        data = patiently(lambda: self.points.get(name), f"resume point {name}") if name else None
+        try:
+            data = patiently(lambda: self.points.get(name), f"resume point {name}") if name else None
+        except Exception as err:  # the store stays down: the epochs it held are lost, not the trial
+            if not is_outage(err):
+                raise
+            warn(f"resume point {name} not readable, trial {self.root} starts over ({type(err).__name__})")
+            return None
         if data is None:
             return None
         try:
