@@ -180,8 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        command = f" ({shlex.join(['python', '-m', 'sweep', *args.argv])})" if args is not None else ""
-        print(f"interrupted{command}; it stopped before its output was complete and wrote none", file=sys.stderr)
+        rerun = f"; rerun with: {shlex.join(['python', '-m', 'sweep', *args.argv])}" if args is not None else ""
+        print(f"interrupted; no output was left half-written{rerun}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OutsideError as err:  # a worker process's outside failure, its one line
         print(f"error: {err}", file=sys.stderr)

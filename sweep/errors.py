@@ -3,6 +3,7 @@ outside the tool (a lost database, an unreachable store: one line naming it, exi
 
 from __future__ import annotations
 
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +32,17 @@ def check_writable(out: Path, label: str) -> None:
             pass
     except OSError as err:
         raise UsageError(f"{label}: cannot write in folder {out} ({err.strerror or err})") from None
+
+
+def whole(path: Path, write) -> None:
+    """``write(tmp)`` to a temporary name beside ``path``, then renamed: a Ctrl-C or SIGTERM
+    mid-write leaves the file whole or absent, never half of it under its final name."""
+    tmp = path.with_name(f".{path.name.split('.')[0]}.{os.getpid()}.part{''.join(path.suffixes)}")  # keeps .nii.gz
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _chain(err: BaseException):

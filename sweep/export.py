@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sweep.errors import UsageError
+from sweep.errors import UsageError, whole
 from sweep.records import DICE_KEYS, StudyKey, TrialKey, attempt, root_trial_number
 from sweep.study import open_study_readonly
 
@@ -60,6 +60,6 @@ def export_cases(storage_url: str, study_name: str, path: str | Path) -> int:
 
 def _write(frame: pd.DataFrame, path: str | Path) -> None:
     try:
-        frame.to_csv(path, index=False)
+        whole(Path(path), lambda tmp: frame.to_csv(tmp, index=False))
     except OSError as err:
         raise UsageError(f"--csv {path}: cannot write ({err.strerror or err})") from None

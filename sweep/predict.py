@@ -23,7 +23,7 @@ from data import read_image, write_mask
 from data.io import png_files
 from data.nifti import is_nifti
 from sweep import artifacts
-from sweep.errors import UsageError, check_writable
+from sweep.errors import UsageError, check_writable, whole
 from sweep.model_export import EXPORT_FORMATS, export_model
 from sweep.model_file import ModelBundle, Segmenter, load_bundle
 from sweep.pictures import overlay_png
@@ -186,10 +186,11 @@ def predict_pngs(segmenter: Segmenter, pngs: list[Path], shapes, out: Path, over
         images = np.stack([read_image(p) for p in batch])  # (B, H, W) in [0, 1]
         masks = segmenter.predict(images)
         for path, image, mask in zip(batch, images, masks):
-            write_mask(out / f"{path.stem}_mask.png", mask)
+            whole(out / f"{path.stem}_mask.png", lambda tmp: write_mask(tmp, mask))
             written.append(str(out / f"{path.stem}_mask.png"))
             if overlay:
-                overlay_png(image[None], None, mask[None], out / f"{path.stem}_overlay.png", max_slices=1)
+                whole(out / f"{path.stem}_overlay.png",
+                      lambda tmp: overlay_png(image[None], None, mask[None], tmp, max_slices=1))
                 written.append(str(out / f"{path.stem}_overlay.png"))
             bar.update(1)
     return written
@@ -207,10 +208,10 @@ def predict_volumes(segmenter: Segmenter, volumes: list[Path], out: Path, overla
         images, _, volume = preprocess_volume(path, **volume_options(segmenter.bundle))  # (Z, H, W) in [0, 1]
         masks = segmenter.predict(images)  # (Z, H, W) uint8
         target = out / f"{case_name(path)}.nii.gz"
-        write_labels_nifti(target, assemble(volume, masks), volume)
+        whole(target, lambda tmp: write_labels_nifti(tmp, assemble(volume, masks), volume))
         written.append(str(target))
         if overlay:  # drawn on the preprocessed slices, as the network saw them
-            overlay_png(images, None, masks, out / f"{case_name(path)}_overlay.png")
+            whole(out / f"{case_name(path)}_overlay.png", lambda tmp: overlay_png(images, None, masks, tmp))
             written.append(str(out / f"{case_name(path)}_overlay.png"))
         bar.update(1)
     return written

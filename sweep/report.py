@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep import artifacts
 from sweep import records as rec
 from sweep import study as st
-from sweep.errors import UsageError
+from sweep.errors import UsageError, whole
 from sweep.figures import (
     MIN_TOP,
     TARGET,
@@ -45,7 +45,7 @@ def write_report(storage_url: str, study_name: str, out: str | Path) -> Path:
     page = _Page(study, storage_url)
     path = Path(out)
     try:
-        path.write_text(page.render(), encoding="utf-8")
+        whole(path, lambda tmp: tmp.write_text(page.render(), encoding="utf-8"))
     except OSError as err:
         raise UsageError(f"--out {out}: cannot write ({err.strerror or err})") from None
     return path.resolve()

@@ -287,3 +287,76 @@ def test_an_unwritable_resume_folder_costs_no_trial(in_tmp, monkeypatch, capsys)
     assert "Traceback" not in err and "resume point not written" in err, err
     trial = finished_trial(in_tmp)
     assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs[TrialKey.EPOCHS_RUN] == 2
+
+
+# --- 10: SIGTERM during predict, report, export, status ------------------------------------------
+
+# The command runs in a process of its own; where it writes (or reads) the patched function sends
+# that process a real SIGTERM, after writing half of its output where it writes one.
+SIGNALLED = """
+import os, signal, sys
+from pathlib import Path
+import pandas as pd
+import sweep.report, sweep.status, sweep.predict
+from sweep.cli import main
+
+def term(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+
+def half_csv(frame, path, **kwargs):
+    Path(path).write_text(frame.to_string()[:20])
+    term()
+
+pd.DataFrame.to_csv = half_csv
+sweep.report._Page.render = term
+sweep.status.study_status = term
+sweep.predict.load_bundle = term
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("argv, output", [(["export", "--csv", "t.csv"], "t.csv"), (["report", "--out", "r.html"], "r.html"),
+                                          (["status"], None), (["predict", "--model", "m.pt", "x.png"], "predictions")])
+def test_sigterm_ends_every_command_in_one_line(study_copy, argv, output):
+    proc = subprocess.run([sys.executable, "-c", SIGNALLED, *argv], cwd=study_copy, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert one_line(proc.stderr).startswith("interrupted; no output was left half-written; rerun with: python -m sweep")
+    if output is not None:
+        assert not (study_copy / output).exists()
+    assert not list(study_copy.glob(".*part*"))  # nor a temporary file
+
+
+def test_sigterm_while_predict_writes_leaves_no_half_file(tmp_path):
+    """Two images: the first mask is written whole, the second is cut off mid-write by SIGTERM."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from model import SegNet, SegNetConfig
+    from sweep.model_file import ModelBundle, save_bundle
+
+    from tests.helpers import random_image, write_png
+
+    config = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
+    torch.manual_seed(0)
+    bundle = ModelBundle(members=[[SegNet.from_config(config).state_dict()]], model_config=config.to_dict(), tta=False,
+                         largest_component=False, class_names=["background", "RV", "myocardium", "LV"], params={},
+                         preprocessing={"kind": "slices", "image_size": (32, 32), "intensity": "[0,1] then per-slice z-score"})
+    save_bundle(bundle, tmp_path / "model.pt")
+    for name in ("a", "b"):
+        write_png(tmp_path / "in" / f"{name}.png", random_image(ord(name), (32, 32)))
+    cut = SIGNALLED.replace("sweep.predict.load_bundle = term", """
+real_write = sweep.predict.write_mask
+def write_mask(path, mask):
+    if "b_mask" in str(path):
+        Path(path).write_bytes(b"half a PNG")
+        term()
+    real_write(path, mask)
+sweep.predict.write_mask = write_mask""")
+    proc = subprocess.run([sys.executable, "-c", cut, "predict", "--model", "model.pt", "in", "--quiet"], cwd=tmp_path,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert proc.returncode == 130, proc.stderr[-3000:]
+    assert one_line(proc.stderr).startswith("interrupted; ")
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["a_mask.png"]
+    assert np.asarray(Image.open(tmp_path / "predictions" / "a_mask.png")).shape == (32, 32)
