@@ -17,7 +17,7 @@ from data import DataError
 from sweep.errors import OutsideError, UsageError, outside_failure
 from sweep.options import RunOptions, flag_name, resume_command, run_flags
 from sweep.records import score_label, silence_optuna, states_line
-from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
+from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, display_url, sweep_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as err:
-        line = outside_failure(err, getattr(args, "storage", None))
+        storage = getattr(args, "storage", None)
+        line = outside_failure(err, storage and display_url(storage))
         if line is None:
             raise  # a fault of this tool: its traceback is what a bug report needs
         print(f"error: {line}", file=sys.stderr)

@@ -74,12 +74,13 @@ def _is_store_error(err: BaseException) -> bool:
 
 
 def outside_failure(err: BaseException, storage: str | None) -> str | None:
-    """One line for a failure of the database or the artifact store anywhere in ``err``'s chain, else None."""
-    from sweep.study import display_url  # (study.py imports this module)
+    """One line for a failure of the database or the artifact store anywhere in ``err``'s chain, else None.
 
+    ``storage``: the storage URL as it may be shown (``study.display_url``: no password).
+    """
     chain = list(_chain(err))
     if any(_is_storage_error(e) for e in chain):
-        where = f"--storage {display_url(storage)}" if storage else "--storage"
+        where = f"--storage {storage}" if storage else "--storage"
         return f"{where}: {_storage_reason(err)}"
     store = next((e for e in chain if _is_store_error(e)), None)
     if store is not None:

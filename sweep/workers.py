@@ -90,7 +90,7 @@ def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: 
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as err:
-        line = outside_failure(err, opts.storage)
+        line = outside_failure(err, st.display_url(opts.storage))
         if line is None or reasons is None:
             raise
         reasons.put(line)

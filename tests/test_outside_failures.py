@@ -58,7 +58,8 @@ def own_database(url: str):
     with server.connect() as con:
         con.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
     try:
-        yield name, make_url(url).set(database=name).render_as_string(hide_password=False), server
+        # A password (the server trusts the test's connections, so any will do) must not be shown.
+        yield name, make_url(url).set(database=name, password="s3cret").render_as_string(hide_password=False), server
     finally:
         with server.connect() as con:
             con.execute(sqlalchemy.text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -102,7 +103,7 @@ def test_a_database_dropped_mid_run_is_one_line(tmp_path, postgres_url, workers)
         _, err = proc.communicate(timeout=180)
     assert proc.returncode == 1, err[-3000:]
     line = one_line(err)
-    assert line.startswith(f"error: --storage {url}: "), line
+    assert line.startswith(f"error: --storage {url.replace('s3cret', '***')}: "), line
 
 
 # --- 5: the S3 endpoint down when a study's recorded store is used -------------------------------
