@@ -146,7 +146,8 @@ def record_location(folder: Path, location: str, model: bytes | None = None) -> 
                                          study_or_trial=study)
 
 
-@pytest.mark.parametrize("argv", [["run", "--trials", "2", "--epochs", "1", "--quiet"], ["predict", "--study", "segnet", "x.png"]])
+@pytest.mark.parametrize("argv", [["run", "--trials", "2", "--epochs", "1", "--quiet"], ["predict", "--study", "segnet", "x.png"],
+                                  ["best", "--evaluate", "--seeds", "1", "--quiet"]])
 def test_a_recorded_store_that_is_down_is_one_line(study_copy, bucket, monkeypatch, capsys, argv):
     record_location(study_copy, bucket, model=b"a model")
     monkeypatch.setenv("AWS_ENDPOINT_URL", closed_port())
