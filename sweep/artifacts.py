@@ -64,10 +64,14 @@ def check(location: str) -> None:
 
 
 def check_recorded(study: optuna.Study, location: str) -> None:
-    """Reach the object store a study recorded (``run`` reopening it, ``predict --study``), so that
-    an endpoint that is down is one line naming it, not a traceback at the first upload."""
+    """Reach the object store a study recorded (``run`` reopening it, ``predict --study``, ``best
+    --evaluate``), so that an endpoint that is down is one line naming it, not a traceback at the
+    first upload; a recorded folder that became a file likewise."""
+    label = f"study {study.study_name!r} keeps its artifacts in {location}"
     if location.startswith("s3://"):
-        _check_bucket(location[len("s3://"):], f"study {study.study_name!r} keeps its artifacts in {location}")
+        _check_bucket(location[len("s3://"):], label)
+    elif not location.startswith(OBJECT_STORES) and Path(location).exists() and not Path(location).is_dir():
+        raise UsageError(f"{label}: a file now, expected a folder")
 
 
 def _check_bucket(bucket: str, label: str) -> None:

@@ -19,7 +19,7 @@ from data import Dataset, load_dataset
 from sweep import artifacts
 from sweep import records as rec
 from sweep import study as st
-from sweep.errors import OutsideError, outside_failure
+from sweep.errors import OutsideError, UsageError, outside_failure
 from sweep.folds import selection_folds
 from sweep.objective import Objective, TimeUp
 from sweep.options import RunOptions
@@ -77,8 +77,8 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
 def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: str, reasons=None) -> None:
     """Entry point of a worker process (spawned; quiet; Ctrl-C/SIGTERM end the running trial as FAIL).
 
-    A lost database or store ends it with EXIT_OUTSIDE, its one line put on ``reasons`` for the
-    parent to print (a traceback per worker would bury it).
+    A lost database or store (or a location that became unusable) ends it with EXIT_OUTSIDE, its
+    one line put on ``reasons`` for the parent to print (a traceback per worker would bury it).
     """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rec.silence_optuna()
@@ -90,7 +90,7 @@ def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: 
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
     except Exception as err:
-        line = outside_failure(err, st.display_url(opts.storage))
+        line = str(err) if isinstance(err, UsageError) else outside_failure(err, st.display_url(opts.storage))
         if line is None or reasons is None:
             raise
         reasons.put(line)

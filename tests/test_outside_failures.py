@@ -180,14 +180,15 @@ def test_report_without_its_artifact_folder_notes_the_missing_pictures(study_cop
     assert f"not in the artifact location {study_copy / 'artifacts'}" in (study_copy / "r.html").read_text()
 
 
-def test_an_artifact_location_that_became_a_file_is_one_line(study_copy, capsys):
+@pytest.mark.parametrize("argv", [["report", "--out", "r.html"], ["run", "--trials", "2", "--epochs", "1", "--quiet"]])
+def test_an_artifact_location_that_became_a_file_is_one_line(study_copy, capsys, argv):
     import shutil
 
     shutil.rmtree(study_copy / "artifacts")
     (study_copy / "artifacts").write_text("not a folder")
     capsys.readouterr()
-    assert main(["report", "--out", "r.html"]) == 2
-    assert "artifact location" in one_line(capsys.readouterr().err)
+    assert main(argv) == 2
+    assert str(study_copy / "artifacts") in one_line(capsys.readouterr().err)
     assert not (study_copy / "r.html").exists()
 
 
