@@ -248,32 +248,85 @@ def finished_trial(folder: Path):
     return trial
 
 
-def test_a_store_outage_during_a_trial_costs_no_trial(in_tmp, bucket, monkeypatch, capsys):
-    """The store refuses its first writes (resume points, the checkpoint's first try): warnings, and
-    the trial trains on to the end, with its checkpoint uploaded once the store is back."""
-    import botocore.exceptions
+class Relay:
+    """A TCP relay to the S3 server that can go down (cutting its open connections, refusing new
+    ones) and come back on the same port: the store's endpoint in an outage."""
+
+    def __init__(self, endpoint: str) -> None:
+        import socket
+        import threading
+
+        self.target = ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.up, self.refused, self.open = threading.Event(), 0, set()
+        self.up.set()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def down(self) -> None:
+        self.up.clear()
+        for conn in list(self.open):
+            conn.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            conn, _ = self.listener.accept()
+            if not self.up.is_set():
+                self.refused += 1
+                conn.close()
+                continue
+            upstream = socket.create_connection(self.target)
+            self.open |= {conn, upstream}
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a, b) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for conn in (a, b):
+                self.open.discard(conn)
+                conn.close()
+
+
+def running_trial_epoch(db: Path) -> bool:
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)) as con:
+            return con.execute("SELECT 1 FROM trials t JOIN trial_intermediate_values v ON v.trial_id = t.trial_id "
+                               "WHERE t.state = 'RUNNING' LIMIT 1").fetchone() is not None
+    except sqlite3.Error:  # not made yet
+        return False
+
+
+def test_a_store_outage_during_a_trial_costs_no_trial(tmp_path, bucket, s3_server):
+    """The store's endpoint goes down after the trial's first epoch and comes back once the run has
+    been refused a few times: warnings, and the trial trains to its end, its checkpoint uploaded."""
     import optuna
 
-    from sweep import artifacts
     from sweep.records import TrialKey
 
-    real_write, calls = optuna.artifacts.Boto3ArtifactStore.write, []
-
-    def write(self, artifact_id, content_body):
-        calls.append(artifact_id)
-        if len(calls) <= 3:
-            raise botocore.exceptions.EndpointConnectionError(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-        return real_write(self, artifact_id, content_body)
-
-    monkeypatch.setattr(optuna.artifacts.Boto3ArtifactStore, "write", write)
-    monkeypatch.setattr(artifacts, "OUTAGE_WAITS", (0.01,) * 3)
-    monkeypatch.setenv("SEGNET_RESUME_SECONDS", "0")
-    monkeypatch.setenv("SEGNET_CACHE", str(in_tmp / "cache"))
-    assert main(["run", "--trials", "1", "--epochs", "3", "--quiet", "--enqueue", SMALL, "--artifacts", bucket]) == 0
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "resume point not written" in err, err
-    trial = finished_trial(in_tmp)
-    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs[TrialKey.EPOCHS_RUN] == 3
+    relay = Relay(s3_server["endpoint"])
+    proc = start(tmp_path, "run", "--trials", "1", "--epochs", "4", "--quiet", "--enqueue", SMALL, "--artifacts", bucket,
+                 env={"AWS_ENDPOINT_URL": relay.endpoint, "AWS_MAX_ATTEMPTS": "1", "SEGNET_RESUME_SECONDS": "0",
+                      "SEGNET_CACHE": str(tmp_path / "cache")})
+    wait_for(lambda: running_trial_epoch(tmp_path / "studies.db"), proc, "the trial's first epoch")
+    relay.down()
+    wait_for(lambda: relay.refused >= 3, proc, "the run meeting the outage")
+    relay.up.set()
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and "warning: " in err, err
+    trial = finished_trial(tmp_path)
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs[TrialKey.EPOCHS_RUN] == 4
     assert trial.user_attrs.get(TrialKey.CHECKPOINT)
 
 
