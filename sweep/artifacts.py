@@ -18,7 +18,7 @@ from pathlib import Path
 
 import optuna
 
-from sweep.errors import UsageError, is_outage, warn
+from sweep.errors import UsageError, described, is_outage, warn
 from sweep.records import StudyKey
 from sweep.study import default_artifact_dir
 
@@ -165,11 +165,6 @@ def patiently(call, what: str):
         except Exception as err:
             if not is_outage(err):
                 raise
-            warn(f"{what}: {_first_line(err)}; trying again in {wait:g} s")
+            warn(f"{what}: {described(err)}; trying again in {wait:g} s")
         time.sleep(wait)
     return call()
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__

@@ -99,6 +99,11 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def described(err: BaseException) -> str:
+    """``TypeName: first line of the message``, for a warning that must stay one line."""
+    return f"{type(err).__name__}: {_first_line(err)}"
+
+
 def is_outage(err: BaseException) -> bool:
     """A store or folder that may answer again soon: an object store client's error (an endpoint
     down, a 5xx) or an OSError (a network mount's hiccup), not a missing artifact."""
@@ -107,6 +112,6 @@ def is_outage(err: BaseException) -> bool:
 
 def warn(text: str) -> None:
     """One ``warning:`` line on stderr, above a progress bar if one is shown."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # (here: the views that import this module need no progress bar)
 
     tqdm.write(f"warning: {text}", file=sys.stderr)

@@ -37,7 +37,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from sweep.artifacts import OBJECT_STORES, cache_folder, open_store, patiently
-from sweep.errors import is_outage, warn
+from sweep.errors import described, is_outage, warn
 from sweep.records import root_trial_number  # noqa: F401 - the objective reads it here, with the rest of resuming
 from sweep.study import MAX_RETRY
 from sweep.config import RESUME_SECONDS
@@ -286,7 +286,7 @@ class ResumeFile:
         except Exception as err:
             if not is_outage(err):
                 raise
-            warn(f"{what} ({type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]})")
+            warn(f"{what} ({described(err)})")
             return False
 
     def remove(self) -> None:
