@@ -98,7 +98,20 @@ def open_store(location: str):
         Path(location).mkdir(parents=True, exist_ok=True)
     except OSError as err:  # replaced by a file, or on a mount that went away
         raise UsageError(f"artifact location {location}: cannot use it as a folder ({err.strerror or err})") from None
-    return optuna.artifacts.FileSystemArtifactStore(location)
+    return _FolderStore(location)
+
+
+class _FolderStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's folder store, which makes its folder again at each write: a folder deleted while a
+    study runs costs the artifacts it held, not the uploads of every trial after."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.folder = Path(location)
+
+    def write(self, artifact_id, content_body) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        super().write(artifact_id, content_body)
 
 
 def record(study: optuna.Study, location: str) -> None:

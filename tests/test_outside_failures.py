@@ -192,6 +192,24 @@ def test_an_artifact_location_that_became_a_file_is_one_line(study_copy, capsys,
     assert not (study_copy / "r.html").exists()
 
 
+def test_an_artifact_folder_deleted_mid_run_is_made_again(tmp_path):
+    import shutil
+
+    import optuna
+
+    from sweep.records import TrialKey
+
+    proc = start(tmp_path, "run", "--trials", "1", "--epochs", "5", "--quiet", "--enqueue", SMALL,
+                 env={"SEGNET_RESUME_SECONDS": "3600"})  # no resume point remakes the folder first
+    wait_for(lambda: running_trial_epoch(tmp_path / "studies.db"), proc, "the trial's first epoch")
+    shutil.rmtree(tmp_path / "artifacts")
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0 and "warning" not in err, err[-3000:]
+    trial = finished_trial(tmp_path)
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert (tmp_path / "artifacts" / trial.user_attrs[TrialKey.CHECKPOINT]).is_file()
+
+
 # --- 9: a store with no bucket; local locations recorded absolute --------------------------------
 
 
