@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -61,11 +62,20 @@ def cache_key(files: list[Path], records: list[dict], constants: dict) -> str:
 
 
 def load(key: str, n: int) -> list[Entry] | None:
-    """The ``n`` cached entries of ``key``, or None on a miss (absent, stale or unreadable)."""
+    """The ``n`` cached entries of ``key``, or None on a miss (absent, stale or unreadable).
+
+    A damaged entry (a truncated or emptied ``.npz``, a garbled ``.json``) is a miss too, said in
+    one line on stderr: the caller preprocesses again and its save replaces the entry.
+    """
     folder = cache_dir()
     meta_path, arrays_path = folder / f"{key}.json", folder / f"{key}.npz"
     try:
         meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        return None  # never cached (the json, renamed last, marks an entry complete)
+    except Exception as err:  # noqa: BLE001 - whatever the damage, the entry is only rebuilt
+        return _damaged(meta_path, err)
+    try:
         if meta.get("key") != key or len(meta["volumes"]) != n:
             return None
         with np.load(arrays_path, allow_pickle=False) as arrays:
@@ -73,11 +83,19 @@ def load(key: str, n: int) -> list[Entry] | None:
             for i, record in enumerate(meta["volumes"]):
                 masks = arrays[f"masks_{i}"] if f"masks_{i}" in arrays.files else None
                 entries.append((from_levels(arrays[f"images_{i}"]), masks, Volume.from_dict(record)))
-        _touch(meta_path)
-        return entries
-    # Any damage (truncated file, old format, missing array) is only a miss: rebuild.
-    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-        return None
+    # Any damage (BadZipFile, EOFError, ValueError, OSError, KeyError, an unpickling error in a
+    # foreign file, an old format): only a miss, never an error that lasts until someone deletes it.
+    except Exception as err:  # noqa: BLE001
+        return _damaged(arrays_path, err)
+    _touch(meta_path)
+    return entries
+
+
+def _damaged(path: Path, err: Exception) -> None:
+    reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    print(f"note: cached preprocessing {path} is damaged ({type(err).__name__}: {reason}); preprocessing again",
+          file=sys.stderr)
+    return None
 
 
 def _replace_atomically(target: Path, write) -> None:

@@ -13,15 +13,19 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 import optuna
 
-from sweep.errors import UsageError
+from sweep.errors import UsageError, described, is_outage, warn
 from sweep.records import StudyKey
 from sweep.study import default_artifact_dir
 
 OBJECT_STORES = ("s3://", "gs://")
+# Waits between tries of a store that is down (``patiently``): about 60 s in all, well inside the
+# heartbeat's 90 s grace period, so an outage shorter than that costs no trial.
+OUTAGE_WAITS = (1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
 CACHE_ENV = "SEGNET_CACHE"  # default: $XDG_CACHE_HOME/segnet-sweep, else ~/.cache/segnet-sweep
 
 
@@ -29,9 +33,13 @@ def resolve(storage_url: str, location: str | None) -> str:
     """The location to use for a new study: ``location`` made absolute, or the default folder."""
     if location is None:
         return str(default_artifact_dir(storage_url))
+    if location.rstrip("/") in ("s3:", "gs:"):  # what ``s3://$BUCKET`` gives with the variable unset
+        raise UsageError(f"--artifacts {location!r}: no bucket named; give one, e.g. {location.rstrip('/')}//my-bucket")
     if location.startswith(OBJECT_STORES):
         return location.rstrip("/")
-    return str(Path(location).expanduser().resolve())
+    if "://" in location:
+        raise UsageError(f"--artifacts {location!r}: expected a folder, s3://BUCKET or gs://BUCKET")
+    return str(Path(location).expanduser().resolve())  # absolute: every later command finds it from anywhere
 
 
 def check(location: str) -> None:
@@ -46,7 +54,7 @@ def check(location: str) -> None:
         except ImportError:
             raise UsageError(f"--artifacts {location!r}: needs {module.split('.')[0]}; pip install it") from None
         if location.startswith("s3://"):
-            _check_bucket(location, bucket)
+            _check_bucket(bucket, f"--artifacts {location!r}")
         return
     path = Path(location)
     if path.exists() and not path.is_dir():
@@ -55,7 +63,18 @@ def check(location: str) -> None:
         raise UsageError(f"--artifacts {location!r}: folder {path.parent} does not exist")
 
 
-def _check_bucket(location: str, bucket: str) -> None:
+def check_recorded(study: optuna.Study, location: str) -> None:
+    """Reach the object store a study recorded (``run`` reopening it, ``predict --study``, ``best
+    --evaluate``), so that an endpoint that is down is one line naming it, not a traceback at the
+    first upload; a recorded folder that became a file likewise."""
+    label = f"study {study.study_name!r} keeps its artifacts in {location}"
+    if location.startswith("s3://"):
+        _check_bucket(location[len("s3://"):], label)
+    elif not location.startswith(OBJECT_STORES) and Path(location).exists() and not Path(location).is_dir():
+        raise UsageError(f"{label}: a file now, expected a folder")
+
+
+def _check_bucket(bucket: str, label: str) -> None:
     """Reach the bucket now: a worker without credentials or endpoint would otherwise fail at its
     first resume point, with a traceback."""
     import boto3
@@ -64,7 +83,7 @@ def _check_bucket(location: str, bucket: str) -> None:
     try:
         boto3.client("s3").head_bucket(Bucket=bucket)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
-        raise UsageError(f"--artifacts {location!r}: cannot reach the bucket ({err}); a worker needs the store's "
+        raise UsageError(f"{label}: cannot reach the bucket ({err}); a worker needs the store's "
                          "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and, for a server "
                          "other than AWS, AWS_ENDPOINT_URL") from None
 
@@ -75,8 +94,24 @@ def open_store(location: str):
         return optuna.artifacts.Boto3ArtifactStore(location[len("s3://"):])
     if location.startswith("gs://"):
         return optuna.artifacts.GCSArtifactStore(location[len("gs://"):])
-    Path(location).mkdir(parents=True, exist_ok=True)
-    return optuna.artifacts.FileSystemArtifactStore(location)
+    try:
+        Path(location).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # replaced by a file, or on a mount that went away
+        raise UsageError(f"artifact location {location}: cannot use it as a folder ({err.strerror or err})") from None
+    return _FolderStore(location)
+
+
+class _FolderStore(optuna.artifacts.FileSystemArtifactStore):
+    """Optuna's folder store, which makes its folder again at each write: a folder deleted while a
+    study runs costs the artifacts it held, not the uploads of every trial after."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.folder = Path(location)
+
+    def write(self, artifact_id, content_body) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        super().write(artifact_id, content_body)
 
 
 def record(study: optuna.Study, location: str) -> None:
@@ -118,9 +153,31 @@ def fetch(study: optuna.Study, storage_url: str, filename: str) -> Path | None:
     artifact_id = metas[-1].artifact_id  # each upload adds one; the last is the latest
     path = cache_folder() / "artifacts" / artifact_id / filename
     if not path.is_file():
+        location = location_of(study, storage_url)
+        check_recorded(study, location)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{filename}.{os.getpid()}.tmp")
-        with open_store(location_of(study, storage_url)).open_reader(artifact_id) as f, open(tmp, "wb") as out:
-            out.write(f.read())
-        os.replace(tmp, path)
+        try:
+            with open_store(location).open_reader(artifact_id) as f, open(tmp, "wb") as out:
+                out.write(f.read())
+            os.replace(tmp, path)
+        except optuna.artifacts.exceptions.ArtifactNotFound:
+            raise UsageError(f"study {study.study_name!r}: its {filename} is missing from its artifact location "
+                             f"{location} (moved or deleted?)") from None
+        finally:
+            tmp.unlink(missing_ok=True)  # an interrupted download leaves no part of a file
     return path
+
+
+def patiently(call, what: str):
+    """``call()``, tried again after each of ``OUTAGE_WAITS`` while the store or folder is down
+    (``errors.is_outage``), with a warning line per failed try; the last try's error is raised."""
+    for wait in OUTAGE_WAITS:
+        try:
+            return call()
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            warn(f"{what}: {described(err)}; trying again in {wait:g} s")
+        time.sleep(wait)
+    return call()

@@ -13,14 +13,11 @@ import shlex
 import signal
 import sys
 
-import sqlalchemy
-from optuna.exceptions import StorageInternalError
-
 from data import DataError
-from sweep.errors import UsageError
+from sweep.errors import OutsideError, UsageError, outside_failure
 from sweep.options import RunOptions, flag_name, resume_command, run_flags
 from sweep.records import score_label, search_line, silence_optuna, states_line
-from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
+from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, display_url, sweep_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -172,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     silence_optuna()
+    # SIGTERM ends every command as Ctrl-C does: exit 130 and one line, never a half-written output.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that reruns it
@@ -180,28 +180,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+        rerun = f"; rerun with: {shlex.join(['python', '-m', 'sweep', *args.argv])}" if args is not None else ""
+        print(f"interrupted; no output was left half-written{rerun}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as err:
-        reason = _storage_reason(err)
-        print(f"error: --storage: {reason}", file=sys.stderr)
-        damaged = any(word in reason for word in ("malformed", "not a database", "file is not a database"))
+    except OutsideError as err:  # a worker process's outside failure, its one line
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as err:
+        storage = getattr(args, "storage", None)
+        line = outside_failure(err, storage and display_url(storage))
+        if line is None:
+            raise  # a fault of this tool: its traceback is what a bug report needs
+        print(f"error: {line}", file=sys.stderr)
+        damaged = any(word in line for word in ("malformed", "not a database"))
         return EXIT_USAGE if damaged else EXIT_ERROR
-
-
-def _storage_reason(err: BaseException) -> str:
-    """The database's own words (e.g. "database or disk is full"), one line."""
-    while (inner := getattr(err, "orig", None) or err.__cause__ or err.__context__) is not None:
-        err = inner
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace) -> int:
     from sweep.run import run
 
     opts = RunOptions.from_args(args)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
     try:
         summary = run(opts)
     except KeyboardInterrupt:
@@ -229,7 +229,6 @@ def _best(args: argparse.Namespace) -> int:
         st.check_storage_url(opts.storage)
         st.require_existing_sqlite(opts.storage)
         study = st.load_study(st.make_storage(opts.storage, heartbeat=False), opts.study)
-        signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
         try:
             result = evaluate_best(study, opts)
         except KeyboardInterrupt:

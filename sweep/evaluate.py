@@ -100,6 +100,8 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     if opts.epochs is not None:  # a search at a lower budget, its picks trained longer to ship
         candidates = [{**c, "epochs": opts.epochs} for c in candidates]
     check_outputs(study, opts)  # now, not after minutes of retraining
+    # The store the result is recorded in, likewise: one that is down is one line before any retraining.
+    artifacts.check_recorded(study, artifacts.location_of(study, opts.storage, warn=False))
     data = load_checked_data(study, opts.data)
     device = resolve_device_or_fail(opts.device)
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))

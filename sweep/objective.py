@@ -17,6 +17,8 @@ import torch
 
 from model import SegNetConfig, count_parameters
 from model.segnet import SegNet
+from sweep.artifacts import patiently
+from sweep.errors import is_outage, warn
 from sweep.notes import dice_table_markdown
 from sweep.pictures import overlay_png
 from sweep.records import INTERRUPTED, NO_FIDELITY, TIMED_OUT, ProgressKey, TrialKey, trial_summary
@@ -261,9 +263,7 @@ class Objective:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial{trial.number}_val_predictions.png"
             overlay_png(val.images[:, 0].cpu().numpy(), val.masks.cpu().numpy().astype(np.uint8), pred, path)
-            optuna.artifacts.upload_artifact(
-                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial, mimetype="image/png"
-            )
+            upload_or_warn(trial, self.artifact_store, path, "image/png")
 
     def _maybe_upload_checkpoint(self, trial, model_cfg, train_cfg, result) -> None:
         """Keep the weights of a trial that beats every trial before it (an artifact the dashboard lists)."""
@@ -277,11 +277,30 @@ class Objective:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial{trial.number}_checkpoint.pt"
             save_checkpoint(path, model_cfg, train_cfg, result, trial.params)
-            artifact_id = optuna.artifacts.upload_artifact(
-                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial,
-                mimetype="application/octet-stream",
-            )
-        trial.set_user_attr(TrialKey.CHECKPOINT, artifact_id)
+            artifact_id = upload_or_warn(trial, self.artifact_store, path, "application/octet-stream")
+        if artifact_id is not None:
+            trial.set_user_attr(TrialKey.CHECKPOINT, artifact_id)
+
+
+def upload_or_warn(trial: optuna.Trial, store, path: Path, mimetype: str) -> str | None:
+    """Upload ``path`` as the trial's artifact; returns its id, or None where the store stays down.
+
+    Tried again for about a minute (``artifacts.patiently``); after that the trial keeps its value
+    with a warning and goes without the file: its value and params are what the study is for
+    (``best --evaluate`` retrains from the params), the checkpoint and picture only views of it,
+    and failing a trial that trained for a store outage would throw its training away.
+    """
+    def upload() -> str:
+        return optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
+                                                mimetype=mimetype)
+
+    try:
+        return patiently(upload, f"trial {trial.number}: uploading {path.name}")
+    except Exception as err:
+        if not is_outage(err):
+            raise
+        warn(f"trial {trial.number}: {path.name} not uploaded, the store stays down; the trial keeps its value without it")
+        return None
 
 
 def failure_reason(err: BaseException) -> str:

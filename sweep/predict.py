@@ -217,7 +217,7 @@ def predict_pngs(segmenter: Segmenter, pngs: list[Path], shapes, out: Path, over
         images = np.stack([read_image(p) for p in batch])  # (B, H, W) in [0, 1]
         masks = segmenter.predict(images)
         for path, image, mask in zip(batch, images, masks):
-            write_mask(out / f"{path.stem}_mask.png", mask)
+            write_mask(out / f"{path.stem}_mask.png", mask)  # each output whole or absent (data.files.output_file)
             written.append(str(out / f"{path.stem}_mask.png"))
             if overlay:
                 overlay_png(image[None], None, mask[None], out / f"{path.stem}_overlay.png", max_slices=1)

@@ -61,7 +61,8 @@ class _Page:
     def __init__(self, study: optuna.Study, storage_url: str) -> None:
         self.study = study
         self.storage_url = storage_url
-        self.store = artifacts.open_store(artifacts.location_of(study, storage_url))
+        self.location = artifacts.location_of(study, storage_url)
+        self.store = artifacts.open_store(self.location)
         self._plotly_embedded = False
 
     def render(self) -> str:
@@ -183,7 +184,9 @@ class _Page:
         try:
             with self.store.open_reader(meta.artifact_id) as f:
                 data = base64.b64encode(f.read()).decode("ascii")
-        except Exception as err:  # noqa: BLE001 - a moved artifacts folder must not break the report
+        except optuna.artifacts.exceptions.ArtifactNotFound:  # the folder deleted or moved: the page goes without it
+            return _note(f"{meta.filename}: not in the artifact location {self.location} (moved or deleted?)")
+        except Exception as err:  # noqa: BLE001 - a store that is down must not break the report
             return _note(f"{meta.filename}: artifact not readable ({err})")
         return (f'<figure><img alt="{_e(caption)}" src="data:image/png;base64,{data}">'
                 f"<figcaption>{_e(caption)}</figcaption></figure>")

@@ -36,7 +36,8 @@ import torch
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.artifacts import OBJECT_STORES, cache_folder, open_store
+from sweep.artifacts import OBJECT_STORES, cache_folder, open_store, patiently
+from sweep.errors import described, is_outage, warn
 from sweep.records import root_trial_number  # noqa: F401 - the objective reads it here, with the rest of resuming
 from sweep.study import MAX_RETRY
 from sweep.config import RESUME_SECONDS
@@ -229,7 +230,13 @@ class ResumeFile:
     def load(self) -> dict | None:
         """The stored point, or None (none, another identity, or unreadable: training starts over)."""
         name = self.current() if self.points is not None else None
-        data = self.points.get(name) if name else None
+        try:
+            data = patiently(lambda: self.points.get(name), f"resume point {name}") if name else None
+        except Exception as err:  # the store stays down: the epochs it held are lost, not the trial
+            if not is_outage(err):
+                raise
+            warn(f"resume point {name} not readable, trial {self.root} starts over ({type(err).__name__})")
+            return None
         if data is None:
             return None
         try:
@@ -256,7 +263,9 @@ class ResumeFile:
             return
         previous = self.current()
         name = f"{quote(self.study, safe='')}-trial{self.root}-{uuid.uuid4().hex[:12]}.pt"
-        self.points.put(name, buf.getvalue())
+        if not self._survive(lambda: self.points.put(name, buf.getvalue()),
+                             f"trial {self.root}: resume point not written; it trains on and the next point tries again"):
+            return
         try:
             self.trial.storage.set_trial_system_attr(self.trial._trial_id, POINTER, name)
         except Exception:  # (an interrupt here may come after the write: the name then stays, a stray)
@@ -264,7 +273,21 @@ class ResumeFile:
             raise
         self._pointer = name
         if previous is not None:
-            self.points.delete(previous)
+            self._survive(lambda: self.points.delete(previous),
+                          f"trial {self.root}: previous resume point {previous} not deleted (it goes when the trial ends)")
+
+    @staticmethod
+    def _survive(call, what: str) -> bool:
+        """``call()``; a store or folder that is down costs a warning, not the trial: a resume point
+        is insurance, and the next one tries again. Returns whether it worked."""
+        try:
+            call()
+            return True
+        except Exception as err:
+            if not is_outage(err):
+                raise
+            warn(f"{what} ({described(err)})")
+            return False
 
     def remove(self) -> None:
         """Delete the chain's points (stray ones of killed writers too), unless the trial is no
@@ -274,9 +297,14 @@ class ResumeFile:
         if self.trial is not None and frozen(self.trial).state != TrialState.RUNNING:
             return
         mine = _point_name(self.study, str(self.root))
-        for name in self.points.names():
-            if mine.match(name):
-                self.points.delete(name)
+
+        def delete_mine() -> None:
+            for name in self.points.names():
+                if mine.match(name):
+                    self.points.delete(name)
+
+        # Left behind, they go when a worker next starts on the study (``prune_orphans``).
+        self._survive(delete_mine, f"trial {self.root}: its resume points not deleted")
 
 
 def prune_orphans(points: Points | str | Path | None, study: optuna.Study) -> list[str]:

@@ -196,6 +196,8 @@ def _open_study(opts: RunOptions, data: Dataset, requested: str, enqueue: dict |
         check_same_data(existing, data, opts)
         check_same_artifacts(existing, opts, requested)
         check_own_study(existing, opts)
+        if opts.artifacts is None:  # (a given one is checked already)
+            artifacts.check_recorded(existing, artifacts.location_of(existing, opts.storage, warn=False))
     if opts.space == "local" and enqueue is None and not (existing and existing.user_attrs.get(StudyKey.SPACE)):
         raise UsageError("--space local searches around the configuration --enqueue names: add one, e.g. --enqueue acdc")
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)

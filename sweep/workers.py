@@ -19,6 +19,7 @@ from data import Dataset, load_dataset
 from sweep import artifacts
 from sweep import records as rec
 from sweep import study as st
+from sweep.errors import OutsideError, UsageError, outside_failure
 from sweep.folds import selection_folds
 from sweep.objective import Objective, TimeUp
 from sweep.options import RunOptions
@@ -26,7 +27,7 @@ from sweep.progress import Progress, StopAfterFailures, UntilTarget
 from sweep.resume import open_points, prune_orphans
 from sweep.strategies import make_pruner, make_sampler
 
-EXIT_INTERRUPTED, EXIT_TRIPPED = 130, 3  # a worker process's exit codes besides 0
+EXIT_INTERRUPTED, EXIT_TRIPPED, EXIT_OUTSIDE = 130, 3, 4  # a worker process's exit codes besides 0
 POLL_SECONDS = 2.0
 
 
@@ -74,8 +75,12 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
     return failures
 
 
-def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: str) -> None:
-    """Entry point of a worker process (spawned; quiet; Ctrl-C/SIGTERM end the running trial as FAIL)."""
+def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: str, reasons=None) -> None:
+    """Entry point of a worker process (spawned; quiet; Ctrl-C/SIGTERM end the running trial as FAIL).
+
+    A lost database or store (or a location that became unusable) ends it with EXIT_OUTSIDE, its
+    one line put on ``reasons`` for the parent to print (a traceback per worker would bury it).
+    """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rec.silence_optuna()
     if device.type == "cpu":
@@ -85,6 +90,12 @@ def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: 
         failures = optimize(opts, load_dataset(opts.data, groups=opts.groups), device, worker, location)
     except KeyboardInterrupt:
         sys.exit(EXIT_INTERRUPTED)
+    except Exception as err:
+        line = str(err) if isinstance(err, UsageError) else outside_failure(err, st.display_url(opts.storage))
+        if line is None or reasons is None:
+            raise
+        reasons.put(line)
+        sys.exit(EXIT_OUTSIDE)
     sys.exit(EXIT_TRIPPED if failures.tripped else 0)
 
 
@@ -96,7 +107,9 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, devic
     Returns whether a worker stopped after too many failed trials in a row.
     """
     ctx = multiprocessing.get_context("spawn")  # no forked CUDA or thread pools
-    procs = [ctx.Process(target=_worker_main, args=(opts, i, devices[i], location), name=f"sweep-worker-{i}") for i in range(opts.workers)]
+    reasons = ctx.SimpleQueue()  # the one line of a worker that lost the database or the store
+    procs = [ctx.Process(target=_worker_main, args=(opts, i, devices[i], location, reasons), name=f"sweep-worker-{i}")
+             for i in range(opts.workers)]
     for p in procs:
         p.start()
     stop = threading.Event()  # a Ctrl-C or SIGTERM arrived, even if library code swallowed its exception
@@ -112,13 +125,15 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, devic
         _follow(study, procs, progress, stop)
         if stop.is_set():
             raise KeyboardInterrupt
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C, or this process lost the database too: no worker runs on alone
         stop_workers(procs)
         raise
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     codes = [p.exitcode for p in procs]
+    if EXIT_OUTSIDE in codes:
+        raise OutsideError(reasons.get())
     if any(code == EXIT_INTERRUPTED or (code is not None and code < 0) for code in codes):
         raise KeyboardInterrupt  # a worker was interrupted or killed: say how to resume
     if any(code not in (0, EXIT_TRIPPED) for code in codes):

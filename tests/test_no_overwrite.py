@@ -4,7 +4,6 @@ checked in one line (docs/RELIABILITY.md, "Faults found by a tester", second rou
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import stat

@@ -294,7 +294,8 @@ def test_nifti_inputs_go_through_data_volumes(bundle, tmp_path, monkeypatch):
     (folder / "patient101_frame01.nii").write_bytes(b"")
     summary = run_predict(_args("--model", str(model), str(folder), "--out", str(tmp_path / "o"), "--overlay", "--quiet"))
     assert summary["volumes"] == 2
-    assert sorted(calls["written"]) == ["case_007.nii.gz", "patient101_frame01.nii.gz"]
+    assert len(calls["written"]) == 2  # each under a temporary name, then renamed
+    assert sorted(p.name for p in (tmp_path / "o").glob("*.nii.gz")) == ["case_007.nii.gz", "patient101_frame01.nii.gz"]
     assert calls["options"] == [{"target_spacing": 1.25, "size": 40}] * 2
     assert calls["masks"].shape == (5, 40, 36) and calls["masks"].dtype == np.uint8
     assert (tmp_path / "o" / "case_007_overlay.png").is_file()
