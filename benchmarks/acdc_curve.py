@@ -32,12 +32,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data import load_dataset  # noqa: E402
-from sweep.evaluate import volume_estimate  # noqa: E402
-from sweep.folds import estimate_holdout  # noqa: E402
-from sweep.postprocess import Probs, predict_probs  # noqa: E402
-from sweep.run import parse_enqueue  # noqa: E402
-from sweep.space import configs_from_params  # noqa: E402
-from sweep.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16  # noqa: E402
+from sweep.shipping.evaluate import volume_estimate  # noqa: E402
+from sweep.training.folds import estimate_holdout  # noqa: E402
+from sweep.nn.postprocess import Probs, predict_probs  # noqa: E402
+from sweep.training.run import parse_enqueue  # noqa: E402
+from sweep.search.space import configs_from_params  # noqa: E402
+from sweep.training.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16  # noqa: E402
 
 NO_POSTPROCESSING = {"tta": False, "largest_component": False}
 

@@ -30,7 +30,7 @@ import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from sweep.presets import preset  # noqa: E402
+from sweep.search.presets import preset  # noqa: E402
 
 SMALL_PARAMS = preset("small")
 

@@ -36,8 +36,8 @@ import torch  # noqa: E402
 
 from benchmarks.bench import ARCHS, CMRI, PROFILES, TRAINER_CFG, device_splits, ours_fit, prepare_data  # noqa: E402
 from benchmarks.naive import naive_fit  # noqa: E402
-from sweep import train as trainer  # noqa: E402
-from sweep.train import resolve_device  # noqa: E402
+from sweep.training import train as trainer  # noqa: E402
+from sweep.training.train import resolve_device  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from data import load_dataset  # noqa: E402
-from sweep.presets import preset  # noqa: E402
-from sweep.space import configs_from_params  # noqa: E402
-from sweep.train import DeviceSplit, fit, resolve_device  # noqa: E402
+from sweep.search.presets import preset  # noqa: E402
+from sweep.search.space import configs_from_params  # noqa: E402
+from sweep.training.train import DeviceSplit, fit, resolve_device  # noqa: E402
 
 # A configuration of the kind the sweep favours on this data (small widths, Dice+CE, cosine, augmentation).
 PARAMS = preset("small", depth=4, base_width=16, convs_shallow=2, convs_deep=2, batch_size=4,

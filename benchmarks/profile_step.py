@@ -3,7 +3,7 @@
     python benchmarks/profile_step.py [--arch small|vgg16] [--epochs 2] [--threads N] [--json]
 
 Trains the benchmark's configuration (``benchmarks/bench.py``'s ``ARCHS`` and ``TRAINER_CFG``) on
-60 phantom slices with the trainer's own epoch (``sweep.train.train_epoch``: augmentation off,
+60 phantom slices with the trainer's own epoch (``sweep.training.train.train_epoch``: augmentation off,
 bf16 where the CPU has it, channels_last), one untimed epoch first, then profiles ``--epochs``
 epochs with ``torch.profiler`` and sums the operators' self time into families. The convolution
 share bounds what the trainer can reach against its own convolutions' rate; the rest is the
@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from benchmarks.bench import ARCHS, TRAINER_CFG  # noqa: E402
 from data import make_phantom  # noqa: E402
-from sweep.train import DeviceSplit, _FoldRun, train_epoch, use_bf16  # noqa: E402
+from sweep.training.train import DeviceSplit, _FoldRun, train_epoch, use_bf16  # noqa: E402
 
 FAMILIES = {  # family: substrings of aten operator names, first match wins
     "convolution": ("convolution",),

@@ -113,7 +113,7 @@ def truncated_study(url: str, start: datetime, seconds: float, name: str, source
     returns it, the number of its best complete trial (None if none) and how many it holds."""
     import optuna
 
-    from sweep.records import FINISHED
+    from sweep.core.records import FINISHED
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     source = optuna.load_study(study_name=source, storage=url)
@@ -136,7 +136,7 @@ def study_trials(url: str, start: datetime, source: str = "ttq") -> list[dict]:
     params and ``done``, its seconds from the start (so the JSON alone tells what was found when)."""
     import optuna
 
-    from sweep.records import FINISHED
+    from sweep.core.records import FINISHED
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=source, storage=url)

@@ -17,10 +17,10 @@ import sqlalchemy
 from optuna.exceptions import StorageInternalError
 
 from data import DataError
-from sweep.errors import UsageError
-from sweep.options import RunOptions, flag_name, resume_command, run_flags
-from sweep.records import score_label, silence_optuna, states_line
-from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
+from sweep.core.errors import UsageError
+from sweep.search.options import RunOptions, flag_name, resume_command, run_flags
+from sweep.core.records import score_label, silence_optuna, states_line
+from sweep.core.study import DEFAULT_STORAGE, DEFAULT_STUDY, sweep_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -87,7 +87,7 @@ ARG_TYPES = {"int": _int, "float": float}  # by a RunOptions field's annotation 
 
 
 def _add_run(sub) -> None:
-    """``run``'s flags, one per flag field of ``RunOptions`` (``sweep.options``: defaults, help, checks)."""
+    """``run``'s flags, one per flag field of ``RunOptions`` (``sweep.search.options``: defaults, help, checks)."""
     run = sub.add_parser("run", help="create or resume a study and run trials until --trials have finished")
     for f in run_flags():
         keywords = {k: v for k, v in f.metadata.items() if k not in ("flag", "resume")}
@@ -198,7 +198,7 @@ def _storage_reason(err: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweep.run import run
+    from sweep.training.run import run
 
     opts = RunOptions.from_args(args)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM ends like Ctrl-C
@@ -212,8 +212,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from sweep import study as st
-    from sweep.best import BestOptions, describe_best
+    from sweep.core import study as st
+    from sweep.core.best import BestOptions, describe_best
 
     opts = BestOptions(
         evaluate=args.evaluate, seeds=args.seeds, data=args.data, out=args.out, json=args.json,
@@ -224,7 +224,7 @@ def _best(args: argparse.Namespace) -> int:
     if not opts.evaluate:
         result = describe_best(st.open_study_readonly(opts.storage, opts.study))
     else:
-        from sweep.evaluate import evaluate_best
+        from sweep.shipping.evaluate import evaluate_best
 
         st.check_storage_url(opts.storage)
         st.require_existing_sqlite(opts.storage)
@@ -241,7 +241,7 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sweep.status import format_status, study_status
+    from sweep.views.status import format_status, study_status
 
     result = study_status(args.storage, args.study)
     print(json.dumps(result) if args.json else format_status(result))
@@ -249,7 +249,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sweep.export import cases_path, export_cases, export_csv
+    from sweep.views.export import cases_path, export_cases, export_csv
 
     rows = export_csv(args.storage, args.study, args.csv)
     print(f"wrote {rows} trials to {args.csv}")
@@ -260,21 +260,21 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sweep.report import write_report
+    from sweep.views.report import write_report
 
     print(f"wrote {write_report(args.storage, args.study, args.out)}")
     return EXIT_OK
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from sweep.dashboard import serve
+    from sweep.views.dashboard import serve
 
     serve(args.storage, host=args.host, port=args.port)
     return EXIT_OK
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sweep.predict import format_summary, run_predict
+    from sweep.shipping.predict import format_summary, run_predict
 
     print(format_summary(run_predict(args)))
     return EXIT_OK
@@ -339,7 +339,7 @@ def _format_evaluation(result: dict) -> list[str]:
         lines.append(f"  expect    fg {est['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}) on unseen slices, "
                      f"from {est['source']}")
     if result.get("volumes"):
-        from sweep.status import volume_summary_lines
+        from sweep.views.status import volume_summary_lines
 
         lines += volume_summary_lines(result["volumes"]["summary"])
         for key, agreement in (result["volumes"].get("clinical") or {}).items():

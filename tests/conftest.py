@@ -30,7 +30,7 @@ def one_trial_study(tmp_path_factory):
     import json
 
     from sweep.cli import main
-    from sweep.presets import preset
+    from sweep.search.presets import preset
 
     folder = tmp_path_factory.mktemp("one-trial-study")
     with pytest.MonkeyPatch.context() as mp:

@@ -12,10 +12,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweep import strategies
+from sweep.search import strategies
 from sweep.cli import build_parser
-from sweep.errors import UsageError
-from sweep.options import RunOptions, resume_command
+from sweep.core.errors import UsageError
+from sweep.search.options import RunOptions, resume_command
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_FUNCTION_LINES = 60
@@ -50,13 +50,13 @@ def loaded_after_importing(modules: str, watched: tuple[str, ...]) -> list[str]:
 
 
 def test_read_only_commands_load_nothing_that_trains():
-    modules = "sweep.cli, sweep.best, sweep.status, sweep.export, sweep.report, sweep.dashboard, sweep.space"
-    assert loaded_after_importing(modules, ("torch", "sweep.train", "sweep.objective", "sweep.run", "sweep.evaluate")) == []
+    modules = "sweep.cli, sweep.core.best, sweep.views.status, sweep.views.export, sweep.views.report, sweep.views.dashboard, sweep.search.space"
+    assert loaded_after_importing(modules, ("torch", "sweep.training.train", "sweep.training.objective", "sweep.training.run", "sweep.shipping.evaluate")) == []
 
 
 def test_inference_loads_no_trainer():
-    assert loaded_after_importing("sweep.predict, sweep.model_file, sweep.postprocess",
-                                  ("sweep.train", "sweep.augment", "sweep.losses")) == []
+    assert loaded_after_importing("sweep.shipping.predict, sweep.nn.model_file, sweep.nn.postprocess",
+                                  ("sweep.training.train", "sweep.training.augment", "sweep.training.losses")) == []
 
 
 def test_no_module_is_a_hub():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmarks import bench, naive
-from sweep.space import configs_from_params
+from sweep.search.space import configs_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

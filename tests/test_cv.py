@@ -9,9 +9,9 @@ import torch
 
 from data import fold_indices, load_dataset, make_phantom
 from sweep.cli import main
-from sweep.presets import preset
-from sweep.space import configs_from_params
-from sweep.train import DeviceSplit, fit, fit_folds
+from sweep.search.presets import preset
+from sweep.search.space import configs_from_params
+from sweep.training.train import DeviceSplit, fit, fit_folds
 
 SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
 
@@ -112,7 +112,7 @@ def test_bad_cv_is_a_usage_error(in_tmp, capsys, cv):
 
 
 def test_fit_final_trains_exactly_its_epochs_on_everything_and_repeats():
-    from sweep.train import fit_final
+    from sweep.training.train import fit_final
 
     images, masks = make_phantom(12, seed=2, size=32)
     split = DeviceSplit.from_arrays(images, masks, torch.device("cpu"))

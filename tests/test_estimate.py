@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from data import Dataset, Split, load_dataset
-from sweep import evaluate
+from sweep.shipping import evaluate
 from sweep.cli import main
-from sweep.folds import estimate_holdout
+from sweep.training.folds import estimate_holdout
 
 
 def _dataset(groups: list[str]) -> Dataset:
@@ -33,7 +33,7 @@ def test_the_estimate_holds_out_whole_train_patients():
 
 
 def test_too_few_train_patients_to_hold_out_is_a_usage_error():
-    from sweep.errors import UsageError
+    from sweep.core.errors import UsageError
 
     with pytest.raises(UsageError, match="--holdout"):
         estimate_holdout(_dataset(["p0"] * 4), 0.2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sweep.cli import main
-from sweep.presets import preset
+from sweep.search.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = preset("small")

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from model import SegNetConfig
-from sweep.augment import augment
+from sweep.training.augment import augment
 from sweep.cli import main
-from sweep.errors import UsageError
-from sweep.options import EPOCH_SLICES_AUTO, VAL_SLICES_AUTO, RunOptions
-from sweep.presets import preset
-from sweep.train import (
+from sweep.core.errors import UsageError
+from sweep.search.options import EPOCH_SLICES_AUTO, VAL_SLICES_AUTO, RunOptions
+from sweep.search.presets import preset
+from sweep.training.train import (
     DeviceSplit,
     TrainConfig,
     _FoldRun,

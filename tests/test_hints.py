@@ -9,8 +9,8 @@ import shlex
 import pytest
 
 from sweep.cli import build_parser, main
-from sweep.presets import preset
-from sweep.study import sweep_command
+from sweep.search.presets import preset
+from sweep.core.study import sweep_command
 
 
 @pytest.mark.parametrize("argv,closest", [

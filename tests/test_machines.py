@@ -21,9 +21,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from sweep import artifacts
-from sweep import study as st
-from sweep.resume import POINTER, BucketPoints, ResumeFile, enqueue_retry, open_points, prune_orphans
+from sweep.core import artifacts
+from sweep.core import study as st
+from sweep.training.resume import POINTER, BucketPoints, ResumeFile, enqueue_retry, open_points, prune_orphans
 
 ROOT = Path(__file__).resolve().parents[1]
 # A point every epoch; a killed worker's trial is noticed within seconds.

@@ -14,7 +14,7 @@ import pytest
 
 from data import assemble, load_dataset, read_truth, volume_spacing
 from sweep.cli import main
-from sweep.volume_metrics import case_metrics
+from sweep.nn.volume_metrics import case_metrics
 from tests.conftest import ROOT
 
 ACDC = ROOT.parent / "shared" / "data" / "acdc"

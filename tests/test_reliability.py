@@ -20,11 +20,11 @@ import sqlalchemy
 import torch
 from sqlalchemy.engine import make_url
 
-import sweep.objective
-from sweep import study as st
+import sweep.training.objective
+from sweep.core import study as st
 from sweep.cli import main
-from sweep.presets import preset
-from sweep.progress import MAX_CONSECUTIVE_FAILURES
+from sweep.search.presets import preset
+from sweep.core.progress import MAX_CONSECUTIVE_FAILURES
 from tests.helpers import random_image, write_coursework, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,7 +227,7 @@ def _server_trials(url: str, name: str) -> list:
 @pytest.mark.parametrize("url", SERVERS)
 def test_server_is_reachable_when_configured(url):
     """When CI names a database server, its tests must run: an unreachable server fails here."""
-    from sweep.study import check_storage_url
+    from sweep.core.study import check_storage_url
 
     check_storage_url(url)
 
@@ -235,7 +235,7 @@ def test_server_is_reachable_when_configured(url):
 OPEN_AT = """
 import sys, time
 import optuna
-from sweep import study as st
+from sweep.core import study as st
 url, at = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, at - time.time()))
 optuna.create_study(storage=st.make_storage(url), study_name="segnet", direction="maximize", load_if_exists=True)
@@ -281,19 +281,19 @@ def test_workers_opening_one_empty_database_at_once_all_start(tmp_path, url):
 
 
 def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch):
-    real_fit = sweep.objective.fit_folds
+    real_fit = sweep.training.objective.fit_folds
     calls = []
 
     def fit_with_nan_first(model_cfg, train_cfg, folds, **kw):
         calls.append(1)
         if len(calls) == 1:
             (train, val), = folds
-            bad = sweep.train.DeviceSplit(train.images.clone(), train.masks)
+            bad = sweep.training.train.DeviceSplit(train.images.clone(), train.masks)
             bad.images[0] = float("nan")
             return real_fit(model_cfg, train_cfg, [(bad, val)], **kw)
         return real_fit(model_cfg, train_cfg, folds, **kw)
 
-    monkeypatch.setattr(sweep.objective, "fit_folds", fit_with_nan_first)
+    monkeypatch.setattr(sweep.training.objective, "fit_folds", fit_with_nan_first)
     enqueued_study("sqlite:///studies.db", 2)
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
@@ -304,7 +304,7 @@ def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch
 
 
 def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
-    real_fit = sweep.objective.fit_folds
+    real_fit = sweep.training.objective.fit_folds
     calls = []
 
     def fit_oom_first(*a, **kw):
@@ -313,7 +313,7 @@ def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*a, **kw)
 
-    monkeypatch.setattr(sweep.objective, "fit_folds", fit_oom_first)
+    monkeypatch.setattr(sweep.training.objective, "fit_folds", fit_oom_first)
     enqueued_study("sqlite:///studies.db", 2)
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     first, second = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db").trials
@@ -325,7 +325,7 @@ def test_sweep_stops_after_consecutive_failures_and_says_why(in_tmp, monkeypatch
     def broken(*a, **kw):
         raise RuntimeError("something systematic")
 
-    monkeypatch.setattr(sweep.objective, "fit_folds", broken)
+    monkeypatch.setattr(sweep.training.objective, "fit_folds", broken)
     assert main(["run", "--trials", "20", "--epochs", "1", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row" in out
@@ -473,7 +473,7 @@ def test_no_traceback_from_the_real_command_line(tmp_path):
 CLAIMER = """
 import json, sys, time
 import optuna
-from sweep import study as st
+from sweep.core import study as st
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="race", storage=st.make_storage(sys.argv[1], heartbeat=False))
@@ -498,7 +498,7 @@ print(json.dumps({"claimed": claimed, "errors": errors}))
 def test_workers_never_claim_the_same_enqueued_trial_on_sqlite(tmp_path, attempt):
     """SQLite ignores SELECT ... FOR UPDATE: without BEGIN IMMEDIATE two workers could take one queued trial."""
     url, n = f"sqlite:///{tmp_path / 'race.db'}", 80
-    study = optuna.create_study(study_name="race", storage=sweep.study.make_storage(url, heartbeat=False))
+    study = optuna.create_study(study_name="race", storage=sweep.core.study.make_storage(url, heartbeat=False))
     for i in range(n):
         study.enqueue_trial({"x": i / n})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

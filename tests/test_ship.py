@@ -10,7 +10,7 @@ from PIL import Image
 
 from data import load_dataset, read_mask
 from sweep.cli import main
-from sweep.model_file import Segmenter
+from sweep.nn.model_file import Segmenter
 
 
 def test_predict_on_the_test_split_gives_the_evaluated_masks(in_tmp, capsys):
@@ -38,7 +38,7 @@ def test_predict_on_the_test_split_gives_the_evaluated_masks(in_tmp, capsys):
 def test_an_ensemble_of_the_top_trials_ships_as_one_model(in_tmp, capsys):
     import optuna
 
-    from sweep.presets import preset
+    from sweep.search.presets import preset
 
     study = optuna.create_study(study_name="segnet", storage="sqlite:///studies.db", direction="maximize")
     study.enqueue_trial(preset("small"))

@@ -23,10 +23,10 @@ import pytest
 from PIL import Image
 
 from sweep.cli import main
-from sweep.notes import dice_table_markdown
-from sweep.pictures import CLASS_COLOURS, overlay_png
-from sweep.presets import preset
-from sweep.report import edge_warnings, learning_curves
+from sweep.core.notes import dice_table_markdown
+from sweep.nn.pictures import CLASS_COLOURS, overlay_png
+from sweep.search.presets import preset
+from sweep.views.report import edge_warnings, learning_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
@@ -136,7 +136,7 @@ def test_no_edge_warning_suggests_values_that_mean_nothing():
 
 
 def test_history_axis_counts_whole_trials():
-    from sweep.report import history_plot
+    from sweep.views.report import history_plot
 
     study = _in_memory_study([(0.5, 1e-3), (0.6, 2e-3), (0.7, 3e-3)])
     assert history_plot(study).layout.xaxis.tickformat == "d"
@@ -386,7 +386,7 @@ def test_report_in_browser(report, browser):
 
 
 def test_report_sets_the_best_trial_against_the_original_configuration(tmp_path):
-    from sweep.space import suggest
+    from sweep.search.space import suggest
 
     ORIGINAL_PARAMS = preset("original")
 
@@ -437,7 +437,7 @@ def test_status_and_report_do_not_show_the_storage_password(tmp_path, capsys):
 
     from sqlalchemy.engine import make_url
 
-    from sweep.records import StudyKey
+    from sweep.core.records import StudyKey
 
     url = make_url(os.environ["SEGNET_TEST_POSTGRES_URL"]).set(password="s3cret-pw").render_as_string(hide_password=False)
     name = f"pw{uuid.uuid4().hex[:10]}"

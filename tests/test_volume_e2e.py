@@ -86,8 +86,8 @@ def test_nnunet_sweep_groups_cases_by_patient(volumes_env, capsys):
 
 def test_without_groups_the_tool_says_cases_are_split_one_by_one(volumes_env):
     from data import load_dataset
-    from sweep.options import RunOptions
-    from sweep.run import grouping_note
+    from sweep.search.options import RunOptions
+    from sweep.training.run import grouping_note
 
     root = write_nnunet_phantom(volumes_env / "nnunet", 4, seed=5, n_test=1)
     assert "--groups" in grouping_note(load_dataset(str(root)), RunOptions(data=str(root)))
