@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of segnet-sweep against the way the original coursework trained.
 
-    python benchmarks/bench.py [--quick|--smoke] [--json] [--only NAME,...] [--data PATH|phantom]
+    python -m benchmarks.bench [--quick|--smoke] [--json] [--only NAME,...] [--data PATH|phantom]
                                [--device auto|cpu|cuda|cuda:K] [--workers W[,W...]]
                                [--postgres URL] [--threads N]
 
@@ -56,28 +56,26 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import optuna
+import torch
+from PIL import Image
+from torch import nn
 
-from benchmarks.naive import mask_path, naive_fit, split_images, sync  # noqa: E402
-from data import load_dataset, make_phantom_dataset, write_mask  # noqa: E402
-from model import SegNet, SegNetConfig  # noqa: E402
-from sweep.core import study as st  # noqa: E402
-from sweep.training.objective import Objective  # noqa: E402
-from sweep.search.options import RunOptions  # noqa: E402
-from sweep.search.presets import preset  # noqa: E402
-from sweep.core.progress import Progress, StopAfterFailures  # noqa: E402
-from sweep.core.records import FINISHED, compact_history  # noqa: E402
-from sweep.training.run import run  # noqa: E402
-from sweep.search.space import suggest  # noqa: E402
-from sweep.search.strategies import make_pruner, make_sampler  # noqa: E402
-from sweep.training.train import DeviceSplit, TrainConfig, autocast, fit, resolve_device, use_bf16  # noqa: E402
+from benchmarks.naive import mask_path, naive_fit, split_images, sync
+from data import load_dataset, make_phantom_dataset, write_mask
+from model import SegNet, SegNetConfig
+from sweep.core import study as st
+from sweep.training.objective import Objective
+from sweep.search.options import RunOptions
+from sweep.search.presets import preset
+from sweep.core.progress import Progress, StopAfterFailures
+from sweep.core.records import FINISHED, compact_history
+from sweep.training.run import run
+from sweep.search.space import suggest
+from sweep.search.strategies import make_pruner, make_sampler
+from sweep.training.train import DeviceSplit, TrainConfig, autocast, fit, resolve_device, use_bf16
 
 CMRI = ROOT.parent / "shared" / "data" / "cmri"  # the real data, where this checkout has it
 SECTIONS = ("trainer", "sweep", "overhead", "memory", "peak")
@@ -644,12 +642,12 @@ def section_memory(b: Bench) -> dict:
         log(f"memory: {b.settings.memory_trials} trials x {b.settings.memory_epochs} epochs in this process")
         return memory_in_process(b.data, b.device, b.settings.memory_trials, b.settings.memory_epochs, b.tmp)
     # A fresh process: the other sections must not set its peak or leave their garbage in it.
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", "memory", "--in-process", "--json",
+    cmd = [sys.executable, "-m", "benchmarks.bench", "--only", "memory", "--in-process", "--json",
            "--profile", b.settings.name, "--data", str(b.data.folder), "--device", str(b.device)]
     if b.args.threads:
         cmd += ["--threads", str(b.args.threads)]
     log("memory: in a fresh process: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child process exited with {proc.returncode}")
     child = json.loads(proc.stdout)
@@ -949,7 +947,7 @@ def summarize(raw: dict, settings: Settings, time_to_quality_json: Path | str | 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", const="quick", dest="profile",
                       help="reduced sizes: under 10 minutes on 2 quiet CPU cores")

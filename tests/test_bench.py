@@ -168,7 +168,7 @@ def test_only_rejects_an_unknown_section(capsys):
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "benchmarks.bench", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
