@@ -3,7 +3,6 @@
 import copy
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,11 +144,10 @@ def test_overhead_section_with_tiny_counts(tmp_path):
     assert 0 <= result["sampler_s"] <= result["total_s"]
 
 
-@pytest.mark.skipif(not os.environ.get("SEGNET_TEST_POSTGRES_URL"), reason="SEGNET_TEST_POSTGRES_URL not set")
-def test_overhead_on_postgres_deletes_its_study():
+def test_overhead_on_postgres_deletes_its_study(postgres_url):
     import optuna
 
-    url = os.environ["SEGNET_TEST_POSTGRES_URL"]
+    url = postgres_url
     result = bench.overhead_run(url, 5)
     assert result["complete"] + result["pruned"] == 5 and result["failed"] == 0
     assert result["study"] not in {s.study_name for s in optuna.get_all_study_summaries(url)}
