@@ -22,7 +22,6 @@ from sweep.core.records import StudyKey
 from sweep.core.study import default_artifact_dir
 
 OBJECT_STORES = ("s3://", "gs://")
-CACHE_ENV = "SEGNET_CACHE"  # default: $XDG_CACHE_HOME/segnet-sweep, else ~/.cache/segnet-sweep
 
 
 def resolve(storage_url: str, location: str | None) -> str:
@@ -101,10 +100,11 @@ def location_of(study: optuna.Study, storage_url: str, warn: bool = True) -> str
 
 
 def cache_folder() -> Path:
-    """This machine's cache: local copies of what lives in the artifact location."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segnet-sweep"
+    """This machine's cache (``$SEGNET_CACHE_DIR``, data.cache.cache_dir): local copies of what lives
+    in the artifact location, beside the preprocessed slices."""
+    from data.cache import cache_dir  # here: read-only commands that never fetch load no data package
+
+    return cache_dir()
 
 
 def fetch(study: optuna.Study, storage_url: str, filename: str) -> Path | None:
