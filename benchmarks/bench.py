@@ -89,7 +89,7 @@ ARCHS = {
 # Our trainer set up as the coursework trained: AdamW with no decay is Adam.
 TRAINER_CFG = TrainConfig(lr=1e-3, weight_decay=0.0, batch_size=10, schedule="constant", dice_weight=0.0)
 
-# Eight fixed, plausible small-to-medium configurations of the search space (sweep/space.py),
+# Eight fixed, plausible small-to-medium configurations of the search space (sweep/search/space.py),
 # cheapest first (smoke runs take a prefix), as overrides of the small preset. The naive loop trains
 # each with its architecture, lr and batch size only (it has no Dice loss, schedule or augmentation:
 # that only favours it).
@@ -343,7 +343,7 @@ def _trial_seconds(trials) -> list[float]:
 def ours_sweep(data: BenchData, configs: list[dict], epochs: int, workers: int, device: str, tmp: Path) -> dict:
     """``sweep.training.run.run`` on a fresh SQLite study holding the enqueued configurations.
 
-    With W workers a study may finish up to W - 1 trials beyond its target (DESIGN.md); those
+    With W workers a study may finish up to W - 1 trials beyond its target (docs/FORMATS.md); those
     extra trials are queued too, from the most expensive configuration down (so they cannot
     flatter the trials/hour), instead of leaving them to the sampler's draw.
     """

@@ -142,7 +142,7 @@ def test_segmenter_is_best_evaluate_arithmetic(bundle):
     x = torch.from_numpy(images)[:, None]
     cpu = torch.device("cpu")
     runs = []
-    for states in bundle.members:  # as sweep/best.py accumulates a seed's test probabilities
+    for states in bundle.members:  # as sweep/shipping/evaluate.py accumulates a seed's test probabilities
         models = [load_model(CONFIG, s, cpu) for s in states]
         total = torch.zeros((len(images), 4, *SIZE))
         for model in models:

@@ -1,8 +1,8 @@
 """What a study and its trials record: the attribute names, and the summaries every command reads.
 
-DESIGN.md's "What a study records", in code. Commands, the report and ``export`` read the study
-through these names and functions only, so an attribute is spelled in one place. Imports Optuna
-and nothing that trains.
+The study and trial attributes of docs/FORMATS.md, in code. Commands, the report and ``export``
+read the study through these names and functions only, so an attribute is spelled in one place.
+Imports Optuna and nothing that trains.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Dice as DESIGN.md defines it: pixel counts summed over all images of a split ("stack" Dice)."""
+"""Dice as docs/FORMATS.md defines it: pixel counts summed over all images of a split ("stack" Dice)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-volume segmentation metrics and ACDC clinical indices (DESIGN.md, "Metrics").
+"""Per-volume segmentation metrics and ACDC clinical indices (docs/FORMATS.md, "Metrics").
 
 Everything here is a pure function of numpy label volumes ``(X, Y, Z)`` holding class ids
 0 background, 1 RV, 2 myocardium, 3 LV, and of a voxel spacing ``(sx, sy, sz)`` in mm given

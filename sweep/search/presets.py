@@ -1,4 +1,4 @@
-"""Named parameter sets, each defined once in ``sweep/configs/NAME.json``.
+"""Named parameter sets, each defined once in ``sweep/search/configs/NAME.json``.
 
 - ``original``: the original coursework configuration (SegNet-VGG16 widths 64-512, Adam 1e-3,
   batch 10, plain cross-entropy, constant learning rate, no augmentation); enqueue it

@@ -26,7 +26,7 @@ Ranges and why:
   differ in size and position in the crop.
 - ``aug_gamma`` 0..0.7 (|log gamma|; up to a factor 2 in gamma): the best trials sat at the
   top of the earlier 0..0.4 range. Brightness and contrast are not searched: the per-slice
-  standardisation undoes them (``sweep/augment.py``).
+  standardisation undoes them (``sweep/training/augment.py``).
 - ``aug_elastic`` 0..6 px, ``aug_lowres`` 0..1 (down to half resolution), ``aug_blur``
   0..1 px, ``aug_noise`` 0..0.2 (of a slice's spread): nnU-Net's 2-D ranges in this
   project's units; 0 switches each off, so the search can find that one does not help.
