@@ -192,6 +192,7 @@ def test_smoke_json_of_the_cheap_sections(capsys, tmp_path, monkeypatch):
     assert result["time_to_quality_source"] is None and "time_to_quality_gain" not in result["targets"]
 
 
+@pytest.mark.slow
 def test_smoke_json_of_trainer_and_ceiling(capsys, tmp_path, monkeypatch):
     ttq = tmp_path / "time_to_quality.json"
     ttq.write_text(json.dumps({"time_to_quality_gain": 0.04, "time_to_quality_speedup": 2.0,

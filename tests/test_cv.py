@@ -37,6 +37,7 @@ def _splits(data, idx):
     return DeviceSplit.from_arrays(data.train.images[idx], data.train.masks[idx], torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_lockstep_folds_report_the_mean_over_folds():
     data = load_dataset("phantom")
     n = 30

@@ -62,6 +62,7 @@ def _rows(images: np.ndarray) -> set[bytes]:
     return {img.tobytes() for img in images}
 
 
+@pytest.mark.slow
 def test_the_estimate_is_scored_on_train_slices_its_retrainings_left_out(in_tmp, capsys, trainings):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()
@@ -86,6 +87,7 @@ def test_the_estimate_is_scored_on_train_slices_its_retrainings_left_out(in_tmp,
             assert held_rows <= trained and len(images) == len(data.train) + len(data.val)
 
 
+@pytest.mark.slow
 def test_without_refit_the_shipped_models_still_train_on_every_train_slice(in_tmp, capsys, trainings):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()
@@ -96,6 +98,7 @@ def test_without_refit_the_shipped_models_still_train_on_every_train_slice(in_tm
                                                            len(data.train)]
 
 
+@pytest.mark.slow
 def test_holdout_zero_scores_the_estimate_on_val_and_says_it_is_optimistic(in_tmp, capsys):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()

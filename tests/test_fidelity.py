@@ -134,6 +134,7 @@ def test_bad_epoch_costs_are_refused_naming_the_flag(field, value, flag):
         replace(RunOptions(), **{field: value}).check()
 
 
+@pytest.mark.slow
 def test_a_study_keeps_the_epoch_cost_it_was_made_with(in_tmp, capsys):
     small = json.dumps(preset("small"))
     args = ["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", small, "--epoch-slices", "40", "--patch", "64"]

@@ -263,6 +263,7 @@ def empty_database(url: str | None, tmp_path: Path):
         server.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("url", ["sqlite", *SERVERS], indirect=True)
 def test_workers_opening_one_empty_database_at_once_all_start(tmp_path, url):
     """Machines started together against a new database each create Optuna's schema; one wins,
@@ -283,6 +284,7 @@ def test_workers_opening_one_empty_database_at_once_all_start(tmp_path, url):
 # --- trials that fail do not end the sweep ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch):
     real_fit = sweep.training.objective.fit_folds
     calls = []
@@ -306,6 +308,7 @@ def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch
     assert second.state == optuna.trial.TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
     real_fit = sweep.training.objective.fit_folds
     calls = []
@@ -465,6 +468,7 @@ def test_best_on_a_study_without_complete_trials(in_tmp, capsys):
     assert "no complete trial" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_no_traceback_from_the_real_command_line(tmp_path):
     """The same refusal through a real process: exit 2, one line on stderr."""
     res = subprocess.run(sweep_cmd("run", "--trials", "-1"), cwd=tmp_path, capture_output=True, text=True,
@@ -497,6 +501,7 @@ print(json.dumps({"claimed": claimed, "errors": errors}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", [0, 1])
 def test_workers_never_claim_the_same_enqueued_trial_on_sqlite(tmp_path, attempt):
     """SQLite ignores SELECT ... FOR UPDATE: without BEGIN IMMEDIATE two workers could take one queued trial."""

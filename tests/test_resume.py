@@ -324,6 +324,7 @@ def test_a_trial_running_at_the_deadline_stops_at_its_epoch_end_and_resumes(slic
     assert study.trials[1].state == TrialState.COMPLETE and spy.started_at == [0, 2]
 
 
+@pytest.mark.slow
 def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, monkeypatch):
     import json
 

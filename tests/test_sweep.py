@@ -91,6 +91,7 @@ def test_tiny_sweep_on_real_data(in_tmp, cmri_path, capsys):
     assert len(list((in_tmp / "best" / "masks").glob("*_mask.png"))) == 48
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Fixed parameter lr")  # the bad lr lies outside the searched range
 def test_pruning_really_prunes(tmp_path):
     """A trial far behind the median of earlier trials is stopped early and marked PRUNED."""

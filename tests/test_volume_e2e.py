@@ -33,6 +33,7 @@ def _assert_same_geometry(mask_path, source_path):
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_acdc_sweep_evaluates_each_patient_at_ed_and_es(volumes_env, capsys):
     root = write_acdc_phantom(volumes_env / "acdc", 6, seed=3, n_test=2)
     result = _run_and_evaluate(str(root), capsys)
@@ -70,6 +71,7 @@ def test_acdc_sweep_evaluates_each_patient_at_ed_and_es(volumes_env, capsys):
     assert (volumes_env / "trials_cases.csv").read_text().count("\n") == 5  # header + 4 volumes
 
 
+@pytest.mark.slow
 def test_nnunet_sweep_groups_cases_by_patient(volumes_env, capsys):
     root = write_nnunet_phantom(volumes_env / "nnunet", 6, seed=4, n_test=2)
     result = _run_and_evaluate(str(root), capsys, "--groups", r"(patient\d+)", "--cv", "2")
