@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 
 from sweep.core.errors import UsageError
-from sweep.core.records import StudyKey
+from sweep.core.records import ArtifactLocation, StudyKey
 from sweep.core.study import default_artifact_dir
 
 OBJECT_STORES = ("s3://", "gs://")
@@ -79,7 +79,7 @@ def open_store(location: str):
 
 
 def record(study: optuna.Study, location: str) -> None:
-    study.set_user_attr(StudyKey.ARTIFACTS, {"location": location, "host": socket.gethostname()})
+    study.set_user_attr(StudyKey.ARTIFACTS, ArtifactLocation(location, socket.gethostname()).to_dict())
 
 
 def location_of(study: optuna.Study, storage_url: str, warn: bool = True) -> str:
@@ -87,10 +87,10 @@ def location_of(study: optuna.Study, storage_url: str, warn: bool = True) -> str
 
     Warns once where a local folder recorded on another machine is not reachable here.
     """
-    recorded = study.user_attrs.get(StudyKey.ARTIFACTS)
-    if not recorded:
+    recorded = ArtifactLocation.of_study(study)
+    if recorded is None:
         return str(default_artifact_dir(storage_url))
-    location, host = recorded["location"], recorded.get("host")
+    location, host = recorded.location, recorded.host
     local = not location.startswith(OBJECT_STORES)
     if warn and local and host != socket.gethostname() and not Path(location).is_dir():
         print(f"warning: study {study.study_name!r} keeps its artifacts in {location} on {host}, which this "

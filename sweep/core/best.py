@@ -52,7 +52,7 @@ def describe_best(study: optuna.Study) -> dict:
         "study": study.study_name,
         "trial": trial.number,
         "params": trial.params,
-        "val_dice_fg": trial.value,
+        rec.VAL_DICE_FG: trial.value,
         "val": rec.class_dice(trial.user_attrs),
         "best_epoch": trial.user_attrs.get(TrialKey.BEST_EPOCH),
         "epochs": trial.user_attrs.get(TrialKey.EPOCH_BUDGET, study.user_attrs.get(StudyKey.EPOCHS)),

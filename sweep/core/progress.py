@@ -9,7 +9,7 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from sweep.core import records as rec
-from sweep.core.records import ProgressKey, TrialKey
+from sweep.core.records import TrialKey, TrialProgress
 
 MAX_CONSECUTIVE_FAILURES = 5  # a sweep whose every trial fails has a systematic problem: stop and say so
 
@@ -84,23 +84,27 @@ class Progress:
 
 def remaining_seconds(progress: dict) -> float | None:
     """Estimated seconds until a running trial has used its epoch budget (None before its first epoch)."""
-    done, budget = progress.get(ProgressKey.EPOCH) or 0, progress.get(ProgressKey.EPOCHS) or 0
-    seconds = progress.get(ProgressKey.SECONDS)
-    if done <= 0 or seconds is None:
+    p = TrialProgress.from_dict(progress)
+    done, budget = p.epoch or 0, p.epochs or 0
+    if done <= 0 or p.seconds is None:
         return None
-    return seconds / done * max(budget - done, 0)
+    return p.seconds / done * max(budget - done, 0)
 
 
 def progress_text(number: int, progress: dict) -> str:
     """One running trial in a few words: "#12 epoch 5/50 last 0.8123 best 0.8345 ~3m 05s left";
     inside an epoch, where the progress has its step count, also "(step 37/120, 1m 05s)"."""
-    text = f"#{number} epoch {progress.get(ProgressKey.EPOCH, 0)}/{progress.get(ProgressKey.EPOCHS, '?')} "
-    if ProgressKey.STEP in progress:
-        text += (f"(step {progress[ProgressKey.STEP]}/{progress.get(ProgressKey.STEPS, '?')}, "
-                 f"{duration(progress.get(ProgressKey.SECONDS) or 0.0)}) ")
-    text += f"last {_dice(progress.get(ProgressKey.LAST))} best {_dice(progress.get(ProgressKey.BEST))}"
+    p = TrialProgress.from_dict(progress)
+    text = f"#{number} epoch {_or(p.epoch, 0)}/{_or(p.epochs, '?')} "
+    if p.in_epoch:
+        text += f"(step {p.step}/{_or(p.steps, '?')}, {duration(p.seconds or 0.0)}) "
+    text += f"last {_dice(p.last)} best {_dice(p.best)}"
     left = remaining_seconds(progress)
     return text if left is None else f"{text} ~{duration(left)} left"
+
+
+def _or(value, default):
+    return default if value is None else value
 
 
 def _dice(value: float | None) -> str:

@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 OBJECTIVE_NAME = "val_dice_fg"
+VAL_DICE_FG = OBJECTIVE_NAME  # a trial's value, and its key in every record that carries it
+SUMMARY_FILE = "summary.json"  # best --evaluate's summary under --out and among the study's artifacts
+MODEL_FILE = "model.pt"  # the evaluated model under --out and among the study's artifacts
+TEST_OVERLAY = "test_overlay.png"  # the evaluation's test picture among the study's artifacts
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 CLASS_NAMES = ("bg", "rv", "myo", "lv")  # class ids 0..3
 DICE_KEYS = tuple(f"dice_{c}" for c in CLASS_NAMES)
@@ -38,14 +44,6 @@ class StudyKey:
     COMMAND = "command"  # the latest run's command, which resumes the study
     EVALUATION = "evaluation"  # the latest `best --evaluate`'s figures
     ARTIFACTS = "artifacts"  # {"location": folder or s3://bucket, "host": who recorded it}
-
-
-NO_FIDELITY = {"epoch_slices": 0, "val_slices": 0, "patch": 0}  # studies made before FIDELITY was recorded
-
-
-def study_fidelity(study) -> dict[str, int]:
-    """The study's recorded epoch cost (``StudyKey.FIDELITY``): whole passes for older studies."""
-    return {**NO_FIDELITY, **(study.user_attrs.get(StudyKey.FIDELITY) or {})}
 
 
 class TrialKey:
@@ -83,7 +81,130 @@ class ProgressKey:
     STEPS = "steps"  # optimiser steps in an epoch
 
 
-TEST_OVERLAY = "test_overlay.png"  # the evaluation's test picture among the study's artifacts
+def _known(cls, record: Mapping | None) -> dict[str, Any]:
+    """The entries of ``record`` that are fields of the dataclass ``cls`` (others are ignored)."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in (record or {}).items() if k in names}
+
+
+# The records below are the JSON shapes docs/FORMATS.md describes, key for key. Each has one
+# ``to_dict`` (what is written) and one ``from_dict`` (what is read, tolerant of older records);
+# VERSION is bumped when a shape changes (it is not written, so the shapes stay as they were).
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """What an epoch costs (``StudyKey.FIDELITY``): slices per epoch and per validation, patch size;
+    0 means all slices, whole slices (and is what studies made before it was recorded read as)."""
+
+    VERSION: ClassVar[int] = 1
+    epoch_slices: int = 0
+    val_slices: int = 0
+    patch: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: Mapping | None) -> Fidelity:
+        return cls(**_known(cls, record))
+
+    @classmethod
+    def of_study(cls, study) -> Fidelity:
+        return cls.from_dict(study.user_attrs.get(StudyKey.FIDELITY))
+
+
+@dataclass(frozen=True)
+class ArtifactLocation:
+    """Where a study keeps its artifacts (``StudyKey.ARTIFACTS``): a folder or an object store URL,
+    and the host that recorded it (a local folder is only seen there, unless shared)."""
+
+    VERSION: ClassVar[int] = 1
+    location: str
+    host: str | None = None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: Mapping | None) -> ArtifactLocation | None:
+        return cls(**_known(cls, record)) if record else None
+
+    @classmethod
+    def of_study(cls, study) -> ArtifactLocation | None:
+        return cls.from_dict(study.user_attrs.get(StudyKey.ARTIFACTS))
+
+
+@dataclass(frozen=True)
+class TrialProgress:
+    """A running trial's progress (``TrialKey.PROGRESS``, its names in ``ProgressKey``): epochs done
+    of the budget, the latest and best val dice_fg, training seconds; ``step`` and ``steps`` only
+    inside an epoch (the epoch's end leaves them out again)."""
+
+    VERSION: ClassVar[int] = 1
+    epoch: int | None = None
+    epochs: int | None = None
+    last: float | None = None
+    best: float | None = None
+    seconds: float | None = None
+    step: int | None = None
+    steps: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        record = asdict(self)
+        if self.step is None:
+            del record[ProgressKey.STEP], record[ProgressKey.STEPS]
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping | None) -> TrialProgress:
+        return cls(**_known(cls, record))
+
+    @property
+    def in_epoch(self) -> bool:
+        return self.step is not None
+
+
+EVALUATION_KEYS = ("trial", "seeds", "test", VAL_DICE_FG, "n_test_images", "postprocess", "estimate", "cv", "out", "model")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The latest ``best --evaluate`` as the study records it (``StudyKey.EVALUATION``): the part of
+    summary.json every machine's ``status``, ``report`` and ``export`` read, without the files."""
+
+    VERSION: ClassVar[int] = 1
+    trial: int | None = None
+    seeds: list[int] | None = None
+    test: dict | None = None  # None where the test split has no masks
+    val_dice_fg: float | None = None
+    n_test_images: int | None = None
+    postprocess: dict | None = None
+    estimate: dict | None = None
+    cv: int = 0
+    out: str | None = None
+    model: str | None = None
+    volumes: dict | None = None  # per-patient figures, on volume data only
+
+    def to_dict(self) -> dict[str, Any]:
+        record = {key: getattr(self, key) for key in EVALUATION_KEYS}
+        if self.volumes:
+            record["volumes"] = self.volumes
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping | None) -> Evaluation | None:
+        return cls(**_known(cls, record)) if record else None
+
+    @classmethod
+    def of_summary(cls, summary: Mapping) -> Evaluation:
+        """What of summary.json the study records."""
+        return cls(**{key: summary[key] for key in EVALUATION_KEYS}, volumes=summary.get("volumes") or None)
+
+    @classmethod
+    def of_study(cls, study) -> Evaluation | None:
+        return cls.from_dict(study.user_attrs.get(StudyKey.EVALUATION))
+
 
 HISTORY_KEYS = ("train_loss", "val_loss", "val_dice_bg", "val_dice_rv", "val_dice_myo", "val_dice_lv", "val_dice_fg")
 

@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from sweep.core.records import VAL_DICE_FG
 from sweep.nn.metrics import dice_scores
 from sweep.nn.runtime import predict_logits
 
@@ -89,4 +90,4 @@ def choose_postprocessing(probs: Probs, masks: np.ndarray) -> dict:
             scores[(tta, lcc)] = dice_scores(torch.as_tensor(pred), truth)["dice_fg"]
     tta, lcc = max(scores, key=lambda k: (round(scores[k], 6), -sum(k)))
     val_scores = {f"tta={a},lcc={b}".lower(): round(v, 5) for (a, b), v in scores.items()}
-    return {"tta": tta, "largest_component": lcc, "val_dice_fg": val_scores}
+    return {"tta": tta, "largest_component": lcc, VAL_DICE_FG: val_scores}

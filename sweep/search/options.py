@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields
 
 from sweep.search.config import DEFAULT_EPOCHS
 from sweep.core.errors import UsageError
+from sweep.core.records import Fidelity
 from sweep.search.strategies import PRUNERS, SAMPLERS
 from sweep.core.study import DEFAULT_STORAGE, DEFAULT_STUDY
 
@@ -108,8 +109,8 @@ class RunOptions:
                 value = limit if n > limit else 0
             return 0 if value >= n else value
 
-        return {"epoch_slices": self.epoch_slices if self.epoch_slices is not None else bounded(None, n_train, EPOCH_SLICES_AUTO),
-                "val_slices": bounded(self.val_slices, n_val, VAL_SLICES_AUTO), "patch": self.patch}
+        epoch_slices = self.epoch_slices if self.epoch_slices is not None else bounded(None, n_train, EPOCH_SLICES_AUTO)
+        return Fidelity(epoch_slices, bounded(self.val_slices, n_val, VAL_SLICES_AUTO), self.patch).to_dict()
 
     def trial_cap(self) -> float | None:
         """Seconds a trial may be projected to run before it is pruned (``sweep.training.objective.over_time_cap``).

@@ -78,7 +78,7 @@ class Retraining:
     estimate: Probs | None = None  # (N_holdout, C, H, W): the held-out train slices, by the fit that left them out
 
     def summary(self) -> dict:
-        return {"trial": self.trial, "seed": self.seed, "val_dice_fg": self.val_dice_fg, "best_epoch": self.best_epoch}
+        return {"trial": self.trial, "seed": self.seed, rec.VAL_DICE_FG: self.val_dice_fg, "best_epoch": self.best_epoch}
 
 
 def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
@@ -102,7 +102,8 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))
     refit = opts.refit and not best["cv"]  # fold models of a --cv study together saw every slice already
     held = None if best["cv"] else estimate_holdout(data, opts.holdout)
-    runs = retrain(candidates, selection, data, opts, device, refit, held, rec.study_fidelity(study))
+    fidelity = rec.Fidelity.of_study(study)
+    runs = retrain(candidates, selection, data, opts, device, refit, held, fidelity)
     post = choose_postprocessing(Probs.mean([r.held_out for r in runs]), selection.masks)
     masks = apply_postprocessing(Probs.mean([r.test for r in runs]).of(post["tta"]), post)
     bundle = ModelBundle(
@@ -112,11 +113,11 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         group_configs=[r.model_config.to_dict() for r in runs] if len(candidates) > 1 else [],
     )
     result = {
-        **{k: best[k] for k in ("study", "trial", "params", "val_dice_fg", "val")},
+        **{k: best[k] for k in ("study", "trial", "params", rec.VAL_DICE_FG, "val")},
         "selection": f"{best['cv']}-fold cross-validation over train+val" if best["cv"] else "val",
         "cv": best["cv"],
         "recipe": {"refit": refit, "top": len(candidates), "trials": [c["trial"] for c in candidates]},
-        "training": {"epochs": [c["epochs"] for c in candidates], **rec.study_fidelity(study)},
+        "training": {"epochs": [c["epochs"] for c in candidates], **fidelity.to_dict()},
         "seeds": sorted({r.seed for r in runs}),
         "test": score_test(runs, post, masks, data.test.masks),
         "n_test_images": len(data.test),
@@ -156,16 +157,16 @@ def top_trials(study: optuna.Study, k: int) -> list[dict]:
 
 
 def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
-            refit: bool, held: np.ndarray | None = None, fidelity: dict | None = None) -> list[Retraining]:
+            refit: bool, held: np.ndarray | None = None, fidelity: rec.Fidelity | None = None) -> list[Retraining]:
     """Train each candidate configuration once per seed (on every fold), predict the held-out
     slices, and (``refit``) retrain it on every labelled slice for its best epoch count.
 
     With ``held`` (train indices, val selection only), these fits leave those slices out and
     predict them for the estimate; what ships then trains with them: the refit, or without
     ``refit`` one more fit on all of train, checkpoint on val as in the search. ``fidelity`` is
-    the study's epoch cost (``records.study_fidelity``), so that an epoch here is one of the search's.
+    the study's epoch cost (``records.Fidelity.of_study``), so that an epoch here is one of the search's.
     """
-    fidelity = {**rec.NO_FIDELITY, **(fidelity or {})}
+    fidelity = fidelity or rec.Fidelity()
     bf16 = use_bf16(device)
     test_images = torch.as_tensor(data.test.images, device=device).unsqueeze(1)
     everything = DeviceSplit.from_arrays(np.concatenate([data.train.images, data.val.images]),
@@ -179,10 +180,10 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
 
         for cand in candidates:
             model_cfg, train_cfg = configs_from_params(cand["params"], cand["epochs"])
-            train_cfg = replace(train_cfg, epoch_slices=fidelity["epoch_slices"], patch=fidelity["patch"])
+            train_cfg = replace(train_cfg, epoch_slices=fidelity.epoch_slices, patch=fidelity.patch)
             for seed in range(opts.seeds):
                 bar.set_postfix(trial=cand["trial"], seed=seed)
-                fit = fit_folds(model_cfg, train_cfg, twins.folds, seed=seed, on_epoch=tick, val_slices=fidelity["val_slices"])
+                fit = fit_folds(model_cfg, train_cfg, twins.folds, seed=seed, on_epoch=tick, val_slices=fidelity.val_slices)
                 models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
                 held_out = _held_out_probs(models, twins, bf16)
                 estimate = None if hold is None else _probs(models[0], hold.images, bf16)
@@ -193,7 +194,7 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
                                          on_epoch=tick)]
                 elif hold is not None:
                     shipped = fit_folds(model_cfg, train_cfg, selection.folds, seed=seed, on_epoch=tick,
-                                        val_slices=fidelity["val_slices"]).state_dicts
+                                        val_slices=fidelity.val_slices).state_dicts
                 if shipped is not fit.state_dicts:
                     models = [load_model(model_cfg, state, device) for state in shipped]
                 test = Probs(*(ensemble_probs([models], test_images, bf16, tta) for tta in (False, True)))
@@ -249,7 +250,7 @@ def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, 
                   "the search selected on val")
         if refit:
             source += "; the shipped refit trained on them too"
-        out = {"source": source, "n_images": len(held), **scores, "val_dice_fg": on_selection["dice_fg"]}
+        out = {"source": source, "n_images": len(held), **scores, rec.VAL_DICE_FG: on_selection["dice_fg"]}
         if data.volumes:
             out["volumes"] = volume_estimate(data, held, Probs.mean([r.estimate for r in runs]), post)
         return out
@@ -258,7 +259,7 @@ def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, 
     source += ", which also selected the configuration: optimistic"
     if refit:  # the shipped models also trained on val: scored here are their twins trained without it
         source += "; predicted by the same recipe trained without them (the shipped refit saw them too)"
-    return {"source": source, "n_images": len(masks), **on_selection, "val_dice_fg": on_selection["dice_fg"]}
+    return {"source": source, "n_images": len(masks), **on_selection, rec.VAL_DICE_FG: on_selection["dice_fg"]}
 
 
 def volume_estimate(data: Dataset, held: np.ndarray, probs: Probs, post: dict) -> dict:
@@ -331,22 +332,19 @@ def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bun
         for name, mask in zip(data.test.names, masks):
             write_mask(mask_dir / f"{name}_mask.png", mask)
     result["masks"] = str(mask_dir.resolve())
-    model_path = save_bundle(bundle, out / "model.pt")
+    model_path = save_bundle(bundle, out / rec.MODEL_FILE)
     result["model"] = str(model_path.resolve())
     overlay_path = out / rec.TEST_OVERLAY
     overlay_png(data.test.images, data.test.masks, masks, overlay_path)
-    summary_path = out / "summary.json"
+    summary_path = out / rec.SUMMARY_FILE
     summary_path.write_text(json.dumps(result, indent=2))
     return [summary_path, overlay_path, model_path]
 
 
 def record_evaluation(study: optuna.Study, result: dict, files: list[Path], store) -> None:
     """The evaluation goes on the study (attribute and artifacts), never into a trial."""
-    keys = ("trial", "seeds", "test", "val_dice_fg", "n_test_images", "postprocess", "estimate", "cv", "out", "model")
-    recorded = {k: result[k] for k in keys}
-    if result.get("volumes"):  # per-patient figures: a few kB even for ACDC's 100 test volumes
-        recorded["volumes"] = result["volumes"]
-    study.set_user_attr(StudyKey.EVALUATION, recorded)
+    # With per-patient figures on volume data: a few kB even for ACDC's 100 test volumes.
+    study.set_user_attr(StudyKey.EVALUATION, rec.Evaluation.of_summary(result).to_dict())
     for path in files:
         optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
 

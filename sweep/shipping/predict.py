@@ -24,6 +24,7 @@ from data.io import png_files
 from data.nifti import is_nifti
 from sweep.core import artifacts
 from sweep.core.errors import UsageError, check_writable
+from sweep.core.records import MODEL_FILE
 from sweep.nn.model_export import EXPORT_FORMATS, export_model
 from sweep.nn.model_file import ModelBundle, Segmenter, load_bundle
 from sweep.nn.pictures import overlay_png
@@ -66,7 +67,7 @@ def run_predict(args: argparse.Namespace) -> dict:
 def study_model(storage_url: str, study_name: str) -> Path:
     """The model.pt of the study's latest ``best --evaluate``, from its artifact location (a
     machine with no local files gets it there)."""
-    path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, "model.pt")
+    path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, MODEL_FILE)
     if path is None:
         raise UsageError(f"--model: not given, and study {study_name!r} has no evaluated model.pt "
                          f"(run `{sweep_command('best --evaluate', storage_url, study_name)}` first)")

@@ -19,7 +19,7 @@ from model import SegNetConfig, count_parameters
 from model.segnet import SegNet
 from sweep.core.notes import dice_table_markdown
 from sweep.nn.pictures import overlay_png
-from sweep.core.records import INTERRUPTED, NO_FIDELITY, TIMED_OUT, ProgressKey, TrialKey, trial_summary
+from sweep.core.records import INTERRUPTED, TIMED_OUT, VAL_DICE_FG, Fidelity, TrialKey, TrialProgress, trial_summary
 from sweep.training.resume import (
     Points,
     ResumeFile,
@@ -81,7 +81,7 @@ class Objective:
     ``sweep.training.resume.resume_interval()``); an interrupted trial is queued again with its params
     and its retry continues from that point, with the seed of the chain's first trial.
     ``on_progress(trial_number, progress)`` is called after every epoch with the trial's
-    ``TrialKey.PROGRESS`` record (``ProgressKey`` names), e.g. to show it on a progress bar.
+    ``TrialKey.PROGRESS`` record (``TrialProgress.to_dict``), e.g. to show it on a progress bar.
     """
 
     folds: list[Fold]
@@ -94,7 +94,7 @@ class Objective:
     bf16: bool | None = None  # None: where the device runs it fast (sweep.nn.runtime.use_bf16)
     deadline: float | None = None  # wall-clock time (time.time()) after which a running trial stops at its epoch's end
     max_trial_seconds: float | None = None  # a trial projected to run longer is pruned early (``over_time_cap``)
-    fidelity: dict | None = None  # what an epoch costs (``records.study_fidelity``); None: whole passes
+    fidelity: Fidelity | None = None  # what an epoch costs (``Fidelity.of_study``); None: whole passes
 
     def __call__(self, trial: optuna.Trial) -> float:
         root = root_trial_number(frozen(trial))
@@ -114,14 +114,14 @@ class Objective:
         return value
 
     def _run(self, trial: optuna.Trial, root: int, point_file: ResumeFile) -> float:
-        fidelity = {**NO_FIDELITY, **(self.fidelity or {})}
+        fidelity = self.fidelity or Fidelity()
         model_cfg, train_cfg = suggest(trial, self.epochs)
-        train_cfg = replace(train_cfg, epoch_slices=fidelity["epoch_slices"], patch=fidelity["patch"])
+        train_cfg = replace(train_cfg, epoch_slices=fidelity.epoch_slices, patch=fidelity.patch)
         self._record_setup(trial, model_cfg)
         seed = self.seed + root  # the chain's seed: a retry trains as its first trial would have
         point_file.identity = {"params": trial.params, "epochs": self.epochs, "folds": len(self.folds), "seed": seed}
         if self.fidelity:
-            point_file.identity["fidelity"] = fidelity
+            point_file.identity["fidelity"] = fidelity.to_dict()
         point = point_file.load()
         history: list[dict[str, float]] = []
         start = time.perf_counter() - (point["seconds"] if point else 0.0)
@@ -130,7 +130,7 @@ class Objective:
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             history.append(record)
             ends.append(time.perf_counter())
-            trial.report(record["val_dice_fg"], epoch)
+            trial.report(record[VAL_DICE_FG], epoch)
             self._show_progress(trial, history, time.perf_counter() - start)
             if trial.should_prune():
                 _prune(trial, history, time.perf_counter() - start)
@@ -149,7 +149,7 @@ class Objective:
             on_step=self._step_hook(trial, history, start, ends, len(point["history"]) if point else 0),
             on_resume_point=point_file.save if self.resume_dir is not None else None,
             resume_every=resume_interval() if self.resume_every is None else self.resume_every,
-            val_slices=fidelity["val_slices"],
+            val_slices=fidelity.val_slices,
         )
         best = {"epoch": result.best_epoch, **{f"val_{k}": v for k, v in result.best_scores.items()}}
         _set_attrs(trial, trial_summary(result.history, best, result.seconds))
@@ -168,7 +168,7 @@ class Objective:
         done = point["history"] if point else []
         for record in done[:-1]:
             history.append(record)
-            trial.report(record["val_dice_fg"], record["epoch"])
+            trial.report(record[VAL_DICE_FG], record["epoch"])
         if done:
             on_epoch(done[-1]["epoch"], done[-1])
         else:
@@ -176,7 +176,7 @@ class Objective:
 
     def _show_progress(self, trial: optuna.Trial, history: list[dict[str, float]], seconds: float) -> None:
         """The trial's PROGRESS attribute (what `status` and the bar show), and the ``on_progress`` hook."""
-        progress = self._progress(history, seconds)
+        progress = self._progress(history, seconds).to_dict()
         trial.set_user_attr(TrialKey.PROGRESS, progress)
         if self.on_progress is not None:
             self.on_progress(trial.number, progress)
@@ -202,7 +202,7 @@ class Objective:
             if now - shown < every:
                 return
             shown = now
-            progress = {**self._progress(history, now - start), ProgressKey.STEP: done, ProgressKey.STEPS: steps}
+            progress = replace(self._progress(history, now - start), step=done, steps=steps).to_dict()
             if self.on_progress is not None:
                 self.on_progress(trial.number, progress)
             else:
@@ -210,14 +210,14 @@ class Objective:
 
         return on_step
 
-    def _progress(self, history: list[dict[str, float]], seconds: float) -> dict:
-        return {
-            ProgressKey.EPOCH: len(history),
-            ProgressKey.EPOCHS: self.epochs,
-            ProgressKey.LAST: round(history[-1]["val_dice_fg"], 5) if history else None,
-            ProgressKey.BEST: round(max(r["val_dice_fg"] for r in history), 5) if history else None,
-            ProgressKey.SECONDS: round(seconds, 1),
-        }
+    def _progress(self, history: list[dict[str, float]], seconds: float) -> TrialProgress:
+        return TrialProgress(
+            epoch=len(history),
+            epochs=self.epochs,
+            last=round(history[-1][VAL_DICE_FG], 5) if history else None,
+            best=round(max(r[VAL_DICE_FG] for r in history), 5) if history else None,
+            seconds=round(seconds, 1),
+        )
 
     def _record_setup(self, trial: optuna.Trial, model_cfg: SegNetConfig) -> None:
         trial.set_user_attr(TrialKey.EPOCH_BUDGET, self.epochs)
@@ -344,7 +344,7 @@ def _duration(seconds: float) -> str:
 def _prune(trial: optuna.Trial, history: list[dict[str, float]], seconds: float, why: str | None = None) -> None:
     """Record what a pruned trial ran (and why, if not behind the median), then stop it."""
     record = history[-1]
-    best = max(history, key=lambda r: r["val_dice_fg"])
+    best = max(history, key=lambda r: r[VAL_DICE_FG])
     _set_attrs(trial, trial_summary(history, best, seconds))
     trial.set_user_attr(TrialKey.PRUNED_AT, record["epoch"])
     if why is not None:

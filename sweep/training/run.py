@@ -85,10 +85,9 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
     if recorded is not None and recorded_cv != opts.cv:  # (a study made by enqueueing alone records nothing yet)
         made = f"--cv {recorded_cv}" if recorded_cv else "selection on val (no --cv)"
         raise UsageError(f"--cv {opts.cv}: study {opts.study!r} was made with {made}; use the same or another --study")
-    recorded_fidelity = study.user_attrs.get(StudyKey.FIDELITY)
-    if recorded_fidelity is not None:
+    if study.user_attrs.get(StudyKey.FIDELITY) is not None:
         asked = opts.fidelity(len(data.train), len(data.val))
-        for key, value in recorded_fidelity.items():
+        for key, value in rec.Fidelity.of_study(study).to_dict().items():
             given = getattr(opts, key)
             if given is not None and asked[key] != value:
                 flag = f"--{key.replace('_', '-')}"
@@ -103,7 +102,7 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
 
 def check_same_artifacts(study: optuna.Study, opts: RunOptions, requested: str) -> None:
     """``requested``: ``--artifacts`` resolved (``artifacts.resolve``)."""
-    recorded = (study.user_attrs.get(StudyKey.ARTIFACTS) or {}).get("location")
+    recorded = getattr(rec.ArtifactLocation.of_study(study), "location", None)
     if opts.artifacts is not None and recorded and recorded != requested:
         raise UsageError(f"--artifacts {opts.artifacts}: study {opts.study!r} keeps its artifacts in {recorded}; "
                          "leave --artifacts out or give that location")
@@ -194,7 +193,7 @@ def _open_study(opts: RunOptions, data: Dataset, requested: str) -> tuple[optuna
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)
     if not study.user_attrs.get(StudyKey.DATA_FINGERPRINT):
         record_study_metadata(study, data, opts)
-    if not study.user_attrs.get(StudyKey.ARTIFACTS):
+    if rec.ArtifactLocation.of_study(study) is None:
         artifacts.record(study, requested)
     if study.user_attrs.get(StudyKey.TARGET) != opts.trials:
         study.set_user_attr(StudyKey.TARGET, opts.trials)
@@ -226,7 +225,7 @@ def summarize(study: optuna.Study, opts: RunOptions, ran: int, note: str | None 
         "study": study.study_name, "storage": opts.storage, "target": opts.trials, "ran": ran, "states": states,
         "stopped": rec.stopped_count(trials),
         "chains": rec.chain_counts(trials),
-        "best": best and {k: best[k] for k in ("trial", "val_dice_fg", "params")},
+        "best": best and {k: best[k] for k in ("trial", rec.VAL_DICE_FG, "params")},
         "stopped_early": stopped_early,
     }
     if note:

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from model import SegNetConfig
+from sweep.core.records import VAL_DICE_FG
 from sweep.training.augment import augment
 from sweep.search.config import RESUME_SECONDS, TrainConfig
 from sweep.training.losses import class_weights, segmentation_loss
@@ -217,7 +218,7 @@ def fit_folds(
     for epoch in range(result.epochs_run + 1, train_cfg.epochs + 1):
         record, fold_scores = _run_epoch(runs, watched, train_cfg, generator, bf16, epoch, on_step)
         result.history.append(record)
-        if record["val_dice_fg"] > result.best_value:
+        if record[VAL_DICE_FG] > result.best_value:
             _keep_best(result, record, fold_scores, runs if keep_state else None)
         result.seconds = time.perf_counter() - start
         if on_resume_point is not None and time.perf_counter() - last_point >= resume_every:
@@ -300,7 +301,7 @@ def _run_epoch(runs, folds: list[Fold], cfg: TrainConfig, generator, bf16: bool,
 
 def _keep_best(result: FitResult, record: dict, fold_scores: list[dict], runs) -> None:
     """Make ``record``'s epoch the best so far (with every fold's weights, on the CPU, unless ``runs`` is None)."""
-    result.best_value, result.best_epoch = record["val_dice_fg"], record["epoch"]
+    result.best_value, result.best_epoch = record[VAL_DICE_FG], record["epoch"]
     result.best_scores = {k[len("val_"):]: v for k, v in record.items() if k.startswith("val_dice_")}
     result.fold_scores = [{k: v for k, v in s.items() if k.startswith("dice_")} for s in fold_scores]
     if runs is not None:

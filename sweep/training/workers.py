@@ -48,7 +48,7 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
         selection.folds, opts.epochs, seed=opts.seed, artifact_store=artifacts.open_store(location),
         resume_dir=resume_dir,
         on_progress=next((c.show_trial for c in callbacks if isinstance(c, Progress)), None),
-        deadline=opts.deadline, max_trial_seconds=opts.trial_cap(), fidelity=rec.study_fidelity(study),
+        deadline=opts.deadline, max_trial_seconds=opts.trial_cap(), fidelity=rec.Fidelity.of_study(study),
     )
     failures = StopAfterFailures()
     # gc_after_trial runs a full collection; freezing the long-lived objects of the torch and

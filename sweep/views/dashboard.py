@@ -8,7 +8,7 @@ import optuna_dashboard
 from sweep.core import artifacts
 from sweep.core import study as st
 from sweep.core.errors import UsageError
-from sweep.core.records import StudyKey
+from sweep.core.records import ArtifactLocation
 
 
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
@@ -30,7 +30,7 @@ def _location(storage, storage_url: str) -> str:
     """The artifact location the storage's studies recorded (the first one, where they differ)."""
     for summary in storage.get_all_studies():
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        if study.user_attrs.get(StudyKey.ARTIFACTS):
+        if ArtifactLocation.of_study(study) is not None:
             return artifacts.location_of(study, storage_url)
     return str(st.default_artifact_dir(storage_url))
 

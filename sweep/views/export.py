@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from sweep.core.errors import UsageError
-from sweep.core.records import DICE_KEYS, StudyKey, TrialKey, attempt, root_trial_number
+from sweep.core.records import DICE_KEYS, Evaluation, TrialKey, attempt, root_trial_number
 from sweep.core.study import open_study_readonly
 
 DROPPED = (f"user_attrs_{TrialKey.HISTORY}",)  # per-epoch lists: bulky, and unreadable in a cell
@@ -52,7 +52,8 @@ def export_cases(storage_url: str, study_name: str, path: str | Path) -> int:
     """One row per evaluated test volume (case, patient, phase, Dice, HD95, ASSD per structure),
     where the study's evaluation was on volume data; returns the rows written (0: no file)."""
     study = open_study_readonly(storage_url, study_name)
-    cases = ((study.user_attrs.get(StudyKey.EVALUATION) or {}).get("volumes") or {}).get("cases") or []
+    evaluation = Evaluation.of_study(study)
+    cases = ((evaluation and evaluation.volumes) or {}).get("cases") or []
     if cases:
         _write(pd.DataFrame(cases), cases_path(path))
     return len(cases)

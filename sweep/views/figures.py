@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.subplots import make_subplots
 
 from sweep.search.presets import ORIGINAL
-from sweep.core.records import CLASS_NAMES
+from sweep.core.records import CLASS_NAMES, VAL_DICE_FG
 from sweep.core.records import TrialKey as K
 from sweep.search.space import ADDED_OFF, EDGE_LIMITS
 
@@ -154,14 +154,14 @@ def learning_curves(study: optuna.Study) -> go.Figure:
 def history_figure(trial: FrozenTrial) -> go.Figure | None:
     """The best trial's per-epoch losses and per-class validation Dice (its ``history`` attr)."""
     history = trial.user_attrs.get(K.HISTORY)
-    if not history or not history.get("val_dice_fg"):
+    if not history or not history.get(VAL_DICE_FG):
         return None
-    epochs = list(range(1, len(history["val_dice_fg"]) + 1))
+    epochs = list(range(1, len(history[VAL_DICE_FG]) + 1))
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss", "validation Dice"))
     for key in ("train_loss", "val_loss"):
         fig.add_trace(go.Scatter(x=epochs, y=history.get(key), name=key.replace("_", " "), mode="lines+markers"), 1, 1)
-    for key in [f"val_dice_{c}" for c in CLASS_NAMES] + ["val_dice_fg"]:
-        wide = {"width": 3} if key == "val_dice_fg" else {}
+    for key in [f"val_dice_{c}" for c in CLASS_NAMES] + [VAL_DICE_FG]:
+        wide = {"width": 3} if key == VAL_DICE_FG else {}
         fig.add_trace(go.Scatter(x=epochs, y=history.get(key), name=key[4:], mode="lines+markers", line=wide), 1, 2)
     best = trial.user_attrs.get(K.BEST_EPOCH)
     if best:

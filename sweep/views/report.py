@@ -33,7 +33,7 @@ from sweep.views.figures import (
     original_trials,
     ranked_trials,
 )
-from sweep.core.records import CLASS_NAMES, TEST_OVERLAY, StudyKey
+from sweep.core.records import CLASS_NAMES, TEST_OVERLAY, Evaluation, StudyKey
 from sweep.core.records import TrialKey as K
 from sweep.core.study import open_study_readonly
 
@@ -152,23 +152,24 @@ class _Page:
         return f'<ul class="warnings">{items}</ul>'
 
     def evaluation(self) -> str:
-        ev = self.study.user_attrs.get(StudyKey.EVALUATION)
-        if not ev:
+        ev = Evaluation.of_study(self.study)
+        if ev is None:
             return _note(f"not evaluated yet: run `{st.sweep_command('best --evaluate', self.storage_url, self.study.study_name)}`")
-        volumes = f" slices of {ev['volumes']['n_volumes']} volumes" if ev.get("volumes") else " images"
-        text = f"Trial {ev['trial']} retrained with seeds {ev['seeds']} and evaluated on {ev.get('n_test_images', '?')} test{volumes}."
-        test = ev.get("test")
+        volumes = f" slices of {ev.volumes['n_volumes']} volumes" if ev.volumes else " images"
+        n_images = "?" if ev.n_test_images is None else ev.n_test_images
+        text = f"Trial {ev.trial} retrained with seeds {ev.seeds} and evaluated on {n_images} test{volumes}."
+        test = ev.test
         if test:
             keys = [*rec.DICE_KEYS, "dice_fg", "dice_mean4"]
             head = "".join(f"<th>{_e(k[5:])}</th>" for k in keys)
             cells = "".join(f"<td>{test[k]:.4f}</td>" for k in keys)
-            spread = f" ± {test['dice_fg_std']:.4f} over {len(ev['seeds'])} seeds" if len(ev.get("seeds", [])) > 1 else ""
+            spread = f" ± {test['dice_fg_std']:.4f} over {len(ev.seeds)} seeds" if len(ev.seeds or []) > 1 else ""
             table = f'<table class="top"><tr><th></th>{head}</tr><tr><th>test Dice</th>{cells}</tr></table>'
             parts = [f"<p>{_e(text)} Test dice_fg {test['dice_fg']:.4f}{_e(spread)}.</p>{table}"]
         else:
             parts = [f"<p>{_e(text)} The test split has no masks, so there is no test Dice; predicted masks are in the --out folder.</p>"]
-        if ev.get("volumes"):
-            parts.append(volume_tables(ev["volumes"]))
+        if ev.volumes:
+            parts.append(volume_tables(ev.volumes))
         overlays = [m for m in optuna.artifacts.get_all_artifact_meta(self.study) if m.filename == TEST_OVERLAY]
         if overlays:  # each evaluation uploads one; the last belongs to the recorded evaluation
             parts.append(self.picture(overlays[-1], "test predictions"))
@@ -269,11 +270,11 @@ def reproduce(study: optuna.Study, storage_url: str) -> str:
         flags += ["--study", study.study_name]
     run = study.user_attrs.get(StudyKey.COMMAND, "python -m sweep run  # (command not recorded)")
     run = run.replace(storage_url, st.display_url(storage_url))
-    ev = study.user_attrs.get(StudyKey.EVALUATION) or {}
-    if ev.get("seeds") is not None:
-        flags += ["--seeds", str(len(ev["seeds"]))]
-    if ev.get("out"):
-        flags += ["--out", ev["out"]]
+    ev = Evaluation.of_study(study) or Evaluation()
+    if ev.seeds is not None:
+        flags += ["--seeds", str(len(ev.seeds))]
+    if ev.out:
+        flags += ["--out", ev.out]
     best = shlex.join(["python", "-m", "sweep", "best", "--evaluate", *flags])
     return f"<pre>{_e(run)}\n{_e(best)}</pre>"
 

@@ -8,7 +8,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep.core import records as rec
 from sweep.core.progress import duration, remaining_seconds
-from sweep.core.records import ProgressKey, StudyKey, TrialKey
+from sweep.core.records import Evaluation, StudyKey, TrialKey, TrialProgress
 from sweep.core.study import display_url, open_study_readonly
 
 
@@ -29,7 +29,7 @@ def study_status(storage_url: str, study_name: str) -> dict:
         "target": study.user_attrs.get(StudyKey.TARGET),
         "best": rec.best_summary(study),
         "running": running,
-        "evaluation": study.user_attrs.get(StudyKey.EVALUATION),
+        "evaluation": (ev := Evaluation.of_study(study)) and ev.to_dict(),
         "data": study.user_attrs.get(StudyKey.DATA_DESCRIPTION),
         "cv": rec.study_cv(study),
     }
@@ -37,18 +37,18 @@ def study_status(storage_url: str, study_name: str) -> dict:
 
 def _running(trial: FrozenTrial, now: datetime) -> dict:
     """A running trial: who runs it, for how long, and how far it has got (its PROGRESS attribute)."""
-    progress = trial.user_attrs.get(TrialKey.PROGRESS) or {}
-    left = remaining_seconds(progress)
+    record = trial.user_attrs.get(TrialKey.PROGRESS) or {}
+    progress, left = TrialProgress.from_dict(record), remaining_seconds(record)
     return {
         "trial": rec.root_trial_number(trial),  # a retry goes by its chain's number, as the user knows it
         "attempt": rec.attempt(trial),
         "worker": trial.user_attrs.get(TrialKey.WORKER),
         "age_s": round((now - trial.datetime_start).total_seconds(), 1) if trial.datetime_start else None,
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
-        "epoch": progress.get(ProgressKey.EPOCH),
-        "epochs": progress.get(ProgressKey.EPOCHS, trial.user_attrs.get(TrialKey.EPOCH_BUDGET)),
-        "last_val_dice_fg": progress.get(ProgressKey.LAST),
-        "best_val_dice_fg": progress.get(ProgressKey.BEST),
+        "epoch": progress.epoch,
+        "epochs": trial.user_attrs.get(TrialKey.EPOCH_BUDGET) if progress.epochs is None else progress.epochs,
+        "last_val_dice_fg": progress.last,
+        "best_val_dice_fg": progress.best,
         "remaining_s": None if left is None else round(left, 1),
         "resumed_at_epoch": trial.user_attrs.get(TrialKey.RESUMED_AT),
     }
