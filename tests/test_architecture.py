@@ -13,7 +13,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from sweep.cli import build_parser
+from sweep.cli import SUBCOMMANDS, build_parser
+from sweep.core import flags
 from sweep.core.errors import UsageError
 from sweep.search import strategies
 from sweep.search.options import RunOptions, resume_command
@@ -161,3 +162,20 @@ def test_run_flags_defaults_and_the_resume_command_are_one_table():
                       patch=64, artifacts="/shared/a", max_trial_seconds=30.0, progress=False)
     argv = shlex.split(resume_command(opts))[3:]  # after "python -m sweep"
     assert RunOptions.from_args(build_parser().parse_args([*argv, "--quiet"])) == opts
+
+
+@pytest.mark.parametrize("command, options", [("run", RunOptions), *((name, cls) for name, _, cls in SUBCOMMANDS)])
+def test_every_commands_flags_and_defaults_are_its_options_class(command, options):
+    required = {"export": {"csv": "trials.csv"}}.get(command, {})
+    argv = [command, *(part for name, value in required.items() for part in (f"--{name}", value))]
+    assert flags.from_args(options, build_parser().parse_args(argv)) == options(**required)  # every field a flag
+
+
+def test_printed_command_lines_come_from_one_function():
+    opts = RunOptions(trials=5, storage="postgresql://u:pw@db/x", study="s 1")
+    assert resume_command(opts) == flags.command_line("run", "--trials", "5", "--epochs", str(opts.epochs),
+                                                      "--storage", "postgresql://u:pw@db/x", "--study", "s 1")
+    from sweep.core.study import sweep_command
+
+    assert sweep_command("best --evaluate", "postgresql://u:pw@db/x", "s 1", after=("--seeds", "2")) == \
+        "python -m sweep best --evaluate --storage 'postgresql://u:***@db/x' --study 's 1' --seeds 2"

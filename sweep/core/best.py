@@ -2,31 +2,42 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 import optuna
 
 from sweep.core import records as rec
-from sweep.core import study as st
 from sweep.core.errors import UsageError
+from sweep.core.flags import device_flag, flag, json_flag, storage_flag, study_flag
 from sweep.core.records import StudyKey, TrialKey
 
 
 @dataclass
 class BestOptions:
-    evaluate: bool = False
-    seeds: int = 3  # a 4-model ensemble scored ~0.03 higher held-out dice_fg than one model (docs/RESULTS.md)
-    data: str | None = None  # None: the data source recorded on the study
-    out: str = "best"
-    json: bool = False
-    storage: str = st.DEFAULT_STORAGE
-    study: str = st.DEFAULT_STUDY
-    device: str = "auto"
-    progress: bool = True
-    refit: bool = True  # ship each seed retrained on train+val for its best epoch count (docs/RESULTS.md)
-    top: int = 1  # ensemble the best K trials' configurations (each times --seeds)
-    holdout: float = 0.2  # share of train patients the estimate's twins never train on (0: estimate on val)
-    epochs: int | None = None  # epoch budget of the retrainings (None: each trial's own, as searched)
+    """``best``'s flags (``sweep.core.flags``), in the order ``best --help`` shows them."""
+
+    evaluate: bool = flag(False, "retrain the best trial, evaluate it on the test split, write masks, summary.json "
+                                 "and model.pt", action="store_true")
+    # A 4-model ensemble scored ~0.03 higher held-out dice_fg than one model (docs/RESULTS.md).
+    seeds: int = flag(3, "retrainings with seeds 0..K-1, ensembled for the masks (default %(default)s)")
+    data: str | None = flag(None, "data folder (default: the one recorded on the study)")
+    out: str = flag("best", "folder for predicted test masks, summary.json and model.pt (default %(default)s)")
+    top: int = flag(1, "ensemble the best K trials' configurations, each retrained --seeds times (default %(default)s)",
+                    metavar="K")
+    refit: bool = flag(True, "ship each seed retrained on train+val for its best epoch count; --no-refit ships the "
+                             "models trained on train with the checkpoint chosen on val (default: refit)",
+                       action=argparse.BooleanOptionalAction)  # docs/RESULTS.md
+    holdout: float = flag(0.2, "share of train patients held out of the estimate's retrainings, so that the estimate "
+                               "is scored on slices that neither trained nor selected them; 0 scores it on val, which "
+                               "also selected the trial (default %(default)s)", metavar="F")
+    epochs: int | None = flag(None, "epoch budget of the retrainings (default: each trial's own): a search run at a "
+                                    "lower budget, its pick trained longer to ship", metavar="E")
+    json: bool = json_flag()
+    device: str = device_flag("auto, cpu, cuda or cuda:K for the retrainings (default %(default)s)")
+    progress: bool = flag(True, "no progress bar", resume=False, flag="--quiet", action="store_false")
+    storage: str = storage_flag()
+    study: str = study_flag()
 
     def check(self) -> None:
         if self.seeds <= 0:

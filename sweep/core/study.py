@@ -22,16 +22,24 @@ DEFAULT_STORAGE = "sqlite:///studies.db"
 DEFAULT_STUDY = "segnet"
 
 
-def sweep_command(command: str, storage: str, study: str | None, *rest: str) -> str:
+PROG = ("python", "-m", "sweep")
+
+
+def command_line(*parts: str) -> str:
+    """``python -m sweep PARTS...``, quoted for a shell: every command line the tool prints is made here."""
+    return shlex.join([*PROG, *parts])
+
+
+def sweep_command(command: str, storage: str, study: str | None, *rest: str, after: tuple[str, ...] = ()) -> str:
     """``python -m sweep COMMAND ...`` with the ``--storage`` and ``--study`` that were used (where
     not the defaults), so that a printed next step works as printed; the storage URL is shown
-    without its password."""
-    parts = ["python", "-m", "sweep", *command.split(), *rest]
+    without its password. ``rest`` goes before those two flags, ``after`` after them."""
+    parts = [*command.split(), *rest]
     if storage != DEFAULT_STORAGE:
         parts += ["--storage", display_url(storage)]
     if study is not None and study != DEFAULT_STUDY:
         parts += ["--study", study]
-    return shlex.join(parts)
+    return command_line(*parts, *after)
 
 # A killed worker stops beating; its RUNNING trial is failed once the beat is GRACE_PERIOD old
 # (checked whenever any worker starts a trial) and re-enqueued with the same params, at most

@@ -1,30 +1,25 @@
 """The options of ``run``, defined once: each field of ``RunOptions`` that is a flag carries its help
-text and argparse's other keywords, and the parser (``sweep.cli``), the defaults, building the options
-from the parsed arguments and the command line that resumes a study all read these fields.
-A new flag is one field here (and its check in ``check``, where it needs one).
+text and argparse's other keywords (``sweep.core.flags.flag``), and the parser (``sweep.cli``), the
+defaults, building the options from the parsed arguments and the command line that resumes a study
+all read these fields. A new flag is one field here (and its check in ``check``, where it needs one).
 """
 
 from __future__ import annotations
 
 import math
-import shlex
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
-from sweep.search.config import DEFAULT_EPOCHS
+from sweep.core import flags
 from sweep.core.errors import UsageError
+from sweep.core.flags import device_flag, flag, flag_name, storage_flag, study_flag  # noqa: F401 - flag_name: for the CLI
 from sweep.core.records import Fidelity
+from sweep.search.config import DEFAULT_EPOCHS
 from sweep.search.strategies import PRUNERS, SAMPLERS
-from sweep.core.study import DEFAULT_STORAGE, DEFAULT_STUDY
+from sweep.core.study import DEFAULT_STUDY
 
 EPOCH_SLICES_AUTO = 1000  # default bound on the train slices of one epoch
 VAL_SLICES_AUTO = 200  # default bound on the val slices scored after each epoch
 PATCH_STEP = 32  # --patch must be a multiple: 2 ** 5, SegNet's deepest down-sampling
-
-
-def flag(default, help: str, resume: bool = True, **argparse_keywords):
-    """A ``RunOptions`` field that is a ``run`` flag (``--name-with-dashes`` unless ``flag=`` says
-    otherwise); ``resume``: whether the command that resumes the study repeats it."""
-    return field(default=default, metadata={"help": help, "resume": resume, **argparse_keywords})
 
 
 @dataclass
@@ -32,12 +27,12 @@ class RunOptions:
     trials: int = flag(20, "target of finished trials, across runs and workers (default %(default)s)")
     epochs: int = flag(DEFAULT_EPOCHS, "epoch budget of each trial (default %(default)s)")
     data: str = flag("phantom", "'phantom' (built-in synthetic), a PNG folder, or ACDC / nnU-Net NIfTI (default %(default)s)")
-    storage: str = flag(DEFAULT_STORAGE, "SQLAlchemy URL (default %(default)s)")
-    study: str = flag(DEFAULT_STUDY, "study name (default %(default)s)")
+    storage: str = storage_flag()
+    study: str = study_flag()
     sampler: str = flag("tpe", "how trials are drawn (default %(default)s)", choices=SAMPLERS)
     pruner: str = flag("median", "how trials that fall behind are stopped early (default %(default)s)", choices=PRUNERS)
     seed: int = flag(0, "sampler and training seed (default %(default)s)")
-    device: str = flag("auto", "auto, cpu, cuda or cuda:K (default %(default)s)")
+    device: str = device_flag()
     workers: int = flag(1, "worker processes on this machine (default %(default)s)")
     timeout: float | None = flag(None, "end the run after this many seconds: no trial starts later, and a running "
                                        "trial stops at the end of its epoch and resumes on the next run")
@@ -67,7 +62,7 @@ class RunOptions:
     @classmethod
     def from_args(cls, args) -> RunOptions:
         """The options of a parsed ``run`` command line (each flag's ``dest`` is its field's name)."""
-        return cls(**{f.name: getattr(args, f.name) for f in run_flags()})
+        return flags.from_args(cls, args)
 
     def check(self) -> None:
         """Every option on its own, before anything is read or created."""
@@ -126,18 +121,9 @@ class RunOptions:
 
 def run_flags():
     """The fields of ``RunOptions`` that are ``run`` flags, in the order ``run --help`` shows them."""
-    return [f for f in fields(RunOptions) if "help" in f.metadata]
-
-
-def flag_name(f) -> str:
-    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+    return flags.flag_fields(RunOptions)
 
 
 def resume_command(opts: RunOptions) -> str:
     """The ``run`` command line of ``opts``, defaults left out but the target and the epoch budget: it resumes the study."""
-    parts = ["python", "-m", "sweep", "run"]
-    for f in run_flags():
-        value = getattr(opts, f.name)
-        if f.metadata["resume"] and (f.name in ("trials", "epochs") or value != f.default):
-            parts += [flag_name(f), str(value)]
-    return shlex.join(parts)
+    return flags.command_line("run", *flags.option_flags(opts, always=("trials", "epochs")))

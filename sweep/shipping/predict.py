@@ -12,7 +12,6 @@ Its parser is ``sweep.cli``'s, with every command's; this module loads only when
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from data.io import png_files
 from data.nifti import is_nifti
 from sweep.core import artifacts
 from sweep.core.errors import UsageError, check_writable
+from sweep.core.flags import PredictOptions
 from sweep.core.records import MODEL_FILE
 from sweep.nn.model_export import EXPORT_FORMATS, export_model
 from sweep.nn.model_file import ModelBundle, Segmenter, load_bundle
@@ -31,7 +31,7 @@ from sweep.nn.pictures import overlay_png
 from sweep.core.study import open_study_readonly, sweep_command
 
 
-def run_predict(args: argparse.Namespace) -> dict:
+def run_predict(args: PredictOptions) -> dict:
     """Segment ``args.inputs`` with ``args.model`` into ``args.out``; export with ``args.export``.
 
     Returns ``{"model", "inputs", "images", "volumes", "outputs", "out", "notes", "export"}``.

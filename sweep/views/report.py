@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import html
-import shlex
 from datetime import datetime
 from pathlib import Path
 
@@ -263,19 +262,15 @@ def top_table(ranked: list[FrozenTrial]) -> str:
 
 def reproduce(study: optuna.Study, storage_url: str) -> str:
     """The commands that rerun the study and its evaluation (no password in a URL)."""
-    flags = []
-    if storage_url != st.DEFAULT_STORAGE:
-        flags += ["--storage", st.display_url(storage_url)]  # a report is shared: no password in it
-    if study.study_name != st.DEFAULT_STUDY:
-        flags += ["--study", study.study_name]
     run = study.user_attrs.get(StudyKey.COMMAND, "python -m sweep run  # (command not recorded)")
-    run = run.replace(storage_url, st.display_url(storage_url))
+    run = run.replace(storage_url, st.display_url(storage_url))  # a report is shared: no password in it
     ev = Evaluation.of_study(study) or Evaluation()
+    flags = []
     if ev.seeds is not None:
         flags += ["--seeds", str(len(ev.seeds))]
     if ev.out:
         flags += ["--out", ev.out]
-    best = shlex.join(["python", "-m", "sweep", "best", "--evaluate", *flags])
+    best = st.sweep_command("best --evaluate", storage_url, study.study_name, after=tuple(flags))
     return f"<pre>{_e(run)}\n{_e(best)}</pre>"
 
 
