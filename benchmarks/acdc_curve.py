@@ -1,6 +1,6 @@
 """Held-out Dice per volume against compute, for one configuration on real volumes.
 
-    python benchmarks/acdc_curve.py --data ../shared/data/acdc --params acdc --epochs 60 \
+    python -m benchmarks.acdc_curve --data ../shared/data/acdc --params acdc --epochs 60 \
         --epoch-slices 500 --patch 128 --every 5 --out docs/measurements/acdc_curve.json
 
 Trains one configuration (a preset, a JSON file or a JSON object, as ``run --enqueue`` takes)
@@ -30,14 +30,13 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data import load_dataset  # noqa: E402
-from sweep.evaluate import volume_estimate  # noqa: E402
-from sweep.folds import estimate_holdout  # noqa: E402
-from sweep.postprocess import Probs, predict_probs  # noqa: E402
-from sweep.run import parse_enqueue  # noqa: E402
-from sweep.space import configs_from_params  # noqa: E402
-from sweep.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16  # noqa: E402
+from data import load_dataset
+from sweep.shipping.evaluate import volume_estimate
+from sweep.training.folds import estimate_holdout
+from sweep.nn.postprocess import Probs, predict_probs
+from sweep.training.run import parse_enqueue
+from sweep.search.space import configs_from_params
+from sweep.training.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16
 
 NO_POSTPROCESSING = {"tta": False, "largest_component": False}
 
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     bf16 = use_bf16(device)
 
     result = {
-        "command": "python benchmarks/acdc_curve.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.acdc_curve " + " ".join(sys.argv[1:] if argv is None else argv),
         "data": data.describe(), "params": params, "epochs": args.epochs, "epoch_slices": args.epoch_slices,
         "patch": args.patch, "val_slices": args.val_slices, "held_out_patients": sorted(set(np.asarray(data.train.groups)[held])),
         "train_slices": len(rest), "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "

@@ -1,18 +1,18 @@
 #!/usr/bin/env python
 """Benchmark of segnet-sweep against the way the original coursework trained.
 
-    python benchmarks/bench.py [--quick|--smoke] [--json] [--only NAME,...] [--data PATH|phantom]
+    python -m benchmarks.bench [--quick|--smoke] [--json] [--only NAME,...] [--data PATH|phantom]
                                [--device auto|cpu|cuda|cuda:K] [--workers W[,W...]]
                                [--postgres URL] [--threads N]
 
 Sections (``--only``; all but ``peak`` run by default), each run side by side and repeated in
 one script run, figures are medians over the repeats:
 
-- ``trainer``: seconds per epoch (train + the per-epoch validation) of ``sweep.train.fit`` versus
+- ``trainer``: seconds per epoch (train + the per-epoch validation) of ``sweep.training.train.fit`` versus
   a NAIVE trainer written below the way the coursework trained (a DataLoader re-reading the PNGs
   every epoch, float32, softmax then ``nn.CrossEntropyLoss`` on the softmax output, ``.item()``
   every step, Adam 1e-3, batch 10), for SegNet-VGG16 and a small SegNet. Target >= 2x.
-- ``sweep``: trials/hour of ``sweep.run.run`` versus a plain single-process Optuna loop over the
+- ``sweep``: trials/hour of ``sweep.training.run.run`` versus a plain single-process Optuna loop over the
   naive trainer, on the same 8 enqueued configurations without pruning. Reported, no longer a
   target: what a sweep gains is judged by time to quality (below).
 - ``overhead``: storage + sampler + pruner milliseconds per trial with a dummy objective, at
@@ -56,28 +56,26 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import optuna  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import optuna
+import torch
+from PIL import Image
+from torch import nn
 
-from benchmarks.naive import mask_path, naive_fit, split_images, sync  # noqa: E402
-from data import load_dataset, make_phantom_dataset, write_mask  # noqa: E402
-from model import SegNet, SegNetConfig  # noqa: E402
-from sweep import study as st  # noqa: E402
-from sweep.objective import Objective  # noqa: E402
-from sweep.options import RunOptions  # noqa: E402
-from sweep.presets import preset  # noqa: E402
-from sweep.progress import Progress, StopAfterFailures  # noqa: E402
-from sweep.records import FINISHED, compact_history  # noqa: E402
-from sweep.run import run  # noqa: E402
-from sweep.space import suggest  # noqa: E402
-from sweep.strategies import make_pruner, make_sampler  # noqa: E402
-from sweep.train import DeviceSplit, TrainConfig, autocast, fit, resolve_device, use_bf16  # noqa: E402
+from benchmarks.naive import mask_path, naive_fit, split_images, sync
+from data import load_dataset, make_phantom_dataset, write_mask
+from model import SegNet, SegNetConfig
+from sweep.core import study as st
+from sweep.training.objective import Objective
+from sweep.search.options import RunOptions
+from sweep.search.presets import preset
+from sweep.core.progress import Progress, StopAfterFailures
+from sweep.core.records import FINISHED, compact_history
+from sweep.training.run import run
+from sweep.search.space import suggest
+from sweep.search.strategies import make_pruner, make_sampler
+from sweep.training.train import DeviceSplit, TrainConfig, autocast, fit, resolve_device, use_bf16
 
 CMRI = ROOT.parent / "shared" / "data" / "cmri"  # the real data, where this checkout has it
 SECTIONS = ("trainer", "sweep", "overhead", "memory", "peak")
@@ -91,7 +89,7 @@ ARCHS = {
 # Our trainer set up as the coursework trained: AdamW with no decay is Adam.
 TRAINER_CFG = TrainConfig(lr=1e-3, weight_decay=0.0, batch_size=10, schedule="constant", dice_weight=0.0)
 
-# Eight fixed, plausible small-to-medium configurations of the search space (sweep/space.py),
+# Eight fixed, plausible small-to-medium configurations of the search space (sweep/search/space.py),
 # cheapest first (smoke runs take a prefix), as overrides of the small preset. The naive loop trains
 # each with its architecture, lr and batch size only (it has no Dice loss, schedule or augmentation:
 # that only favours it).
@@ -264,7 +262,7 @@ def device_splits(data: BenchData, device: torch.device) -> tuple[DeviceSplit, D
 
 def ours_fit(model_cfg: SegNetConfig, train: DeviceSplit, val: DeviceSplit, epochs: int, seed: int = 0,
              bf16: bool | None = None, batch_size: int | None = None) -> list[dict]:
-    """``sweep.train.fit`` with one record per epoch (its seconds: train + val, as fit runs them).
+    """``sweep.training.train.fit`` with one record per epoch (its seconds: train + val, as fit runs them).
 
     ``batch_size`` overrides the trainer's 10 (``gpu_variants.py``'s batch variants)."""
     device = train.images.device
@@ -343,9 +341,9 @@ def _trial_seconds(trials) -> list[float]:
 
 
 def ours_sweep(data: BenchData, configs: list[dict], epochs: int, workers: int, device: str, tmp: Path) -> dict:
-    """``sweep.run.run`` on a fresh SQLite study holding the enqueued configurations.
+    """``sweep.training.run.run`` on a fresh SQLite study holding the enqueued configurations.
 
-    With W workers a study may finish up to W - 1 trials beyond its target (DESIGN.md); those
+    With W workers a study may finish up to W - 1 trials beyond its target (docs/FORMATS.md); those
     extra trials are queued too, from the most expensive configuration down (so they cannot
     flatter the trials/hour), instead of leaving them to the sampler's draw.
     """
@@ -516,7 +514,7 @@ def overhead_run(url: str, n_trials: int, seed: int = 0) -> dict:
             gc_seconds[0] += time.perf_counter() - gc_seconds[1]
 
     gc.callbacks.append(gc_timer)
-    gc.freeze()  # as sweep.run.optimize does before its trials: the collector then skips the imports' objects
+    gc.freeze()  # as sweep.training.run.optimize does before its trials: the collector then skips the imports' objects
     try:
         progress = Progress(study, n_trials, enabled=False)
         start = time.perf_counter()
@@ -589,7 +587,7 @@ def section_overhead(b: Bench) -> dict:
         tail = max(1, large // 10)  # the cost of one more trial once the study is this large
         res[f"ms_per_trial_last10pct_{large}"] = median(
             (x["ends_s"][-1] - x["ends_s"][-tail - 1]) / tail * 1000 for x in big)
-        # Where the time goes: the TPE sampler, garbage collection (sweep.run collects after every
+        # Where the time goes: the TPE sampler, garbage collection (sweep.training.run collects after every
         # trial), and the rest (storage round trips, pruner, Optuna's bookkeeping, callbacks).
         res[f"sampler_ms_per_trial_{large}"] = median(x["sampler_s"] / large * 1000 for x in big)
         res[f"gc_ms_per_trial_{large}"] = median(x["gc_s"] / large * 1000 for x in big)
@@ -644,12 +642,12 @@ def section_memory(b: Bench) -> dict:
         log(f"memory: {b.settings.memory_trials} trials x {b.settings.memory_epochs} epochs in this process")
         return memory_in_process(b.data, b.device, b.settings.memory_trials, b.settings.memory_epochs, b.tmp)
     # A fresh process: the other sections must not set its peak or leave their garbage in it.
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--only", "memory", "--in-process", "--json",
+    cmd = [sys.executable, "-m", "benchmarks.bench", "--only", "memory", "--in-process", "--json",
            "--profile", b.settings.name, "--data", str(b.data.folder), "--device", str(b.device)]
     if b.args.threads:
         cmd += ["--threads", str(b.args.threads)]
     log("memory: in a fresh process: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"memory child process exited with {proc.returncode}")
     child = json.loads(proc.stdout)
@@ -949,7 +947,7 @@ def summarize(raw: dict, settings: Settings, time_to_quality_json: Path | str | 
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.split("\n\n")[0])
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", const="quick", dest="profile",
                       help="reduced sizes: under 10 minutes on 2 quiet CPU cores")
@@ -964,7 +962,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
     p.add_argument("--workers", default=None,
                    help="worker processes of our sweep, comma-separated to compare several "
-                        f"(default: sweep.run's default, {RunOptions().workers})")
+                        f"(default: sweep.training.run's default, {RunOptions().workers})")
     p.add_argument("--postgres", default=None,
                    help="PostgreSQL URL for the overhead section (default: $SEGNET_TEST_POSTGRES_URL; else skipped)")
     p.add_argument("--threads", type=int, default=None,

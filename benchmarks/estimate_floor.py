@@ -1,8 +1,8 @@
 """The estimate's scoring floor on ACDC: the ground truths of its held-out train volumes, cut into
 preprocessed slices and stacked back onto their source grids, scored against themselves as
-``best --evaluate`` scores a prediction (``sweep.evaluate.volume_estimate``'s path, no model).
+``best --evaluate`` scores a prediction (``sweep.shipping.evaluate.volume_estimate``'s path, no model).
 
-    OMP_NUM_THREADS=1 python benchmarks/estimate_floor.py --data ../shared/data/acdc
+    OMP_NUM_THREADS=1 python -m benchmarks.estimate_floor --data ../shared/data/acdc
 
 Uses ``training/`` only (the estimate's held-out train patients, ``--holdout 0.2``). Under a minute.
 """
@@ -10,14 +10,10 @@ Uses ``training/`` only (the estimate's held-out train patients, ``--holdout 0.2
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data import assemble, load_dataset, read_truth, volume_spacing  # noqa: E402
-from sweep.folds import estimate_holdout  # noqa: E402
-from sweep.volume_metrics import case_dice_fg, case_metrics  # noqa: E402
+from data import assemble, load_dataset, read_truth, volume_spacing
+from sweep.training.folds import estimate_holdout
+from sweep.nn.volume_metrics import case_dice_fg, case_metrics
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Fault drill: kill and interrupt a real sweep again and again, then check that nothing was lost.
 
-    python benchmarks/fault_drill.py [--cycles 6] [--trials 8] [--storage URL]
-    python benchmarks/fault_drill.py --machines 3 --storage postgresql://... --artifacts s3://BUCKET [--faults 9]
+    python -m benchmarks.fault_drill [--cycles 6] [--trials 8] [--storage URL]
+    python -m benchmarks.fault_drill --machines 3 --storage postgresql://... --artifacts s3://BUCKET [--faults 9]
 
 (The second form strikes several simulated machines: ``benchmarks/fault_drill_machines.py``.)
 
@@ -29,8 +29,7 @@ from pathlib import Path
 import optuna
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from sweep.presets import preset  # noqa: E402
+from sweep.search.presets import preset
 
 SMALL_PARAMS = preset("small")
 

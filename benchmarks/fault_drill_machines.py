@@ -26,9 +26,8 @@ import optuna
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from sweep.records import FINISHED, root_trial_number  # noqa: E402
-from sweep.resume import POINTER, open_points  # noqa: E402
+from sweep.core.records import FINISHED, root_trial_number
+from sweep.training.resume import POINTER, open_points
 
 S = optuna.trial.TrialState
 KINDS = ("sigkill", "sigterm", "vanish")

@@ -28,7 +28,7 @@ step() {  # step NAME SECONDS ARGS...: one bench.py run, JSON to $DEST/NAME.json
     local name="$1" limit="$2"
     shift 2
     echo "gpu_check: $name (at most ${limit} s)" >&2
-    if ! timeout "$limit" "$PY" benchmarks/bench.py --json --device cuda "${DATA[@]}" "$@" > "$DEST/$name.json" 2> "$DEST/$name.log"; then
+    if ! timeout "$limit" "$PY" -m benchmarks.bench --json --device cuda "${DATA[@]}" "$@" > "$DEST/$name.json" 2> "$DEST/$name.log"; then
         echo "gpu_check: $name failed or timed out; see $DEST/$name.log" >&2
         status=1
     fi

@@ -6,7 +6,7 @@ not GPUs: float32 with TF32 was 1.3x faster on an H100), channels_last always, a
 AdamW. This script times each setting in one process, alternating the order between repeats, with
 the naive float32 loop beside them::
 
-    python benchmarks/gpu_variants.py --data ../shared/data/cmri [--epochs 15] [--variants ...] [--json]
+    python -m benchmarks.gpu_variants --data ../shared/data/cmri [--epochs 15] [--variants ...] [--json]
 
 Figures are seconds per epoch (train + val), the median over the timed epochs of each repeat,
 then over repeats; ``first_epoch_s`` is the first epoch alone (where ``torch.compile`` compiles).
@@ -30,14 +30,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.bench import ARCHS, CMRI, PROFILES, TRAINER_CFG, device_splits, ours_fit, prepare_data  # noqa: E402
-from benchmarks.naive import naive_fit  # noqa: E402
-from sweep import train as trainer  # noqa: E402
-from sweep.train import resolve_device  # noqa: E402
+from benchmarks.bench import ARCHS, CMRI, PROFILES, TRAINER_CFG, device_splits, ours_fit, prepare_data
+from benchmarks.naive import naive_fit
+from sweep.training import train as trainer
+from sweep.training.train import resolve_device
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ def time_variant(name: str, arch: str, train, val, epochs: int, warmup: int, see
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/gpu_variants.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_variants", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(CMRI) if CMRI.is_dir() else "phantom")
     p.add_argument("--device", default="auto")
     p.add_argument("--epochs", type=int, default=15, help="timed epochs per run (default %(default)s)")

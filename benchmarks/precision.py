@@ -1,6 +1,6 @@
 """Does bf16 autocast train SegNet as well as float32? Same configs, same seeds, both precisions.
 
-    python benchmarks/precision.py [--seeds 3] [--epochs 50] [--data PATH]
+    python -m benchmarks.precision [--seeds 3] [--epochs 50] [--data PATH]
 
 bf16 is kept as the default on CPUs with AMX or AVX512-BF16 (and on GPUs) only if its best val dice_fg is
 within seed noise of float32's. Prints one JSON object: per precision, the val dice_fg of each
@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data import load_dataset  # noqa: E402
-from sweep.presets import preset  # noqa: E402
-from sweep.space import configs_from_params  # noqa: E402
-from sweep.train import DeviceSplit, fit, resolve_device  # noqa: E402
+from data import load_dataset
+from sweep.search.presets import preset
+from sweep.search.space import configs_from_params
+from sweep.training.train import DeviceSplit, fit, resolve_device
 
 # A configuration of the kind the sweep favours on this data (small widths, Dice+CE, cosine, augmentation).
 PARAMS = preset("small", depth=4, base_width=16, convs_shallow=2, convs_deep=2, batch_size=4,

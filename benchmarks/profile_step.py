@@ -1,9 +1,9 @@
 """Where a training epoch's time goes, by operator family: convolutions against everything else.
 
-    python benchmarks/profile_step.py [--arch small|vgg16] [--epochs 2] [--threads N] [--json]
+    python -m benchmarks.profile_step [--arch small|vgg16] [--epochs 2] [--threads N] [--json]
 
 Trains the benchmark's configuration (``benchmarks/bench.py``'s ``ARCHS`` and ``TRAINER_CFG``) on
-60 phantom slices with the trainer's own epoch (``sweep.train.train_epoch``: augmentation off,
+60 phantom slices with the trainer's own epoch (``sweep.training.train.train_epoch``: augmentation off,
 bf16 where the CPU has it, channels_last), one untimed epoch first, then profiles ``--epochs``
 epochs with ``torch.profiler`` and sums the operators' self time into families. The convolution
 share bounds what the trainer can reach against its own convolutions' rate; the rest is the
@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.profiler import ProfilerActivity, profile
 
-import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
-
-from benchmarks.bench import ARCHS, TRAINER_CFG  # noqa: E402
-from data import make_phantom  # noqa: E402
-from sweep.train import DeviceSplit, _FoldRun, train_epoch, use_bf16  # noqa: E402
+from benchmarks.bench import ARCHS, TRAINER_CFG
+from data import make_phantom
+from sweep.training.train import DeviceSplit, _FoldRun, train_epoch, use_bf16
 
 FAMILIES = {  # family: substrings of aten operator names, first match wins
     "convolution": ("convolution",),
@@ -71,7 +67,7 @@ def shares(arch: str, epochs: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python benchmarks/profile_step.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", choices=tuple(ARCHS), default="small")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)

@@ -1,6 +1,6 @@
 """Median pruning against Hyperband, per hour of compute, on the same data and the same start.
 
-    python benchmarks/pruners.py [--minutes 20] [--epochs 30] [--data PATH] [--out FILE.json]
+    python -m benchmarks.pruners [--minutes 20] [--epochs 30] [--data PATH] [--out FILE.json]
 
 Runs ``python -m sweep run`` twice at the same time, one process per pruner, each with one
 CPU thread (so the two share a 2-core machine evenly and see the same load), the same sampler

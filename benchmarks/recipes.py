@@ -1,6 +1,6 @@
 """What to ship after a sweep: which retraining recipe generalises to slices nobody selected on?
 
-    python benchmarks/recipes.py [--params sweep-best|JSON] [--epochs 50] [--seeds 3] [--holdout 15]
+    python -m benchmarks.recipes [--params sweep-best|JSON] [--epochs 50] [--seeds 3] [--holdout 15]
                                  [--augmentations off,on] [--out FILE.json]
 
 Judged on ``--holdout`` slices held out from the train split by this script (never the test
@@ -33,13 +33,12 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from benchmarks.selection import SWEEP_BEST  # noqa: E402
-from data import load_dataset  # noqa: E402
-from sweep.metrics import dice_scores  # noqa: E402
-from sweep.postprocess import predict_probs  # noqa: E402
-from sweep.space import configs_from_params  # noqa: E402
-from sweep.train import DeviceSplit, fit_final, fit_folds, load_model, resolve_device, use_bf16  # noqa: E402
+from benchmarks.selection import SWEEP_BEST
+from data import load_dataset
+from sweep.nn.metrics import dice_scores
+from sweep.nn.postprocess import predict_probs
+from sweep.search.space import configs_from_params
+from sweep.training.train import DeviceSplit, fit_final, fit_folds, load_model, resolve_device, use_bf16
 
 # Moderate strengths of the augmentations the field uses (nnU-Net's 2-D set): ~5 % shifts,
 # 3 px elastic folds, up to 1.5x coarser acquisitions, sigma <= 0.5 px blur, noise at 5 % of the

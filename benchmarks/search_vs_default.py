@@ -1,7 +1,7 @@
 """Does the search pay? Best-so-far held-out Dice against CPU minutes: the README's ACDC search,
 the same search on the local space, plain Optuna, and the default preset alone, at equal budgets.
 
-    OMP_NUM_THREADS=2 python benchmarks/search_vs_default.py --data ../shared/data/acdc --minutes 40 --seeds 3 \
+    OMP_NUM_THREADS=2 python -m benchmarks.search_vs_default --data ../shared/data/acdc --minutes 40 --seeds 3 \
         --out docs/measurements/search_vs_default.json
 
 Uses ``training/`` only: the search trains on the train patients less ``best --evaluate``'s
@@ -46,19 +46,19 @@ import torch
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data import load_dataset  # noqa: E402
-from sweep import records as rec  # noqa: E402
-from sweep.evaluate import patient_bootstrap, volume_estimate  # noqa: E402
-from sweep.folds import estimate_holdout  # noqa: E402
-from sweep.metrics import dice_scores  # noqa: E402
-from sweep.objective import Objective, TimeUp  # noqa: E402
-from sweep.postprocess import Probs, predict_probs  # noqa: E402
-from sweep.run import parse_enqueue  # noqa: E402
-from sweep.space import configs_from_params  # noqa: E402
-from sweep.strategies import make_pruner, make_sampler  # noqa: E402
-from sweep.runtime import DeviceSplit, load_model, use_bf16  # noqa: E402
-from sweep.train import fit_folds  # noqa: E402
+
+from data import load_dataset
+from sweep.core import records as rec
+from sweep.shipping.evaluate import patient_bootstrap, volume_estimate
+from sweep.training.folds import estimate_holdout
+from sweep.nn.metrics import dice_scores
+from sweep.training.objective import Objective, TimeUp
+from sweep.nn.postprocess import Probs, predict_probs
+from sweep.training.run import parse_enqueue
+from sweep.search.space import configs_from_params
+from sweep.search.strategies import make_pruner, make_sampler
+from sweep.nn.runtime import DeviceSplit, load_model, use_bf16
+from sweep.training.train import fit_folds
 
 RESULT = ROOT / "docs" / "measurements" / "search_vs_default.json"
 ARMS = ("recipe", "local", "plain", "default")

@@ -1,6 +1,6 @@
 """Which selection generalises: the best on 12 val slices, or the best by K-fold cross-validation?
 
-    python benchmarks/selection.py [--candidates 10] [--epochs 30] [--cv 4] [--holdout 15] [--out FILE.json]
+    python -m benchmarks.selection [--candidates 10] [--epochs 30] [--cv 4] [--holdout 15] [--out FILE.json]
 
 Judged on slices held out from the train split by this script (never on the test split):
 
@@ -37,13 +37,12 @@ import optuna
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from data import fold_indices, load_dataset  # noqa: E402
-from sweep.metrics import dice_scores  # noqa: E402
-from sweep.postprocess import predict_probs  # noqa: E402
-from sweep.presets import ORIGINAL, preset  # noqa: E402
-from sweep.space import configs_from_params, suggest  # noqa: E402
-from sweep.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16  # noqa: E402
+from data import fold_indices, load_dataset
+from sweep.nn.metrics import dice_scores
+from sweep.nn.postprocess import predict_probs
+from sweep.search.presets import ORIGINAL, preset
+from sweep.search.space import configs_from_params, suggest
+from sweep.training.train import DeviceSplit, fit_folds, load_model, resolve_device, use_bf16
 
 # The best trial of the 30-trial real-data sweep (docs/RESULTS.md, trial 23), rounded.
 SWEEP_BEST = preset("small", base_width=64, convs_deep=2, kernel_size=5, dropout=0.42, lr=0.00054,

@@ -1,6 +1,6 @@
 """What to ship from a sweep, and how far to trust its estimate, judged on slices nothing saw.
 
-    python benchmarks/shipping.py --minutes 55 [--seed 3] [--recipes top1x3,top3x1]
+    python -m benchmarks.shipping --minutes 55 [--seed 3] [--recipes top1x3,top3x1]
                                   [--holdout 15] [--work DIR] [--out benchmarks/results/shipping-SEED.json]
 
 One draw: ``--holdout`` train slices are held out by this script (drawn with ``--seed``; never
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.time_to_quality import CMRI, EPOCHS, log, machine, make_folder, run_ours
 

@@ -1,27 +1,25 @@
 """Milliseconds per train slice of one training step (forward, loss, backward, AdamW), by
 architecture and slice size: what a patch or a lower resolution saves on real-size data.
 
-    python benchmarks/slice_cost.py [--sizes 192,128,96] [--steps 6]
+    python -m benchmarks.slice_cost [--sizes 192,128,96] [--steps 6]
 
 Random inputs of the given sizes, the trainer's own model build, bf16 autocast where the CPU
-runs it fast (``sweep.train.use_bf16``) and channels_last; two warm-up steps, then ``--steps``
+runs it fast (``sweep.training.train.use_bf16``) and channels_last; two warm-up steps, then ``--steps``
 timed ones.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from model import SegNetConfig  # noqa: E402
-from sweep.losses import segmentation_loss  # noqa: E402
-from sweep.train import autocast, build_model, normalize, use_bf16  # noqa: E402
+from model import SegNetConfig
+from sweep.training.losses import segmentation_loss
+from sweep.training.train import autocast, build_model, normalize, use_bf16
 
 SHAPES = {  # name: (config, batch size)
     "acdc preset (depth 4, width 16, 2 convs)": (SegNetConfig(depth=4, base_width=16, convs_per_stage=(2, 2, 2, 2)), 8),

@@ -1,6 +1,6 @@
 """Time to quality: with the same wall-clock budget, whose shipped model is better on unseen slices?
 
-    python benchmarks/time_to_quality.py --minutes 60 [--repeats 2] [--fractions 0.25,0.4,0.5,1]
+    python -m benchmarks.time_to_quality --minutes 60 [--repeats 2] [--fractions 0.25,0.4,0.5,1]
                                          [--holdout 15] [--data ../shared/data/cmri]
                                          [--out benchmarks/results/time_to_quality.json] [--resume]
 
@@ -50,7 +50,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 CMRI = ROOT.parent / "shared" / "data" / "cmri"
 RESULT = ROOT / "benchmarks" / "results" / "time_to_quality.json"
 EPOCHS = 50  # both approaches' epoch budget per trial: `run`'s default
@@ -113,7 +112,7 @@ def truncated_study(url: str, start: datetime, seconds: float, name: str, source
     returns it, the number of its best complete trial (None if none) and how many it holds."""
     import optuna
 
-    from sweep.records import FINISHED
+    from sweep.core.records import FINISHED
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     source = optuna.load_study(study_name=source, storage=url)
@@ -136,7 +135,7 @@ def study_trials(url: str, start: datetime, source: str = "ttq") -> list[dict]:
     params and ``done``, its seconds from the start (so the JSON alone tells what was found when)."""
     import optuna
 
-    from sweep.records import FINISHED
+    from sweep.core.records import FINISHED
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=source, storage=url)
@@ -263,10 +262,10 @@ def ship_plain(folder: Path, params: dict, seed: int, epochs: int) -> dict:
 def plain_search_run(folder: Path, work: Path, seconds: float, seed: int, epochs: int) -> tuple[float, list[dict]]:
     """The plain loop for ``seconds``: its start (epoch seconds) and its finished trials."""
     log_path = work / "plain.jsonl"
-    cmd = [sys.executable, __file__, "--plain-search", str(folder), str(log_path), str(seed), str(epochs)]
+    cmd = [sys.executable, "-m", "benchmarks.time_to_quality", "--plain-search", str(folder), str(log_path), str(seed), str(epochs)]
     start = time.time()
     with open(work / "plain.log", "w") as log_file:
-        proc = subprocess.Popen(cmd, stderr=log_file)
+        proc = subprocess.Popen(cmd, stderr=log_file, cwd=ROOT)
         try:
             proc.wait(timeout=seconds)
         except subprocess.TimeoutExpired:
@@ -390,7 +389,7 @@ def main(argv=None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--plain-search":
         plain_search(Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
         return 0
-    p = argparse.ArgumentParser(prog="python benchmarks/time_to_quality.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.time_to_quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, required=True, help="search budget of each approach")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--fractions", default="0.25,0.4,0.5,1", help="budget fractions to ship at (default %(default)s)")

@@ -1,8 +1,10 @@
 """Preprocessed volumes, cached once per dataset: ``KEY.npz`` (arrays) + ``KEY.json`` (records).
 
 Decoding and resampling a few hundred ``.nii.gz`` takes long enough to matter when every
-trial worker loads the dataset, so the slices are kept in ``$SEGNET_CACHE_DIR`` (else
-``~/.cache/segnet-sweep/``), never in the data folder, which may be read-only or shared.
+trial worker loads the dataset, so the slices are kept in this machine's cache folder, ``cache_dir()``
+(``$SEGNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/segnet-sweep``, else ``~/.cache/segnet-sweep``), never
+in the data folder, which may be read-only or shared. The sweep keeps its local copies of
+artifacts in subfolders of the same folder.
 
 The key is a hash of everything the arrays depend on: each file's resolved path, size and
 modification time (so an edited, replaced or moved file is a miss), the case records
@@ -31,8 +33,10 @@ import numpy as np
 
 from .volumes import Volume, from_levels, to_levels
 
-#: Environment variable naming the cache folder.
+#: Environment variable naming this machine's cache folder (preprocessed slices, copies of artifacts).
 CACHE_ENV = "SEGNET_CACHE_DIR"
+#: Its former name, still read (with a warning) where CACHE_ENV is not set.
+OLD_CACHE_ENV = "SEGNET_CACHE"
 #: Environment variable: the most gigabytes the cache folder keeps (default DEFAULT_MAX_GB).
 CACHE_MAX_ENV = "SEGNET_CACHE_MAX_GB"
 DEFAULT_MAX_GB = 10.0
@@ -43,10 +47,22 @@ CACHE_FORMAT = 2
 Entry = tuple[np.ndarray, "np.ndarray | None", Volume]  # (Z, H, W) images, masks, record
 
 
+_warned_old_env = False
+
+
 def cache_dir() -> Path:
-    """``$SEGNET_CACHE_DIR`` if set, else ``~/.cache/segnet-sweep``."""
+    """``$SEGNET_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/segnet-sweep``, else ``~/.cache/segnet-sweep``.
+    ``$SEGNET_CACHE``, the artifact cache's former variable, is read in its place, with one warning."""
+    global _warned_old_env
     env = os.environ.get(CACHE_ENV, "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "segnet-sweep"
+    if not env and os.environ.get(OLD_CACHE_ENV, "").strip():
+        env = os.environ[OLD_CACHE_ENV].strip()
+        if not _warned_old_env:
+            print(f"warning: {OLD_CACHE_ENV} is deprecated; set {CACHE_ENV} instead", file=sys.stderr)
+            _warned_old_env = True
+    if env:
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segnet-sweep"
 
 
 def cache_key(files: list[Path], records: list[dict], constants: dict) -> str:

@@ -1,6 +1,6 @@
 """``load_dataset``: the ``--data`` argument to a validated Dataset.
 
-Folder layouts (see DESIGN.md, "Data"):
+Folder layouts (see docs/FORMATS.md, "Data read"):
 
 - coursework: ``train/``, ``val/`` and optionally ``test/``, each ``image/NAME.png`` and
   ``mask/NAME_mask.png``. Train and val need every mask. Test masks are optional: a test

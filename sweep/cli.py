@@ -9,15 +9,17 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import shlex
 import signal
 import sys
 
 from data import DataError
-from sweep.errors import OutsideError, UsageError, outside_failure
-from sweep.options import RunOptions, flag_name, resume_command, run_flags
-from sweep.records import score_label, search_line, silence_optuna, states_line
-from sweep.study import DEFAULT_STORAGE, DEFAULT_STUDY, display_url, sweep_command
+from sweep.core import flags
+from sweep.core.best import BestOptions
+from sweep.core.errors import OutsideError, UsageError, outside_failure
+from sweep.core.flags import DashboardOptions, ExportOptions, PredictOptions, ReportOptions, StatusOptions
+from sweep.core.records import score_label, search_line, silence_optuna, states_line
+from sweep.core.study import PROG, display_url, sweep_command
+from sweep.search.options import RunOptions, resume_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -60,110 +62,43 @@ class _Parser(argparse.ArgumentParser):
         return flags
 
 
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _port(text: str) -> int:
-    port = _int(text)
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {port}")
-    return port
-
-
-def _storage_flags(p: argparse.ArgumentParser, study: bool = True) -> None:
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL (default %(default)s)")
-    if study:
-        p.add_argument("--study", default=DEFAULT_STUDY, help="study name (default %(default)s)")
-
-
-ARG_TYPES = {"int": _int, "float": float}  # by a RunOptions field's annotation (``int | None``: int); str as given
-
-
 def _add_run(sub) -> None:
-    """``run``'s flags, one per flag field of ``RunOptions`` (``sweep.options``: defaults, help, checks)."""
+    """``run``'s flags, one per flag field of ``RunOptions`` (``sweep.search.options``: defaults, help, checks)."""
     run = sub.add_parser("run", help="create or resume a study and run trials until --trials have finished")
-    for f in run_flags():
-        keywords = {k: v for k, v in f.metadata.items() if k not in ("flag", "resume")}
-        if "choices" in keywords:
-            keywords["choices"] = tuple(keywords["choices"])
-        kind = ARG_TYPES.get(str(f.type).split(" |")[0])
-        if kind is not None:
-            keywords["type"] = kind
-        run.add_argument(flag_name(f), dest=f.name, default=f.default, **keywords)
+    flags.add_flags(run, RunOptions)
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
-def _add_best(sub) -> None:
-    best = sub.add_parser("best", help="show the best trial; --evaluate retrains it and reports test Dice")
-    best.add_argument("--evaluate", action="store_true",
-                      help="retrain the best trial, evaluate it on the test split, write masks, summary.json and model.pt")
-    best.add_argument("--seeds", type=_int, default=3, help="retrainings with seeds 0..K-1, ensembled for the masks (default %(default)s)")
-    best.add_argument("--data", default=None, help="data folder (default: the one recorded on the study)")
-    best.add_argument("--out", default="best", help="folder for predicted test masks, summary.json and model.pt (default %(default)s)")
-    best.add_argument("--top", type=_int, default=1, metavar="K",
-                      help="ensemble the best K trials' configurations, each retrained --seeds times (default %(default)s)")
-    best.add_argument("--refit", action=argparse.BooleanOptionalAction, default=True,
-                      help="ship each seed retrained on train+val for its best epoch count; --no-refit ships the "
-                           "models trained on train with the checkpoint chosen on val (default: refit)")
-    best.add_argument("--holdout", type=float, default=0.2, metavar="F",
-                      help="share of train patients held out of the estimate's retrainings, so that the estimate "
-                           "is scored on slices that neither trained nor selected them; 0 scores it on val, which "
-                           "also selected the trial (default %(default)s)")
-    best.add_argument("--epochs", type=_int, default=None, metavar="E",
-                      help="epoch budget of the retrainings (default: each trial's own): a search run at a "
-                           "lower budget, its pick trained longer to ship")
-    best.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    best.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K for the retrainings (default %(default)s)")
-    best.add_argument("--quiet", action="store_true", help="no progress bar")
-    _storage_flags(best)
+# Every other command: its name, its one-line help, and the options class whose fields are its flags.
+SUBCOMMANDS = (
+    ("best", "show the best trial; --evaluate retrains it and reports test Dice", BestOptions),
+    ("status", "trials by state, the best trial, running trials with worker and age", StatusOptions),
+    ("export", "one CSV row per trial", ExportOptions),
+    ("report", "one self-contained HTML report of the study", ReportOptions),
+    ("dashboard", "optuna-dashboard on the study's storage and artifacts", DashboardOptions),
+    ("predict", "segment PNG slices or NIfTI volumes with a saved model.pt", PredictOptions),
+)
 
 
-def _add_views(sub) -> None:
-    status = sub.add_parser("status", help="trials by state, the best trial, running trials with worker and age")
-    _storage_flags(status)
-    status.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    export = sub.add_parser("export", help="one CSV row per trial")
-    export.add_argument("--csv", required=True, metavar="FILE", help="the CSV file to write (one row per trial)")
-    _storage_flags(export)
-    report = sub.add_parser("report", help="one self-contained HTML report of the study")
-    report.add_argument("--out", default="report.html", metavar="FILE.html", help="the HTML file to write (default %(default)s)")
-    _storage_flags(report)
-    dashboard = sub.add_parser("dashboard", help="optuna-dashboard on the study's storage and artifacts")
-    dashboard.add_argument("--host", default="127.0.0.1",
-                           help="address to serve on (default %(default)s: this machine only; 0.0.0.0 for others)")
-    dashboard.add_argument("--port", type=_port, default=8080, help="TCP port (default %(default)s)")
-    _storage_flags(dashboard, study=False)
+def _add_command(sub, name: str, help: str, options) -> argparse.ArgumentParser:
+    """One sub-command whose flags are the fields of ``options`` (the subparsers' ``parser_class``
+    makes errors one line)."""
+    parser = sub.add_parser(name, help=help)
+    flags.add_flags(parser, options)
+    return parser
 
 
-def _add_predict(subparsers) -> argparse.ArgumentParser:
-    """Add ``predict`` to the CLI's subparsers (their ``parser_class`` makes errors one line)."""
-    p = subparsers.add_parser("predict", help="segment PNG slices or NIfTI volumes with a saved model.pt")
-    p.add_argument("--model", default=None, metavar="FILE",
-                   help="model.pt written by `best --evaluate` (default: the evaluated model of --study, "
-                        "fetched from the study's artifact location)")
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help="SQLAlchemy URL, where --model is not given (default %(default)s)")
-    p.add_argument("--study", default=DEFAULT_STUDY, help="study name, where --model is not given (default %(default)s)")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="PNG or NIfTI (.nii, .nii.gz) files, or folders of them")
-    p.add_argument("--out", default="predictions", metavar="DIR", help="output folder (default %(default)s)")
-    p.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png pictures")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (default %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--export", nargs=2, metavar=("onnx|torchscript", "FILE"), default=None,
-                   help="also write the ensemble (without TTA and cleaning) as ONNX or TorchScript, checked against PyTorch")
-    return p
+def _add_predict(sub) -> argparse.ArgumentParser:
+    """``predict`` alone, for a caller that builds its own parser."""
+    return _add_command(sub, *next(c for c in SUBCOMMANDS if c[0] == "predict"))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m sweep", description="Hyperparameter sweeps of SegNet on cardiac MR slices.")
+    parser = _Parser(prog=" ".join(PROG), description="Hyperparameter sweeps of SegNet on cardiac MR slices.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_run(sub)
-    _add_best(sub)
-    _add_views(sub)
-    _add_predict(sub)
+    for command in SUBCOMMANDS:
+        _add_command(sub, *command)
     return parser
 
 
@@ -180,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        rerun = f"; rerun with: {shlex.join(['python', '-m', 'sweep', *args.argv])}" if args is not None else ""
+        rerun = f"; rerun with: {flags.command_line(*args.argv)}" if args is not None else ""
         print(f"interrupted; no output was left half-written{rerun}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except OutsideError as err:  # a worker process's outside failure, its one line
@@ -199,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from sweep.run import run
+    from sweep.training.run import run
 
     opts = RunOptions.from_args(args)
     try:
@@ -212,19 +147,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _best(args: argparse.Namespace) -> int:
-    from sweep import study as st
-    from sweep.best import BestOptions, describe_best
+    from sweep.core import study as st
+    from sweep.core.best import describe_best
 
-    opts = BestOptions(
-        evaluate=args.evaluate, seeds=args.seeds, data=args.data, out=args.out, json=args.json,
-        storage=args.storage, study=args.study, device=args.device, progress=not args.quiet,
-        refit=args.refit, top=args.top, holdout=args.holdout, epochs=args.epochs,
-    )
+    opts = flags.from_args(BestOptions, args)
     opts.check()
     if not opts.evaluate:
         result = describe_best(st.open_study_readonly(opts.storage, opts.study))
     else:
-        from sweep.evaluate import evaluate_best
+        from sweep.shipping.evaluate import evaluate_best
 
         st.check_storage_url(opts.storage)
         st.require_existing_sqlite(opts.storage)
@@ -232,7 +163,7 @@ def _best(args: argparse.Namespace) -> int:
         try:
             result = evaluate_best(study, opts)
         except KeyboardInterrupt:
-            rerun = shlex.join(["python", "-m", "sweep", *args.argv])
+            rerun = flags.command_line(*args.argv)
             print(f"\ninterrupted; nothing was recorded on the study. Rerun with:\n  {rerun}", file=sys.stderr)
             return EXIT_INTERRUPTED
     print(json.dumps(result) if opts.json else _format_best(result))
@@ -240,42 +171,46 @@ def _best(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from sweep.status import format_status, study_status
+    from sweep.views.status import format_status, study_status
 
-    result = study_status(args.storage, args.study)
-    print(json.dumps(result) if args.json else format_status(result))
+    opts = flags.from_args(StatusOptions, args)
+    result = study_status(opts.storage, opts.study)
+    print(json.dumps(result) if opts.json else format_status(result))
     return EXIT_OK
 
 
 def _export(args: argparse.Namespace) -> int:
-    from sweep.export import cases_path, export_cases, export_csv
+    from sweep.views.export import cases_path, export_cases, export_csv
 
-    rows = export_csv(args.storage, args.study, args.csv)
-    print(f"wrote {rows} trials to {args.csv}")
-    cases = export_cases(args.storage, args.study, args.csv)
+    opts = flags.from_args(ExportOptions, args)
+    rows = export_csv(opts.storage, opts.study, opts.csv)
+    print(f"wrote {rows} trials to {opts.csv}")
+    cases = export_cases(opts.storage, opts.study, opts.csv)
     if cases:
-        print(f"wrote {cases} evaluated test volumes (per-patient Dice, HD95, ASSD) to {cases_path(args.csv)}")
+        print(f"wrote {cases} evaluated test volumes (per-patient Dice, HD95, ASSD) to {cases_path(opts.csv)}")
     return EXIT_OK
 
 
 def _report(args: argparse.Namespace) -> int:
-    from sweep.report import write_report
+    from sweep.views.report import write_report
 
-    print(f"wrote {write_report(args.storage, args.study, args.out)}")
+    opts = flags.from_args(ReportOptions, args)
+    print(f"wrote {write_report(opts.storage, opts.study, opts.out)}")
     return EXIT_OK
 
 
 def _dashboard(args: argparse.Namespace) -> int:
-    from sweep.dashboard import serve
+    from sweep.views.dashboard import serve
 
-    serve(args.storage, host=args.host, port=args.port)
+    opts = flags.from_args(DashboardOptions, args)
+    serve(opts.storage, host=opts.host, port=opts.port)
     return EXIT_OK
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from sweep.predict import format_summary, run_predict
+    from sweep.shipping.predict import format_summary, run_predict
 
-    print(format_summary(run_predict(args)))
+    print(format_summary(run_predict(flags.from_args(PredictOptions, args))))
     return EXIT_OK
 
 
@@ -340,7 +275,7 @@ def _format_evaluation(result: dict) -> list[str]:
         lines.append(f"  expect    fg {est['dice_fg']:.4f} (95% bootstrap interval {lo:.4f}-{hi:.4f}) on unseen slices, "
                      f"from {est['source']}")
     if result.get("volumes"):
-        from sweep.status import volume_summary_lines
+        from sweep.views.status import volume_summary_lines
 
         lines += volume_summary_lines(result["volumes"]["summary"])
         for key, agreement in (result["volumes"].get("clinical") or {}).items():

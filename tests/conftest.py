@@ -30,7 +30,7 @@ def one_trial_study(tmp_path_factory):
     import json
 
     from sweep.cli import main
-    from sweep.presets import preset
+    from sweep.search.presets import preset
 
     folder = tmp_path_factory.mktemp("one-trial-study")
     with pytest.MonkeyPatch.context() as mp:
@@ -41,21 +41,37 @@ def one_trial_study(tmp_path_factory):
 
 
 POSTGRES_URL = os.environ.get("SEGNET_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/test"
+MYSQL_URL = os.environ.get("SEGNET_TEST_MYSQL_URL") or "mysql+pymysql://root@127.0.0.1:3306/test"
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """The real PostgreSQL (``SEGNET_TEST_POSTGRES_URL``, else the local test server); skipped where none answers."""
+def database_server(name: str, url: str) -> str:
+    """``url`` where its server answers. In CI (``CI`` set, as .ci/run sets it) a server that does not
+    answer fails the test that needs it; on a developer's machine that test is skipped, saying why."""
     import sqlalchemy
 
     try:
-        engine = sqlalchemy.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
         with engine.connect():
             pass
         engine.dispose()
     except Exception as err:  # noqa: BLE001 - no server, no driver: these tests cannot run here
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {str(err).splitlines()[0]}")
-    return POSTGRES_URL
+        why = f"no {name} at {url}: {str(err).splitlines()[0]}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (CI runs the storage tests against a real server)")
+        pytest.skip(why)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The real PostgreSQL (``SEGNET_TEST_POSTGRES_URL``, else the local test server)."""
+    return database_server("PostgreSQL", POSTGRES_URL)
+
+
+@pytest.fixture(scope="session")
+def mysql_url():
+    """The real MySQL or MariaDB (``SEGNET_TEST_MYSQL_URL``, else the local test server)."""
+    return database_server("MySQL", MYSQL_URL)
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from sweep.augment import augment
-from sweep.train import TrainConfig
+from sweep.training.augment import augment
+from sweep.training.train import TrainConfig
 
 OFF = TrainConfig()
 NEW = {"aug_translate": 0.1, "aug_elastic": 4.0, "aug_lowres": 1.0, "aug_blur": 1.0, "aug_noise": 0.2}

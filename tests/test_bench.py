@@ -3,7 +3,6 @@
 import copy
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks import bench, naive
-from sweep.space import configs_from_params
+from sweep.search.space import configs_from_params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -145,11 +144,10 @@ def test_overhead_section_with_tiny_counts(tmp_path):
     assert 0 <= result["sampler_s"] <= result["total_s"]
 
 
-@pytest.mark.skipif(not os.environ.get("SEGNET_TEST_POSTGRES_URL"), reason="SEGNET_TEST_POSTGRES_URL not set")
-def test_overhead_on_postgres_deletes_its_study():
+def test_overhead_on_postgres_deletes_its_study(postgres_url):
     import optuna
 
-    url = os.environ["SEGNET_TEST_POSTGRES_URL"]
+    url = postgres_url
     result = bench.overhead_run(url, 5)
     assert result["complete"] + result["pruned"] == 5 and result["failed"] == 0
     assert result["study"] not in {s.study_name for s in optuna.get_all_study_summaries(url)}
@@ -168,7 +166,7 @@ def test_only_rejects_an_unknown_section(capsys):
 
 
 def run_bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench.py"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "benchmarks.bench", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -194,6 +192,7 @@ def test_smoke_json_of_the_cheap_sections(capsys, tmp_path, monkeypatch):
     assert result["time_to_quality_source"] is None and "time_to_quality_gain" not in result["targets"]
 
 
+@pytest.mark.slow
 def test_smoke_json_of_trainer_and_ceiling(capsys, tmp_path, monkeypatch):
     ttq = tmp_path / "time_to_quality.json"
     ttq.write_text(json.dumps({"time_to_quality_gain": 0.04, "time_to_quality_speedup": 2.0,

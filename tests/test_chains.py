@@ -5,12 +5,12 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from sweep.export import export_csv
-from sweep.progress import Progress
-from sweep.records import INTERRUPTED, TrialKey, chain_counts, states_line
-from sweep.report import write_report
-from sweep.resume import enqueue_retry
-from sweep.status import format_status, study_status
+from sweep.views.export import export_csv
+from sweep.core.progress import Progress
+from sweep.core.records import INTERRUPTED, TrialKey, chain_counts, states_line
+from sweep.views.report import write_report
+from sweep.training.resume import enqueue_retry
+from sweep.views.status import format_status, study_status
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -87,8 +87,8 @@ def test_states_line_without_chains_counts_trials():
 
 def test_a_study_at_its_target_still_runs_a_queued_retry(twice_interrupted):
     """Machines reached the target while a killed trial looked RUNNING: its retry runs, then the study stops."""
-    from sweep.progress import UntilTarget
-    from sweep.records import waiting_retries
+    from sweep.core.progress import UntilTarget
+    from sweep.core.records import waiting_retries
 
     _, study = twice_interrupted
     assert waiting_retries(study.trials) == 1

@@ -9,9 +9,9 @@ import torch
 
 from data import fold_indices, load_dataset, make_phantom
 from sweep.cli import main
-from sweep.presets import preset
-from sweep.space import configs_from_params
-from sweep.train import DeviceSplit, fit, fit_folds
+from sweep.search.presets import preset
+from sweep.search.space import configs_from_params
+from sweep.training.train import DeviceSplit, fit, fit_folds
 
 SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
 
@@ -37,6 +37,7 @@ def _splits(data, idx):
     return DeviceSplit.from_arrays(data.train.images[idx], data.train.masks[idx], torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_lockstep_folds_report_the_mean_over_folds():
     data = load_dataset("phantom")
     n = 30
@@ -112,7 +113,7 @@ def test_bad_cv_is_a_usage_error(in_tmp, capsys, cv):
 
 
 def test_fit_final_trains_exactly_its_epochs_on_everything_and_repeats():
-    from sweep.train import fit_final
+    from sweep.training.train import fit_final
 
     images, masks = make_phantom(12, seed=2, size=32)
     split = DeviceSplit.from_arrays(images, masks, torch.device("cpu"))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from data import Dataset, Split, load_dataset
-from sweep import evaluate
+from sweep.shipping import evaluate
 from sweep.cli import main
-from sweep.folds import estimate_holdout
+from sweep.training.folds import estimate_holdout
 
 
 def _dataset(groups: list[str]) -> Dataset:
@@ -33,7 +33,7 @@ def test_the_estimate_holds_out_whole_train_patients():
 
 
 def test_too_few_train_patients_to_hold_out_is_a_usage_error():
-    from sweep.errors import UsageError
+    from sweep.core.errors import UsageError
 
     with pytest.raises(UsageError, match="--holdout"):
         estimate_holdout(_dataset(["p0"] * 4), 0.2)
@@ -62,6 +62,7 @@ def _rows(images: np.ndarray) -> set[bytes]:
     return {img.tobytes() for img in images}
 
 
+@pytest.mark.slow
 def test_the_estimate_is_scored_on_train_slices_its_retrainings_left_out(in_tmp, capsys, trainings):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()
@@ -86,6 +87,7 @@ def test_the_estimate_is_scored_on_train_slices_its_retrainings_left_out(in_tmp,
             assert held_rows <= trained and len(images) == len(data.train) + len(data.val)
 
 
+@pytest.mark.slow
 def test_without_refit_the_shipped_models_still_train_on_every_train_slice(in_tmp, capsys, trainings):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()
@@ -96,6 +98,7 @@ def test_without_refit_the_shipped_models_still_train_on_every_train_slice(in_tm
                                                            len(data.train)]
 
 
+@pytest.mark.slow
 def test_holdout_zero_scores_the_estimate_on_val_and_says_it_is_optimistic(in_tmp, capsys):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()
@@ -114,7 +117,7 @@ def test_a_holdout_outside_zero_to_one_is_refused_in_one_line(in_tmp, capsys):
 def test_the_estimate_scores_masks_post_processed_as_the_shipped_ones(in_tmp, capsys, monkeypatch):
     """The held-out estimate's masks get the same rotation TTA and largest-component cleaning as the
     written test masks, chosen once on val (here forced on, so that a path that skipped them shows)."""
-    from sweep.postprocess import Probs
+    from sweep.nn.postprocess import Probs
 
     forced = {"tta": True, "largest_component": True, "val_dice_fg": {}}
     monkeypatch.setattr(evaluate, "choose_postprocessing", lambda probs, masks: forced)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sweep.cli import main
-from sweep.presets import preset
+from sweep.search.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = preset("small")
@@ -87,6 +87,7 @@ def test_a_study_on_a_read_only_mount_can_be_inspected(read_only_copy, tmp_path,
     assert "not writable" in _one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_a_full_disk_during_run_is_one_line(tmp_path, capsys):
     with tmpfs(tmp_path / "tiny", "400k") as mnt:
         argv = ["run", "--trials", "50", "--epochs", "1", "--quiet", "--storage", f"sqlite:///{mnt / 'studies.db'}",
@@ -98,6 +99,7 @@ def test_a_full_disk_during_run_is_one_line(tmp_path, capsys):
         assert "full" in out.err or "No space left" in out.out
 
 
+@pytest.mark.slow
 def test_sigterm_during_evaluate_says_how_to_rerun(made_study, tmp_path):
     copy_study(made_study, tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -147,6 +149,7 @@ def _foreign_study(storage: str, kind: str):
 
 @pytest.mark.parametrize("kind,named", [("other params", "not of this search space"), ("minimise", "minimises"),
                                         ("multi-objective", "2 objectives")])
+@pytest.mark.slow
 def test_run_refuses_a_study_another_tool_made(tmp_path, monkeypatch, capsys, kind, named):
     """Such a study was taken over: its trials counted toward --trials and could be 'best' (or, minimised,
     the worst Dice won); a multi-objective one crashed with a traceback."""

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from model import SegNetConfig
-from sweep.augment import augment
+from sweep.training.augment import augment
 from sweep.cli import main
-from sweep.errors import UsageError
-from sweep.options import EPOCH_SLICES_AUTO, VAL_SLICES_AUTO, RunOptions
-from sweep.presets import preset
-from sweep.train import (
+from sweep.core.errors import UsageError
+from sweep.search.options import EPOCH_SLICES_AUTO, VAL_SLICES_AUTO, RunOptions
+from sweep.search.presets import preset
+from sweep.training.train import (
     DeviceSplit,
     TrainConfig,
     _FoldRun,
@@ -136,6 +136,7 @@ def test_bad_epoch_costs_are_refused_naming_the_flag(field, value, flag):
         replace(RunOptions(), **{field: value}).check()
 
 
+@pytest.mark.slow
 def test_a_study_keeps_the_epoch_cost_it_was_made_with(in_tmp, capsys):
     small = json.dumps(preset("small"))
     args = ["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", small, "--epoch-slices", "40", "--patch", "64"]

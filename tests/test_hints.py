@@ -9,8 +9,8 @@ import shlex
 import pytest
 
 from sweep.cli import build_parser, main
-from sweep.presets import preset
-from sweep.study import sweep_command
+from sweep.search.presets import preset
+from sweep.core.study import sweep_command
 
 
 @pytest.mark.parametrize("argv,closest", [
@@ -39,6 +39,7 @@ def test_every_flag_of_every_command_has_help_text():
     assert missing == []
 
 
+@pytest.mark.slow
 def test_the_next_step_carries_the_study_and_storage_that_were_used(in_tmp, capsys):
     storage = f"sqlite:///{in_tmp / 'other.db'}"
     args = ["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", json.dumps(preset("small")),

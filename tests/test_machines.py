@@ -21,9 +21,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from sweep import artifacts
-from sweep import study as st
-from sweep.resume import POINTER, BucketPoints, ResumeFile, enqueue_retry, open_points, prune_orphans
+from sweep.core import artifacts
+from sweep.core import study as st
+from sweep.training.resume import POINTER, BucketPoints, ResumeFile, enqueue_retry, open_points, prune_orphans
 
 ROOT = Path(__file__).resolve().parents[1]
 # A point every epoch; a killed worker's trial is noticed within seconds.
@@ -50,7 +50,8 @@ class Machine:
         self.name, self.folder = name, root / name
         self.env = {**os.environ, **env, **MACHINE_ENV, "HOME": str(self.folder / "home"),
                     "XDG_CACHE_HOME": str(self.folder / "cache")}
-        self.env.pop("SEGNET_CACHE", None)
+        for name in ("SEGNET_CACHE_DIR", "SEGNET_CACHE"):
+            self.env.pop(name, None)
         self.make()
 
     def make(self) -> None:
@@ -118,7 +119,7 @@ def fail_stale(url: str, name: str, number: int, timeout: float = 120) -> None:
 
 
 def test_points_in_a_bucket_are_new_objects_the_trial_points_at(bucket, tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGNET_CACHE", str(tmp_path / "cache-a"))
+    monkeypatch.setenv("SEGNET_CACHE_DIR", str(tmp_path / "cache-a"))
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'db.sqlite'}", direction="maximize")
     trial = study.ask()
     points = open_points(bucket)
@@ -138,7 +139,7 @@ def test_points_in_a_bucket_are_new_objects_the_trial_points_at(bucket, tmp_path
     point_file.remove()  # nor delete what the retry works from
     assert bucket_keys(bucket, "resume/") == [name]
 
-    monkeypatch.setenv("SEGNET_CACHE", str(tmp_path / "cache-b"))  # another machine: nothing local
+    monkeypatch.setenv("SEGNET_CACHE_DIR", str(tmp_path / "cache-b"))  # another machine: nothing local
     retry = study.ask()
     elsewhere = ResumeFile(open_points(bucket), "s", 0, identity={"seed": 1}, trial=retry)
     assert elsewhere.load() == {"epoch": 2}
@@ -149,7 +150,7 @@ def test_points_in_a_bucket_are_new_objects_the_trial_points_at(bucket, tmp_path
 
 
 def test_points_of_chains_nothing_continues_are_pruned_from_the_bucket_and_the_cache(bucket, tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SEGNET_CACHE_DIR", str(tmp_path / "cache"))
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'db.sqlite'}", direction="maximize")
     ended, running = study.ask(), study.ask()
     points = open_points(bucket)

@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
-from sweep.losses import class_weights, segmentation_loss, soft_dice_loss
-from sweep.metrics import dice_counts, dice_from_counts, dice_scores
+from sweep.training.losses import class_weights, segmentation_loss, soft_dice_loss
+from sweep.nn.metrics import dice_counts, dice_from_counts, dice_scores
 
 
 def test_dice_hand_computed():

@@ -17,7 +17,7 @@ from data import DataError, load_dataset, write_acdc_phantom, write_nnunet_phant
 from data.files import output_file
 from model import SegNet, SegNetConfig
 from sweep.cli import main
-from sweep.model_file import ModelBundle, current_versions, save_bundle
+from sweep.nn.model_file import ModelBundle, current_versions, save_bundle
 
 CONFIG = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
 

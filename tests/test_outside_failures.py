@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sweep.cli import main
-from sweep.presets import preset
+from sweep.search.presets import preset
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = json.dumps(preset("small"))
@@ -197,7 +196,7 @@ def test_an_artifact_folder_deleted_mid_run_is_made_again(tmp_path):
 
     import optuna
 
-    from sweep.records import TrialKey
+    from sweep.core.records import TrialKey
 
     proc = start(tmp_path, "run", "--trials", "1", "--epochs", "5", "--quiet", "--enqueue", SMALL,
                  env={"SEGNET_RESUME_SECONDS": "3600"})  # no resume point remakes the folder first
@@ -223,7 +222,7 @@ def test_an_artifact_location_without_a_bucket_is_refused(in_tmp, capsys, locati
 def test_a_relative_artifact_folder_is_recorded_absolute(in_tmp):
     import optuna
 
-    from sweep.records import StudyKey
+    from sweep.core.records import StudyKey
 
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet", "--enqueue", SMALL, "--artifacts", "arts"]) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
@@ -330,7 +329,7 @@ def test_a_store_outage_during_a_trial_costs_no_trial(tmp_path, bucket, s3_serve
     been refused a few times: warnings, and the trial trains to its end, its checkpoint uploaded."""
     import optuna
 
-    from sweep.records import TrialKey
+    from sweep.core.records import TrialKey
 
     relay = Relay(s3_server["endpoint"])
     proc = start(tmp_path, "run", "--trials", "1", "--epochs", "4", "--quiet", "--enqueue", SMALL, "--artifacts", bucket,
@@ -351,7 +350,7 @@ def test_a_store_outage_during_a_trial_costs_no_trial(tmp_path, bucket, s3_serve
 def test_an_unwritable_resume_folder_costs_no_trial(in_tmp, monkeypatch, capsys):
     import optuna
 
-    from sweep.records import TrialKey
+    from sweep.core.records import TrialKey
 
     (in_tmp / "artifacts").mkdir()
     (in_tmp / "artifacts" / "resume").write_text("a file where the resume folder goes")
@@ -371,7 +370,7 @@ SIGNALLED = """
 import os, signal, sys
 from pathlib import Path
 import pandas as pd
-import sweep.report, sweep.status, sweep.predict
+import sweep.views.report, sweep.views.status, sweep.shipping.predict
 from sweep.cli import main
 
 def term(*args, **kwargs):
@@ -382,9 +381,9 @@ def half_csv(frame, path, **kwargs):
     term()
 
 pd.DataFrame.to_csv = half_csv
-sweep.report._Page.render = term
-sweep.status.study_status = term
-sweep.predict.load_bundle = term
+sweep.views.report._Page.render = term
+sweep.views.status.study_status = term
+sweep.shipping.predict.load_bundle = term
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -408,7 +407,7 @@ def test_sigterm_while_predict_writes_leaves_no_half_file(tmp_path):
     from PIL import Image
 
     from model import SegNet, SegNetConfig
-    from sweep.model_file import ModelBundle, save_bundle
+    from sweep.nn.model_file import ModelBundle, save_bundle
 
     from tests.helpers import random_image, write_png
 
@@ -420,7 +419,7 @@ def test_sigterm_while_predict_writes_leaves_no_half_file(tmp_path):
     save_bundle(bundle, tmp_path / "model.pt")
     for name in ("a", "b"):
         write_png(tmp_path / "in" / f"{name}.png", random_image(ord(name), (32, 32)))
-    cut = SIGNALLED.replace("sweep.predict.load_bundle = term", """
+    cut = SIGNALLED.replace("sweep.shipping.predict.load_bundle = term", """
 from PIL import Image
 real_save = Image.Image.save
 def save(self, path, *args, **kwargs):

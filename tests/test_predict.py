@@ -14,8 +14,8 @@ from PIL import Image
 
 from data import DataError, read_mask
 from model import SegNet, SegNetConfig
-from sweep.errors import UsageError
-from sweep.model_file import (
+from sweep.core.errors import UsageError
+from sweep.nn.model_file import (
     FORMAT,
     FORMAT_VERSION,
     ModelBundle,
@@ -25,11 +25,11 @@ from sweep.model_file import (
     load_bundle,
     save_bundle,
 )
-from sweep.postprocess import apply_postprocessing, predict_probs
+from sweep.nn.postprocess import apply_postprocessing, predict_probs
 from sweep.cli import _add_predict as add_predict_parser
-from sweep.model_export import EXPORT_TOLERANCE, ExportMismatchError, export_model
-from sweep.predict import run_predict
-from sweep.train import load_model
+from sweep.nn.model_export import EXPORT_TOLERANCE, ExportMismatchError, export_model
+from sweep.shipping.predict import run_predict
+from sweep.training.train import load_model
 
 CONFIG = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
 SIZE = (32, 32)
@@ -142,7 +142,7 @@ def test_segmenter_is_best_evaluate_arithmetic(bundle):
     x = torch.from_numpy(images)[:, None]
     cpu = torch.device("cpu")
     runs = []
-    for states in bundle.members:  # as sweep/best.py accumulates a seed's test probabilities
+    for states in bundle.members:  # as sweep/shipping/evaluate.py accumulates a seed's test probabilities
         models = [load_model(CONFIG, s, cpu) for s in states]
         total = torch.zeros((len(images), 4, *SIZE))
         for model in models:
@@ -341,7 +341,7 @@ def test_torchscript_export(bundle, tmp_path):
 
 
 def test_export_mismatch_removes_the_file(bundle, tmp_path, monkeypatch):
-    monkeypatch.setattr("sweep.model_export.EXPORT_TOLERANCE", -1.0)  # any difference, even 0, now fails
+    monkeypatch.setattr("sweep.nn.model_export.EXPORT_TOLERANCE", -1.0)  # any difference, even 0, now fails
     path = tmp_path / "model.ts"
     with pytest.raises(ExportMismatchError):
         export_model(bundle, "torchscript", path)

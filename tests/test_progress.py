@@ -6,16 +6,16 @@ import optuna
 import pytest
 import torch
 
-import sweep.objective
+import sweep.training.objective
 from data import make_phantom
 from model import SegNetConfig
-from sweep.config import TrainConfig
-from sweep.objective import Objective
-from sweep.presets import preset
-from sweep.progress import progress_text
-from sweep.records import ProgressKey, TrialKey
-from sweep.runtime import DeviceSplit
-from sweep.train import fit_folds
+from sweep.search.config import TrainConfig
+from sweep.training.objective import Objective
+from sweep.search.presets import preset
+from sweep.core.progress import progress_text
+from sweep.core.records import ProgressKey, TrialKey
+from sweep.nn.runtime import DeviceSplit
+from sweep.training.train import fit_folds
 
 CPU = torch.device("cpu")
 TINY = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
@@ -54,7 +54,7 @@ def test_the_bar_shows_the_running_epochs_steps_and_time():
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_trial_shows_steps_between_its_epochs(folds, monkeypatch):
-    monkeypatch.setattr(sweep.objective, "STEP_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(sweep.training.objective, "STEP_PROGRESS_SECONDS", 0.0)
     shown = []
     study = optuna.create_study(direction="maximize")
     study.enqueue_trial(preset("small", batch_size=4))
@@ -67,7 +67,7 @@ def test_a_trial_shows_steps_between_its_epochs(folds, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_worker_process_stores_the_steps_for_the_bar_that_polls(folds, monkeypatch):
-    monkeypatch.setattr(sweep.objective, "STORED_STEP_SECONDS", 0.0)
+    monkeypatch.setattr(sweep.training.objective, "STORED_STEP_SECONDS", 0.0)
     stored = []
     real = optuna.Trial.set_user_attr
 
@@ -85,7 +85,7 @@ def test_a_worker_process_stores_the_steps_for_the_bar_that_polls(folds, monkeyp
 
 
 def test_the_time_left_is_the_projection_bounded_by_the_timeout():
-    from sweep.progress import time_left
+    from sweep.core.progress import time_left
 
     # 29 of 100 trials in 38 minutes: tqdm's projection alone says 1:33:02 ...
     assert time_left(29, 100, 38 * 60, None) == "1:33:02"
@@ -99,7 +99,7 @@ def test_the_time_left_is_the_projection_bounded_by_the_timeout():
 def test_the_bar_shows_the_time_left_until_the_deadline(capsys):
     import time
 
-    from sweep.progress import Progress
+    from sweep.core.progress import Progress
 
     study = optuna.create_study(direction="maximize")
     progress = Progress(study, 100, True, deadline=time.time() + 90)

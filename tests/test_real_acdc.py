@@ -14,7 +14,7 @@ import pytest
 
 from data import assemble, load_dataset, read_truth, volume_spacing
 from sweep.cli import main
-from sweep.volume_metrics import case_metrics
+from sweep.nn.volume_metrics import case_metrics
 from tests.conftest import ROOT
 
 ACDC = ROOT.parent / "shared" / "data" / "acdc"
@@ -56,6 +56,7 @@ def test_real_volumes_load_in_both_orientations_and_the_largest_grid(real_acdc):
     assert {v.group for v in data.volumes.values()} == {"DCM", "HCM", "MINF", "NOR", "RV"}
 
 
+@pytest.mark.slow
 def test_labels_go_back_onto_the_source_grid_without_losing_a_voxel_to_the_crop(real_acdc):
     """Each volume's preprocessed label slices, put back by ``assemble``, give its label file:
     exactly where the grid is already at the target spacing, and within the resampling's own
@@ -90,6 +91,7 @@ def test_truth_against_itself_scores_perfectly_on_real_geometry(real_acdc):
     assert 0.0 < moved["dice_lv"] < 1.0 and 0.78125 < moved["hd95_lv"] <= 4 * 0.78125 + 1e-6
 
 
+@pytest.mark.slow
 def test_sweep_and_ship_on_real_patients(real_acdc, in_tmp, capsys):
     root, _ = real_acdc
     assert main(["run", "--data", str(root), "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small",

@@ -20,11 +20,11 @@ import sqlalchemy
 import torch
 from sqlalchemy.engine import make_url
 
-import sweep.objective
-from sweep import study as st
+import sweep.training.objective
+from sweep.core import study as st
 from sweep.cli import main
-from sweep.presets import preset
-from sweep.progress import MAX_CONSECUTIVE_FAILURES
+from sweep.search.presets import preset
+from sweep.core.progress import MAX_CONSECUTIVE_FAILURES
 from tests.helpers import random_image, write_coursework, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,14 +151,17 @@ def test_two_workers_on_sqlite_reach_the_target_without_lock_errors(tmp_path):
     assert len({t.user_attrs["worker"] for t in finished_trials(study)}) == 2  # both workers ran trials
 
 
-POSTGRES = os.environ.get("SEGNET_TEST_POSTGRES_URL")
-MYSQL = os.environ.get("SEGNET_TEST_MYSQL_URL")
-SERVERS = [pytest.param(POSTGRES, id="postgres", marks=pytest.mark.skipif(not POSTGRES, reason="SEGNET_TEST_POSTGRES_URL not set")),
-           pytest.param(MYSQL, id="mysql", marks=pytest.mark.skipif(not MYSQL, reason="SEGNET_TEST_MYSQL_URL not set"))]
+SERVERS = ["postgres", "mysql"]  # conftest's postgres_url and mysql_url: fail in CI without the server, else skip
+
+
+@pytest.fixture
+def url(request):
+    """The storage URL of the server the test is parametrized with; None for a new SQLite file."""
+    return None if request.param == "sqlite" else request.getfixturevalue(f"{request.param}_url")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("url", SERVERS)
+@pytest.mark.parametrize("url", SERVERS, indirect=True)
 def test_two_machines_share_one_server_study(tmp_path, url):
     """Two independent `run` commands (as on two machines) against one PostgreSQL or MySQL study."""
     name = f"t{uuid.uuid4().hex[:10]}"
@@ -183,7 +186,7 @@ def test_two_machines_share_one_server_study(tmp_path, url):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("url", SERVERS[:1])
+@pytest.mark.parametrize("url", SERVERS[:1], indirect=True)
 def test_two_workers_interrupted_keep_the_enqueued_baseline_and_resume_it(tmp_path, url):
     """Ctrl-C on `run --workers 2 --enqueue` against PostgreSQL: the baseline is queued again
     with its params, and the rerun continues it from its resume point (it was lost before)."""
@@ -224,10 +227,10 @@ def _server_trials(url: str, name: str) -> list:
         return []
 
 
-@pytest.mark.parametrize("url", SERVERS)
+@pytest.mark.parametrize("url", SERVERS, indirect=True)
 def test_server_is_reachable_when_configured(url):
-    """When CI names a database server, its tests must run: an unreachable server fails here."""
-    from sweep.study import check_storage_url
+    """The storage check accepts the server the tests run against (CI fails here without one)."""
+    from sweep.core.study import check_storage_url
 
     check_storage_url(url)
 
@@ -235,7 +238,7 @@ def test_server_is_reachable_when_configured(url):
 OPEN_AT = """
 import sys, time
 import optuna
-from sweep import study as st
+from sweep.core import study as st
 url, at = sys.argv[1], float(sys.argv[2])
 time.sleep(max(0.0, at - time.time()))
 optuna.create_study(storage=st.make_storage(url), study_name="segnet", direction="maximize", load_if_exists=True)
@@ -260,7 +263,8 @@ def empty_database(url: str | None, tmp_path: Path):
         server.dispose()
 
 
-@pytest.mark.parametrize("url", [pytest.param(None, id="sqlite"), *SERVERS])
+@pytest.mark.slow
+@pytest.mark.parametrize("url", ["sqlite", *SERVERS], indirect=True)
 def test_workers_opening_one_empty_database_at_once_all_start(tmp_path, url):
     """Machines started together against a new database each create Optuna's schema; one wins,
     and the others must go on with its tables instead of failing on a duplicate."""
@@ -280,20 +284,21 @@ def test_workers_opening_one_empty_database_at_once_all_start(tmp_path, url):
 # --- trials that fail do not end the sweep ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch):
-    real_fit = sweep.objective.fit_folds
+    real_fit = sweep.training.objective.fit_folds
     calls = []
 
     def fit_with_nan_first(model_cfg, train_cfg, folds, **kw):
         calls.append(1)
         if len(calls) == 1:
             (train, val), = folds
-            bad = sweep.train.DeviceSplit(train.images.clone(), train.masks)
+            bad = sweep.training.train.DeviceSplit(train.images.clone(), train.masks)
             bad.images[0] = float("nan")
             return real_fit(model_cfg, train_cfg, [(bad, val)], **kw)
         return real_fit(model_cfg, train_cfg, folds, **kw)
 
-    monkeypatch.setattr(sweep.objective, "fit_folds", fit_with_nan_first)
+    monkeypatch.setattr(sweep.training.objective, "fit_folds", fit_with_nan_first)
     enqueued_study("sqlite:///studies.db", 2)
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
@@ -303,8 +308,9 @@ def test_diverging_trial_fails_with_reason_and_sweep_goes_on(in_tmp, monkeypatch
     assert second.state == optuna.trial.TrialState.COMPLETE
 
 
+@pytest.mark.slow
 def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
-    real_fit = sweep.objective.fit_folds
+    real_fit = sweep.training.objective.fit_folds
     calls = []
 
     def fit_oom_first(*a, **kw):
@@ -313,7 +319,7 @@ def test_out_of_memory_fails_the_trial_with_reason(in_tmp, monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_fit(*a, **kw)
 
-    monkeypatch.setattr(sweep.objective, "fit_folds", fit_oom_first)
+    monkeypatch.setattr(sweep.training.objective, "fit_folds", fit_oom_first)
     enqueued_study("sqlite:///studies.db", 2)
     assert main(["run", "--trials", "1", "--epochs", "1", "--quiet"]) == 0
     first, second = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db").trials
@@ -325,7 +331,7 @@ def test_sweep_stops_after_consecutive_failures_and_says_why(in_tmp, monkeypatch
     def broken(*a, **kw):
         raise RuntimeError("something systematic")
 
-    monkeypatch.setattr(sweep.objective, "fit_folds", broken)
+    monkeypatch.setattr(sweep.training.objective, "fit_folds", broken)
     assert main(["run", "--trials", "20", "--epochs", "1", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert f"stopped after {MAX_CONSECUTIVE_FAILURES} failed trials in a row" in out
@@ -462,6 +468,7 @@ def test_best_on_a_study_without_complete_trials(in_tmp, capsys):
     assert "no complete trial" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_no_traceback_from_the_real_command_line(tmp_path):
     """The same refusal through a real process: exit 2, one line on stderr."""
     res = subprocess.run(sweep_cmd("run", "--trials", "-1"), cwd=tmp_path, capture_output=True, text=True,
@@ -473,7 +480,7 @@ def test_no_traceback_from_the_real_command_line(tmp_path):
 CLAIMER = """
 import json, sys, time
 import optuna
-from sweep import study as st
+from sweep.core import study as st
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="race", storage=st.make_storage(sys.argv[1], heartbeat=False))
@@ -494,11 +501,12 @@ print(json.dumps({"claimed": claimed, "errors": errors}))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("attempt", [0, 1])
 def test_workers_never_claim_the_same_enqueued_trial_on_sqlite(tmp_path, attempt):
     """SQLite ignores SELECT ... FOR UPDATE: without BEGIN IMMEDIATE two workers could take one queued trial."""
     url, n = f"sqlite:///{tmp_path / 'race.db'}", 80
-    study = optuna.create_study(study_name="race", storage=sweep.study.make_storage(url, heartbeat=False))
+    study = optuna.create_study(study_name="race", storage=sweep.core.study.make_storage(url, heartbeat=False))
     for i in range(n):
         study.enqueue_trial({"x": i / n})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

@@ -8,18 +8,18 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import sweep.objective
-import sweep.resume
+import sweep.training.objective
+import sweep.training.resume
 from data import make_phantom
 from model import SegNetConfig
-from sweep.objective import INTERRUPTED, TIMED_OUT, Objective, TimeUp
-from sweep.presets import preset
-from sweep.progress import Progress, progress_text, remaining_seconds
-from sweep.records import ProgressKey, TrialKey
-from sweep.resume import ResumeFile, resume_folder
-from sweep.status import format_status, study_status
-from sweep.study import make_storage
-from sweep.train import DeviceSplit, TrainConfig, fit_folds
+from sweep.training.objective import INTERRUPTED, TIMED_OUT, Objective, TimeUp
+from sweep.search.presets import preset
+from sweep.core.progress import Progress, progress_text, remaining_seconds
+from sweep.core.records import ProgressKey, TrialKey
+from sweep.training.resume import ResumeFile, resume_folder
+from sweep.views.status import format_status, study_status
+from sweep.core.study import make_storage
+from sweep.training.train import DeviceSplit, TrainConfig, fit_folds
 
 EPOCHS = 4
 # Dropout and every augmentation on: a resume must restore torch's global RNG and the training generator too.
@@ -110,12 +110,12 @@ class FitSpy:
     """Wraps fit_folds: records where each fit started and which epochs it ran; can interrupt one."""
 
     def __init__(self, monkeypatch, interrupt_at: int | None = None, fail_at: int | None = None):
-        self.real = sweep.objective.fit_folds
+        self.real = sweep.training.objective.fit_folds
         self.interrupt_at, self.fail_at = interrupt_at, fail_at
         self.started_at: list[int] = []  # epochs held by the resume point each fit started from
         self.epochs: list[list[int]] = []  # epochs each fit ran
         self.points_seen = 0  # resume-point files present while a fit ran
-        monkeypatch.setattr(sweep.objective, "fit_folds", self)
+        monkeypatch.setattr(sweep.training.objective, "fit_folds", self)
 
     def __call__(self, model_cfg, train_cfg, folds, *, on_epoch, resume=None, on_resume_point=None, **kw):
         self.started_at.append(resume["epoch"] if resume else 0)
@@ -297,11 +297,11 @@ def test_points_of_chains_that_nothing_continues_are_pruned(tmp_path):
     half = folder / f"segnet-trial{done.number}.pt.4242.tmp"  # a writer killed mid-write
     half.write_bytes(b"partial")
     ResumeFile(folder, "other", done.number).save({"epoch": 1})  # another study's chain
-    removed = sweep.resume.prune_orphans(folder, study)
+    removed = sweep.training.resume.prune_orphans(folder, study)
     assert sorted(removed) == sorted([f"segnet-trial{done.number}.pt", half.name])
     assert resume_files(tmp_path) == sorted([f"other-trial{done.number}.pt", f"segnet-trial{running.number}.pt",
                                              f"segnet-trial{retried.number}.pt"])
-    assert sweep.resume.prune_orphans(None, study) == []
+    assert sweep.training.resume.prune_orphans(None, study) == []
 
 
 # --- --timeout: a running trial stops at the deadline and resumes on the next run ---------------
@@ -309,7 +309,7 @@ def test_points_of_chains_that_nothing_continues_are_pruned(tmp_path):
 
 def test_a_trial_running_at_the_deadline_stops_at_its_epoch_end_and_resumes(slices, tmp_path, monkeypatch):
     checks = []
-    monkeypatch.setattr(sweep.objective, "past", lambda deadline: checks.append(deadline) or len(checks) >= 2)
+    monkeypatch.setattr(sweep.training.objective, "past", lambda deadline: checks.append(deadline) or len(checks) >= 2)
     study = open_study(tmp_path)
     study.add_trial(optuna.trial.create_trial(value=0.5, params={}, distributions={}))  # the deadline binds once one is complete
     study.enqueue_trial(PARAMS)
@@ -335,12 +335,13 @@ def test_the_first_trial_of_a_study_finishes_past_the_deadline(slices, tmp_path,
     assert [t.state for t in study.trials] == [TrialState.COMPLETE]
 
 
+@pytest.mark.slow
 def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, monkeypatch):
     import json
 
     from sweep.cli import main
 
-    real_past = sweep.objective.past
+    real_past = sweep.training.objective.past
     args = ["run", "--trials", "2", "--epochs", "3", "--enqueue", "small", "--quiet", "--json"]
     assert main(["run", "--trials", "1", "--epochs", "3", "--quiet"]) == 0  # the deadline binds once one is complete
     capsys.readouterr()
@@ -350,7 +351,7 @@ def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, mo
     assert "--timeout 3600 s reached; 1 stopped trial(s) resume on the next run" in summary["note"]
     assert summary["finished"] == 1 and summary["states"]["fail"] == 1 and summary["stopped"] == 1
 
-    monkeypatch.setattr(sweep.objective, "past", real_past)
+    monkeypatch.setattr(sweep.training.objective, "past", real_past)
     assert main(args) == 0
     study = optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
     resumed = study.trials[2]

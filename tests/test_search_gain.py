@@ -8,10 +8,10 @@ import optuna
 import pytest
 import torch
 
-from sweep import evaluate
-from sweep import records as rec
+from sweep.shipping import evaluate
+from sweep.core import records as rec
 from sweep.cli import main
-from sweep.metrics import bootstrap_dice_fg_gain
+from sweep.nn.metrics import bootstrap_dice_fg_gain
 
 KEYS = {"default_trial", "default_val_dice_fg", "best_val_dice_fg", "gain_val", "gain_estimate", "gain_estimate_ci95"}
 

@@ -9,11 +9,11 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweep import records as rec
+from sweep.core import records as rec
 from sweep.cli import main
-from sweep.presets import preset
-from sweep.space import FULL, local_space, params_problem, suggest
-from sweep.strategies import make_pruner, make_sampler
+from sweep.search.presets import preset
+from sweep.search.space import FULL, local_space, params_problem, suggest
+from sweep.search.strategies import make_pruner, make_sampler
 
 
 def _draws(space: dict | None, n: int = 12) -> list[optuna.trial.FrozenTrial]:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import search_vs_default as bench  # noqa: E402
+from benchmarks import search_vs_default as bench
 
 
 def test_every_arm_runs_at_a_tiny_budget_and_is_set_against_the_default(tmp_path):

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from data import load_dataset, read_mask
 from sweep.cli import main
-from sweep.model_file import Segmenter
+from sweep.nn.model_file import Segmenter
 
 
+@pytest.mark.slow
 def test_predict_on_the_test_split_gives_the_evaluated_masks(in_tmp, capsys):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()
@@ -35,10 +37,11 @@ def test_predict_on_the_test_split_gives_the_evaluated_masks(in_tmp, capsys):
     np.testing.assert_array_equal(Segmenter.load(model).predict(test.images), evaluated)
 
 
+@pytest.mark.slow
 def test_an_ensemble_of_the_top_trials_ships_as_one_model(in_tmp, capsys):
     import optuna
 
-    from sweep.presets import preset
+    from sweep.search.presets import preset
 
     study = optuna.create_study(study_name="segnet", storage="sqlite:///studies.db", direction="maximize")
     study.enqueue_trial(preset("small"))
@@ -57,6 +60,7 @@ def test_an_ensemble_of_the_top_trials_ships_as_one_model(in_tmp, capsys):
     np.testing.assert_array_equal(Segmenter.load(in_tmp / "best" / "model.pt").predict(test.images), evaluated)
 
 
+@pytest.mark.slow
 def test_refit_is_off_where_fold_models_saw_every_slice(in_tmp, capsys):
     assert main(["run", "--trials", "1", "--epochs", "2", "--cv", "2", "--quiet", "--enqueue", "small"]) == 0
     capsys.readouterr()

@@ -24,6 +24,7 @@ def draw(tmp_path, monkeypatch, capsys):
     return work, held
 
 
+@pytest.mark.slow
 def test_each_recipe_is_shipped_once_and_its_estimate_set_against_the_held_out_slices(draw, tmp_path, monkeypatch):
     work, held = draw
     out = tmp_path / "result.json"

@@ -10,12 +10,12 @@ import torch
 from data import load_dataset
 from model import SegNet
 from sweep.cli import main
-from sweep.objective import Objective
-from sweep.presets import preset
-from sweep.run import parse_enqueue
-from sweep.space import BATCH_SIZES, configs_from_params, suggest
-from sweep.strategies import make_sampler
-from sweep.train import DeviceSplit
+from sweep.training.objective import Objective
+from sweep.search.presets import preset
+from sweep.training.run import parse_enqueue
+from sweep.search.space import BATCH_SIZES, configs_from_params, suggest
+from sweep.search.strategies import make_sampler
+from sweep.training.train import DeviceSplit
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_PARAMS = preset("small")  # a fast configuration that does not depend on what the sampler draws
@@ -91,6 +91,7 @@ def test_tiny_sweep_on_real_data(in_tmp, cmri_path, capsys):
     assert len(list((in_tmp / "best" / "masks").glob("*_mask.png"))) == 48
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Fixed parameter lr")  # the bad lr lies outside the searched range
 def test_pruning_really_prunes(tmp_path):
     """A trial far behind the median of earlier trials is stopped early and marked PRUNED."""
@@ -164,6 +165,6 @@ def test_original_configuration_file_is_segnet_vgg16():
     ],
 )
 def test_bf16_autocast_only_where_the_cpu_has_bf16_units(flags, expected):
-    from sweep.train import cpu_has_bf16
+    from sweep.training.train import cpu_has_bf16
 
     assert cpu_has_bf16(f"processor\t: 0\nflags\t\t: {flags}\n") is expected

@@ -6,13 +6,13 @@ import torch
 from optuna.trial import TrialState
 
 from data import make_phantom
-from sweep.errors import UsageError
-from sweep.objective import Objective, StepClock, over_time_cap
-from sweep.options import RunOptions
-from sweep.presets import preset
-from sweep.records import TrialKey
-from sweep.study import make_storage
-from sweep.train import DeviceSplit
+from sweep.core.errors import UsageError
+from sweep.training.objective import Objective, StepClock, over_time_cap
+from sweep.search.options import RunOptions
+from sweep.search.presets import preset
+from sweep.core.records import TrialKey
+from sweep.core.study import make_storage
+from sweep.training.train import DeviceSplit
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")

@@ -33,6 +33,7 @@ def _assert_same_geometry(mask_path, source_path):
     assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2, 3}
 
 
+@pytest.mark.slow
 def test_acdc_sweep_evaluates_each_patient_at_ed_and_es(volumes_env, capsys):
     root = write_acdc_phantom(volumes_env / "acdc", 6, seed=3, n_test=2)
     result = _run_and_evaluate(str(root), capsys)
@@ -70,6 +71,7 @@ def test_acdc_sweep_evaluates_each_patient_at_ed_and_es(volumes_env, capsys):
     assert (volumes_env / "trials_cases.csv").read_text().count("\n") == 5  # header + 4 volumes
 
 
+@pytest.mark.slow
 def test_nnunet_sweep_groups_cases_by_patient(volumes_env, capsys):
     root = write_nnunet_phantom(volumes_env / "nnunet", 6, seed=4, n_test=2)
     result = _run_and_evaluate(str(root), capsys, "--groups", r"(patient\d+)", "--cv", "2")
@@ -86,8 +88,8 @@ def test_nnunet_sweep_groups_cases_by_patient(volumes_env, capsys):
 
 def test_without_groups_the_tool_says_cases_are_split_one_by_one(volumes_env):
     from data import load_dataset
-    from sweep.options import RunOptions
-    from sweep.run import grouping_note
+    from sweep.search.options import RunOptions
+    from sweep.training.run import grouping_note
 
     root = write_nnunet_phantom(volumes_env / "nnunet", 4, seed=5, n_test=1)
     assert "--groups" in grouping_note(load_dataset(str(root)), RunOptions(data=str(root)))

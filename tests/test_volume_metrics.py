@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from sweep.volume_metrics import (
+from sweep.nn.volume_metrics import (
     CLINICAL_KEYS,
     METRIC_KEYS,
     case_metrics,

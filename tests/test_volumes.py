@@ -341,6 +341,22 @@ def test_cache_hit_opens_no_nifti(tmp_path, monkeypatch):
     assert load_dataset(str(root)).fingerprint == first.fingerprint and opened
 
 
+def test_one_variable_names_the_cache_and_its_former_name_still_works_with_a_warning(tmp_path, monkeypatch, capsys):
+    from data import cache
+    from sweep.core.artifacts import cache_folder
+
+    monkeypatch.setattr(cache, "_warned_old_env", False)
+    monkeypatch.delenv("SEGNET_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == cache_folder() == tmp_path / "xdg" / "segnet-sweep"
+    monkeypatch.setenv("SEGNET_CACHE", str(tmp_path / "old"))
+    assert cache.cache_dir() == cache_folder() == tmp_path / "old"
+    err = capsys.readouterr().err
+    assert err == "warning: SEGNET_CACHE is deprecated; set SEGNET_CACHE_DIR instead\n"  # once
+    monkeypatch.setenv("SEGNET_CACHE_DIR", str(tmp_path / "new"))
+    assert cache.cache_dir() == cache_folder() == tmp_path / "new"
+
+
 def test_the_cache_keeps_the_recently_used_entries_within_its_limit(tmp_path, monkeypatch):
     from data import cache
 
