@@ -127,7 +127,7 @@ def study_copy(one_trial_study, tmp_path, monkeypatch):
     shutil.copytree(one_trial_study / "artifacts", tmp_path / "artifacts")
     record_location(tmp_path, str(tmp_path / "artifacts"))  # (the original records its own, absolute)
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("SEGNET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SEGNET_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path
 
 
@@ -135,7 +135,7 @@ def record_location(folder: Path, location: str, model: bytes | None = None) -> 
     """Record ``location`` as the study's artifact location, with a ``model.pt`` there if given."""
     import optuna
 
-    from sweep import artifacts
+    from sweep.core import artifacts
 
     study = optuna.load_study(study_name="segnet", storage=f"sqlite:///{folder / 'studies.db'}")
     artifacts.record(study, location)
@@ -334,7 +334,7 @@ def test_a_store_outage_during_a_trial_costs_no_trial(tmp_path, bucket, s3_serve
     relay = Relay(s3_server["endpoint"])
     proc = start(tmp_path, "run", "--trials", "1", "--epochs", "4", "--quiet", "--enqueue", SMALL, "--artifacts", bucket,
                  env={"AWS_ENDPOINT_URL": relay.endpoint, "AWS_MAX_ATTEMPTS": "1", "SEGNET_RESUME_SECONDS": "0",
-                      "SEGNET_CACHE": str(tmp_path / "cache")})
+                      "SEGNET_CACHE_DIR": str(tmp_path / "cache")})
     wait_for(lambda: running_trial_epoch(tmp_path / "studies.db"), proc, "the trial's first epoch")
     relay.down()
     wait_for(lambda: relay.refused >= 3, proc, "the run meeting the outage")

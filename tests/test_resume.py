@@ -328,7 +328,7 @@ def test_a_trial_running_at_the_deadline_stops_at_its_epoch_end_and_resumes(slic
 def test_the_first_trial_of_a_study_finishes_past_the_deadline(slices, tmp_path, monkeypatch):
     """Until one trial is complete, the deadline does not stop a trial: a run on a slow machine still
     leaves a trial that `best --evaluate` can ship."""
-    monkeypatch.setattr(sweep.objective, "past", lambda deadline: True)
+    monkeypatch.setattr(sweep.training.objective, "past", lambda deadline: True)
     study = open_study(tmp_path)
     study.enqueue_trial(PARAMS)
     study.optimize(objective(slices, tmp_path, deadline=123.0), n_trials=1)
@@ -345,7 +345,7 @@ def test_run_with_timeout_ends_normally_and_says_what_resumes(in_tmp, capsys, mo
     args = ["run", "--trials", "2", "--epochs", "3", "--enqueue", "small", "--quiet", "--json"]
     assert main(["run", "--trials", "1", "--epochs", "3", "--quiet"]) == 0  # the deadline binds once one is complete
     capsys.readouterr()
-    monkeypatch.setattr(sweep.objective, "past", lambda deadline: True)  # the deadline passes in the first epoch
+    monkeypatch.setattr(sweep.training.objective, "past", lambda deadline: True)  # the deadline passes in the first epoch
     assert main([*args, "--timeout", "3600"]) == 0  # not the exit code of an interruption
     summary = json.loads(capsys.readouterr().out)
     assert "--timeout 3600 s reached; 1 stopped trial(s) resume on the next run" in summary["note"]

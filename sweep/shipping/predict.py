@@ -42,12 +42,11 @@ def run_predict(args: PredictOptions) -> dict:
         raise UsageError(f"--export {args.export[0]}: expected one of {', '.join(EXPORT_FORMATS)}")
     if not args.inputs and args.export is None:
         raise UsageError("predict: give at least one INPUT (a PNG or NIfTI file, or a folder), or --export")
-    if args.model is None:
-        args.model = str(study_model(args.storage, args.study))
-    bundle = load_bundle(args.model)
+    model = args.model if args.model is not None else str(study_model(args.storage, args.study))
+    bundle = load_bundle(model)
     pngs, volumes, skipped = resolve_inputs(args.inputs)
     out = Path(args.out)
-    reads = [*pngs, *volumes, Path(args.model)]
+    reads = [*pngs, *volumes, Path(model)]
     if pngs or volumes:
         check_unique_outputs(pngs, volumes, args.overlay)
         written = [out / name for _, name in output_names(pngs, volumes, args.overlay)]
@@ -58,7 +57,7 @@ def run_predict(args: PredictOptions) -> dict:
         check_writable(Path(args.export[1]).parent, f"--export {args.export[0]} {args.export[1]}")
     shapes = [read_image(p).shape for p in pngs]  # decodes and checks every PNG before any output
     segmenter = Segmenter(bundle, device=args.device) if pngs or volumes else None
-    summary = {"model": str(args.model), "inputs": len(pngs) + len(volumes), "images": len(pngs),
+    summary = {"model": model, "inputs": len(pngs) + len(volumes), "images": len(pngs),
                "volumes": len(volumes), "outputs": [], "out": str(out),
                "notes": skipped_notes(skipped) + png_notes(bundle, shapes) + volume_notes(bundle, volumes),
                "skipped": len(skipped), "export": None}
