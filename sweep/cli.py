@@ -17,7 +17,7 @@ from sweep.core import flags
 from sweep.core.best import BestOptions
 from sweep.core.errors import OutsideError, UsageError, outside_failure
 from sweep.core.flags import DashboardOptions, ExportOptions, PredictOptions, ReportOptions, StatusOptions
-from sweep.core.records import score_label, search_line, silence_optuna, states_line
+from sweep.core.records import VAL_DICE_FG, score_label, search_line, silence_optuna, states_line
 from sweep.core.study import PROG, display_url, sweep_command
 from sweep.search.options import RunOptions, resume_command
 
@@ -231,13 +231,13 @@ def _print_run_summary(summary: dict, as_json: bool) -> None:
     )
     if summary["best"]:
         b = summary["best"]
-        print(f"best: trial {b['trial']}, val dice_fg {b['val_dice_fg']:.4f}")
+        print(f"best: trial {b['trial']}, val dice_fg {b[VAL_DICE_FG]:.4f}")
         print(f"next: {sweep_command('best --evaluate', summary['storage'], summary['study'])}")
 
 
 def _format_best(result: dict) -> str:
     cv = result.get("cv")
-    lines = [f"study {result['study']!r}: best trial {result['trial']}, {score_label(cv)} {result['val_dice_fg']:.4f}"]
+    lines = [f"study {result['study']!r}: best trial {result['trial']}, {score_label(cv)} {result[VAL_DICE_FG]:.4f}"]
     val = result.get("val") or {}
     if any(v is not None for v in val.values()):
         lines.append(("  cv Dice   " if cv else "  val Dice  ") + "  ".join(f"{k[5:]} {v:.4f}" for k, v in val.items() if v is not None))

@@ -1,4 +1,4 @@
-"""DESIGN.md's "search": what the search gained over the enqueued default, on val and held out."""
+"""docs/FORMATS.md's "search": what the search gained over the enqueued default, on val and held out."""
 
 from __future__ import annotations
 

@@ -255,7 +255,7 @@ def default_chain(trials: Iterable[FrozenTrial]) -> list[FrozenTrial] | None:
 
 
 def search_gain(study: optuna.Study) -> dict:
-    """What the search gained over the enqueued default on val (DESIGN.md's ``"search"``); the
+    """What the search gained over the enqueued default on val (docs/FORMATS.md's ``"search"``); the
     held-out ``gain_estimate`` is left None here (``best --evaluate`` fills it in)."""
     chain = default_chain(study.get_trials(deepcopy=False))
     best = best_summary(study)
@@ -269,7 +269,7 @@ def search_gain(study: optuna.Study) -> dict:
 
 
 def search_line(search: dict) -> str:
-    """DESIGN.md's ``"search"`` in one line, as ``best`` prints it and the report shows it."""
+    """docs/FORMATS.md's ``"search"`` in one line, as ``best`` prints it and the report shows it."""
     if search["default_trial"] is None:
         return "no enqueued default to measure the search against (run --enqueue PRESET)"
     if search["default_val_dice_fg"] is None:

@@ -220,7 +220,7 @@ def _configs(cand: dict, fidelity: rec.Fidelity) -> tuple[SegNetConfig, object]:
 
 def search_gain(study: optuna.Study, search: dict, candidates: list[dict], estimate: dict, runs: list[Retraining],
                 post: dict, context: tuple) -> dict:
-    """DESIGN.md's ``"search"`` with ``gain_estimate``: the shipped recipe against the enqueued default
+    """docs/FORMATS.md's ``"search"`` with ``gain_estimate``: the shipped recipe against the enqueued default
     on the estimate's held-out slices (None without a default or a held-out estimate).
 
     Where what ships is not the default alone, the default is trained as the estimate's twins were

@@ -374,7 +374,7 @@ def _prune(trial: optuna.Trial, history: list[dict[str, float]], seconds: float,
     if why is not None:
         trial.set_user_attr(TrialKey.PRUNE_REASON, why)
         raise optuna.TrialPruned(why)
-    raise optuna.TrialPruned(f"val dice_fg {record['val_dice_fg']:.4f} at epoch {record['epoch']} behind the median")
+    raise optuna.TrialPruned(f"val dice_fg {record[VAL_DICE_FG]:.4f} at epoch {record['epoch']} behind the median")
 
 
 def _prune_unscored(trial: optuna.Trial, seconds: float, why: str) -> None:

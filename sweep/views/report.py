@@ -218,8 +218,9 @@ def header(s: optuna.Study, storage_url: str, ranked: list[FrozenTrial]) -> str:
     return f'<h1>{_e("Sweep report: study " + s.study_name)}</h1>\n{badge}<table class="meta">{table}</table>'
 
 def search_gained(study: optuna.Study) -> str:
-    """DESIGN.md's ``"search"``: the latest evaluation's (with its held-out gain), else the study's on val."""
-    search = (study.user_attrs.get(StudyKey.EVALUATION) or {}).get("search") or rec.search_gain(study)
+    """docs/FORMATS.md's ``"search"``: the latest evaluation's (with its held-out gain), else the study's on val."""
+    evaluation = rec.Evaluation.of_study(study)
+    search = (evaluation and evaluation.search) or rec.search_gain(study)
     return f"<p>{_e(rec.search_line(search))}.</p>"
 
 

@@ -82,7 +82,7 @@ def format_status(status: dict) -> str:
         lines.append("best: no complete trial yet")
     else:
         val = "  ".join(f"{k[5:]} {v:.4f}" for k, v in best["val"].items() if v is not None)
-        lines.append(f"best: trial {best['trial']}, {rec.score_label(status.get('cv'))} {best['val_dice_fg']:.4f}" + (f"  ({val})" if val else ""))
+        lines.append(f"best: trial {best['trial']}, {rec.score_label(status.get('cv'))} {best[rec.VAL_DICE_FG]:.4f}" + (f"  ({val})" if val else ""))
         lines.append("  params " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items()))
     lines.extend(_running_line(r) for r in status["running"])
     ev = status.get("evaluation")
