@@ -79,7 +79,7 @@ class Bench:
     held: np.ndarray
     folds: list
     hold_images: torch.Tensor
-    fidelity: dict
+    fidelity: rec.Fidelity
     epochs: int
     seconds: float
     params: dict
@@ -139,7 +139,7 @@ def setup(args) -> Bench:
     rest = np.setdiff1d(np.arange(len(data.train)), held)
     train = DeviceSplit.from_arrays(data.train.images[rest], data.train.masks[rest], device)
     val = DeviceSplit.from_arrays(data.val.images, data.val.masks, device)
-    fidelity = {"epoch_slices": args.epoch_slices, "val_slices": args.val_slices, "patch": args.patch}
+    fidelity = rec.Fidelity(args.epoch_slices, args.val_slices, args.patch)
     return Bench(data, held, [(train, val)], torch.as_tensor(data.train.images[held]).unsqueeze(1), fidelity,
                  args.epochs, args.minutes * 60, parse_enqueue(args.preset, args.epochs), use_bf16(device))
 
@@ -194,15 +194,19 @@ def search_arm(bench: Bench, arm: str, seed: int) -> list[dict]:
         study.optimize(objective, catch=(Exception,), callbacks=[on_trial])
     except TimeUp:
         pass  # the trial running at the end stopped there: it does not count
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    if failed and not points:  # every trial broke: a fault of the bench, not a result
+        reason = failed[0].user_attrs.get(rec.TrialKey.FAIL_REASON, "no reason recorded")
+        raise RuntimeError(f"arm {arm}, seed {seed}: all {len(failed)} trials failed, the first with {reason}")
     return points
 
 
 def default_arm(bench: Bench, seed: int) -> list[dict]:
     """The preset alone: one training whose epoch budget fills the minutes; a point at every new best val epoch."""
     model_cfg, train_cfg = configs_from_params(bench.params, 1)
-    train_cfg = replace(train_cfg, epoch_slices=bench.fidelity["epoch_slices"], patch=bench.fidelity["patch"])
+    train_cfg = replace(train_cfg, epoch_slices=bench.fidelity.epoch_slices, patch=bench.fidelity.patch)
     start = time.time()
-    fit_folds(model_cfg, train_cfg, bench.folds, seed=seed, keep_state=False, val_slices=bench.fidelity["val_slices"])
+    fit_folds(model_cfg, train_cfg, bench.folds, seed=seed, keep_state=False, val_slices=bench.fidelity.val_slices)
     epochs = max(1, int(bench.seconds / (time.time() - start)))  # the calibration epoch is not counted
     clock = bench.clock()
     points: list[dict] = []
@@ -218,7 +222,7 @@ def default_arm(bench: Bench, seed: int) -> list[dict]:
 
     try:
         fit_folds(model_cfg, replace(train_cfg, epochs=epochs), bench.folds, seed=seed, keep_state=False,
-                  on_resume_point=on_point, resume_every=0.0, val_slices=bench.fidelity["val_slices"])
+                  on_resume_point=on_point, resume_every=0.0, val_slices=bench.fidelity.val_slices)
     except OutOfTime:
         pass
     return points
@@ -315,7 +319,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python benchmarks/search_vs_default.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "data": bench.data.describe(), "preset": bench.params, "minutes": args.minutes, "seeds": args.seeds,
-        "fidelity": {"epochs": args.epochs, **bench.fidelity},
+        "fidelity": {"epochs": args.epochs, **bench.fidelity.to_dict()},
         "held_out_patients": sorted(set(np.asarray(bench.data.train.groups)[bench.held])),
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
         "arms": {arm: [] for arm in arms},

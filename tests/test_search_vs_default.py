@@ -19,8 +19,8 @@ def test_every_arm_runs_at_a_tiny_budget_and_is_set_against_the_default(tmp_path
         for p in runs[0]["points"]:
             assert p["wall_minutes"] <= 0.08 and 0.0 <= p["dice_fg"] <= 1.0  # nothing past the budget counts
     assert result["arms"]["default"][0]["points"]  # the preset alone always has a pick
-    first = result["arms"]["recipe"][0]["points"]
-    assert not first or first[0]["trial"] == 0  # the enqueued preset runs first
+    for arm in ("recipe", "local"):
+        assert result["arms"][arm][0]["points"][0]["trial"] == 0  # the enqueued preset runs first, and scores
     for arm in ("recipe", "local", "plain"):
         assert len(result["summary"][arm]["vs_default"]) == 1
 
