@@ -85,6 +85,7 @@ def test_export_refuses_a_cases_file_that_is_the_study(study_copy, capsys):
     assert not Path("x.csv").exists()
 
 
+@pytest.mark.slow
 def test_best_evaluate_refuses_an_out_inside_its_data(tmp_path, monkeypatch, capsys):
     """``best --evaluate --out`` inside the data folder would mix results into the inputs."""
     root = write_acdc_phantom(tmp_path / "acdc", 4, seed=1, n_test=1)

@@ -92,6 +92,7 @@ def running_epoch(server, name: str) -> bool:
         engine.dispose()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_database_dropped_mid_run_is_one_line(tmp_path, postgres_url, workers):
     with own_database(postgres_url) as (name, url, server):
@@ -191,6 +192,7 @@ def test_an_artifact_location_that_became_a_file_is_one_line(study_copy, capsys,
     assert not (study_copy / "r.html").exists()
 
 
+@pytest.mark.slow
 def test_an_artifact_folder_deleted_mid_run_is_made_again(tmp_path):
     import shutil
 
@@ -324,6 +326,7 @@ def running_trial_epoch(db: Path) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_store_outage_during_a_trial_costs_no_trial(tmp_path, bucket, s3_server):
     """The store's endpoint goes down after the trial's first epoch and comes back once the run has
     been refused a few times: warnings, and the trial trains to its end, its checkpoint uploaded."""
@@ -347,6 +350,7 @@ def test_a_store_outage_during_a_trial_costs_no_trial(tmp_path, bucket, s3_serve
     assert trial.user_attrs.get(TrialKey.CHECKPOINT)
 
 
+@pytest.mark.slow
 def test_an_unwritable_resume_folder_costs_no_trial(in_tmp, monkeypatch, capsys):
     import optuna
 
@@ -390,6 +394,7 @@ sys.exit(main(sys.argv[1:]))
 
 @pytest.mark.parametrize("argv, output", [(["export", "--csv", "t.csv"], "t.csv"), (["report", "--out", "r.html"], "r.html"),
                                           (["status"], None), (["predict", "--model", "m.pt", "x.png"], "predictions")])
+@pytest.mark.slow
 def test_sigterm_ends_every_command_in_one_line(study_copy, argv, output):
     proc = subprocess.run([sys.executable, "-c", SIGNALLED, *argv], cwd=study_copy, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
@@ -400,6 +405,7 @@ def test_sigterm_ends_every_command_in_one_line(study_copy, argv, output):
     assert not list(study_copy.glob(".*part*"))  # nor a temporary file
 
 
+@pytest.mark.slow
 def test_sigterm_while_predict_writes_leaves_no_half_file(tmp_path):
     """Two images: the first mask is written whole, the second is cut off mid-write by SIGTERM."""
     import numpy as np

@@ -88,6 +88,7 @@ def _evaluate(capsys, *flags) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_when_the_default_ships_its_held_out_gain_is_zero_and_nothing_more_trains(in_tmp, capsys, fits):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     result = _evaluate(capsys)
@@ -100,6 +101,7 @@ def test_when_the_default_ships_its_held_out_gain_is_zero_and_nothing_more_train
     assert "gain +0.0000 val dice_fg over the enqueued default (trial 0" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out_patients(in_tmp, capsys, fits):
     # --space local: the second trial is a neighbour of `small`, as cheap to retrain
     assert main(["run", "--trials", "2", "--epochs", "2", "--quiet", "--enqueue", "small", "--space", "local"]) == 0
@@ -112,6 +114,7 @@ def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out
     assert "held-out" in (in_tmp / "r.html").read_text()
 
 
+@pytest.mark.slow
 def test_on_volumes_the_held_out_gain_is_paired_per_volume_over_patients(in_tmp, capsys, monkeypatch):
     from data import write_acdc_phantom
 

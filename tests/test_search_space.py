@@ -59,6 +59,7 @@ def test_the_small_budget_strategies():
     assert pruner._min_resource == 2 and pruner._reduction_factor == 3  # rungs at 2, 6 and 18 of 20 epochs
 
 
+@pytest.mark.slow
 def test_a_local_search_runs_the_default_first_and_records_its_space(in_tmp, capsys):
     assert main(["run", "--trials", "3", "--epochs", "2", "--quiet", "--space", "local", "--enqueue", "small",
                  "--sampler", "tpe-5", "--pruner", "halving"]) == 0

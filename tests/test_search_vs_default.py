@@ -9,6 +9,7 @@ import pytest
 from benchmarks import search_vs_default as bench
 
 
+@pytest.mark.slow
 def test_every_arm_runs_at_a_tiny_budget_and_is_set_against_the_default(tmp_path):
     out = tmp_path / "svd.json"
     bench.main(["--data", "phantom", "--minutes", "0.08", "--seeds", "1", "--epochs", "2", "--epoch-slices", "0",
