@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     result = {
-        "command": "python benchmarks/search_vs_default.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m benchmarks.search_vs_default " + " ".join(sys.argv[1:] if argv is None else argv),
         "data": bench.data.describe(), "preset": bench.params, "minutes": args.minutes, "seeds": args.seeds,
         "fidelity": {"epochs": args.epochs, **bench.fidelity.to_dict()},
         "held_out_patients": sorted(set(np.asarray(bench.data.train.groups)[bench.held])),
