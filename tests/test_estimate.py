@@ -114,6 +114,7 @@ def test_a_holdout_outside_zero_to_one_is_refused_in_one_line(in_tmp, capsys):
     assert "--holdout" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_the_estimate_scores_masks_post_processed_as_the_shipped_ones(in_tmp, capsys, monkeypatch):
     """The held-out estimate's masks get the same rotation TTA and largest-component cleaning as the
     written test masks, chosen once on val (here forced on, so that a path that skipped them shows)."""

@@ -151,6 +151,7 @@ def test_a_study_keeps_the_epoch_cost_it_was_made_with(in_tmp, capsys):
     assert len(study.trials) == 1  # refused before anything ran
 
 
+@pytest.mark.slow
 def test_a_rerun_without_the_epoch_cost_flags_runs_the_recorded_one(in_tmp, capsys):
     """Left out is not a different value: the study's recorded cost runs (it was refused as "leave it out")."""
     import optuna
@@ -164,6 +165,7 @@ def test_a_rerun_without_the_epoch_cost_flags_runs_the_recorded_one(in_tmp, caps
     assert len(study.trials) == 2
 
 
+@pytest.mark.slow
 def test_every_slice_means_every_slice_however_it_is_said(in_tmp, capsys):
     """The phantom has 100 train and 20 val slices of 96 x 96: --epoch-slices 100, --val-slices 500 and
     --patch 128 all mean what 0 means, on a study recorded as 0."""

@@ -120,6 +120,7 @@ def test_a_bad_cap_is_a_usage_error(value):
         RunOptions(max_trial_seconds=value).check()
 
 
+@pytest.mark.slow
 def test_run_passes_the_cap_to_its_trials_and_shows_why_one_was_pruned(in_tmp, capsys):
     import json
 
