@@ -46,11 +46,11 @@ def trainings(monkeypatch):
     fit_folds, fit_final = evaluate.fit_folds, evaluate.fit_final
 
     def spy_folds(model_cfg, train_cfg, folds, **kw):
-        seen.append(("folds", [train.images.clone() for train, _ in folds]))
+        seen.append(("folds", [train.images.clone() for train, _ in folds], train_cfg.epochs))
         return fit_folds(model_cfg, train_cfg, folds, **kw)
 
     def spy_final(model_cfg, train_cfg, split, **kw):
-        seen.append(("final", [split.images.clone()]))
+        seen.append(("final", [split.images.clone()], train_cfg.epochs))
         return fit_final(model_cfg, train_cfg, split, **kw)
 
     monkeypatch.setattr(evaluate, "fit_folds", spy_folds)
@@ -77,14 +77,19 @@ def test_the_estimate_is_scored_on_train_slices_its_retrainings_left_out(in_tmp,
     assert est["dice_fg_ci95"][0] <= est["dice_fg"] <= est["dice_fg_ci95"][1]
     assert 0.0 <= est["val_dice_fg"] <= 1.0  # the same recipe on val, which selected it, for comparison
 
-    kinds = [kind for kind, _ in trainings]
-    assert kinds == ["folds", "final", "folds", "final"]  # per seed: the estimate's fit, then the shipped refit
-    for kind, (images,) in trainings:
-        trained = _rows(images.cpu().numpy())
-        if kind == "folds":  # the scored fits never saw the held-out slices ...
-            assert not trained & held_rows and len(images) == len(data.train) - len(held)
-        else:  # ... while what ships trained on every labelled slice
-            assert held_rows <= trained and len(images) == len(data.train) + len(data.val)
+    # per seed: the fit that picks the epoch count on val, the estimate's refit, the shipped refit
+    assert [kind for kind, _, _ in trainings] == ["folds", "final", "final"] * 2
+    best_epochs = [run["best_epoch"] for run in result["runs"]]
+    for seed, best_epoch in enumerate(best_epochs):
+        (_, (fit,), _), (_, (twin,), twin_epochs), (_, (shipped,), shipped_epochs) = trainings[3 * seed:3 * seed + 3]
+        # the fit and the estimate's refit never saw the held-out slices ...
+        assert not _rows(fit.cpu().numpy()) & held_rows and len(fit) == len(data.train) - len(held)
+        assert not _rows(twin.cpu().numpy()) & held_rows
+        assert len(twin) == len(data.train) - len(held) + len(data.val)  # ... the refit trained on val as well
+        # ... while what ships trained on every labelled slice, and for as many epochs as the estimate's refit
+        assert held_rows <= _rows(shipped.cpu().numpy()) and len(shipped) == len(data.train) + len(data.val)
+        assert twin_epochs == shipped_epochs == best_epoch
+    assert "refit on the other" in est["source"]
 
 
 @pytest.mark.slow
@@ -94,8 +99,8 @@ def test_without_refit_the_shipped_models_still_train_on_every_train_slice(in_tm
     assert main(["best", "--evaluate", "--seeds", "1", "--no-refit", "--quiet", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     data = load_dataset("phantom")
-    assert [len(images[0]) for _, images in trainings] == [len(data.train) - result["estimate"]["n_images"],
-                                                           len(data.train)]
+    assert [len(images[0]) for _, images, _ in trainings] == [len(data.train) - result["estimate"]["n_images"],
+                                                              len(data.train)]
 
 
 @pytest.mark.slow

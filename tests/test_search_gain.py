@@ -8,6 +8,7 @@ import optuna
 import pytest
 import torch
 
+from data import load_dataset
 from sweep.shipping import evaluate
 from sweep.core import records as rec
 from sweep.cli import main
@@ -101,8 +102,22 @@ def test_when_the_default_ships_its_held_out_gain_is_zero_and_nothing_more_train
     assert "gain +0.0000 val dice_fg over the enqueued default (trial 0" in capsys.readouterr().out
 
 
+@pytest.fixture
+def finals(monkeypatch):
+    """The train splits of every fit_final (the refits) `best --evaluate` runs."""
+    seen = []
+    fit_final = evaluate.fit_final
+
+    def spy(model_cfg, train_cfg, split, **kw):
+        seen.append(split.images)
+        return fit_final(model_cfg, train_cfg, split, **kw)
+
+    monkeypatch.setattr(evaluate, "fit_final", spy)
+    return seen
+
+
 @pytest.mark.slow
-def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out_patients(in_tmp, capsys, fits):
+def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out_patients(in_tmp, capsys, fits, finals):
     # --space local: the second trial is a neighbour of `small`, as cheap to retrain
     assert main(["run", "--trials", "2", "--epochs", "2", "--quiet", "--enqueue", "small", "--space", "local"]) == 0
     result = _evaluate(capsys, "--top", "2")
@@ -110,6 +125,13 @@ def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out
     lo, hi = search["gain_estimate_ci95"]
     assert lo <= search["gain_estimate"] <= hi and search["default_trial"] == 0
     assert len(fits) == 3 and fits[0] == fits[1] == fits[2]  # two twins, then the default's, all without the held-out slices
+    refits = [len(split) for split in finals]
+    data = load_dataset("phantom")
+    held = result["estimate"]["n_images"]
+    # each twin's estimate refit (train + val less the held-out patients) then its shipped refit, twice,
+    # then the default's estimate refit: the default is estimated as the shipped recipe is
+    assert refits == [len(data.train) + len(data.val) - held, len(data.train) + len(data.val)] * 2 + [
+        len(data.train) + len(data.val) - held]
     assert main(["report", "--out", "r.html"]) == 0
     assert "held-out" in (in_tmp / "r.html").read_text()
 

@@ -35,7 +35,7 @@ from sweep.core import records as rec
 from sweep.core.best import BestOptions, describe_best
 from sweep.core.errors import UsageError, check_writable
 from sweep.core.outputs import refuse_inside, refuse_overwrite
-from sweep.training.folds import Selection, estimate_holdout, selection_folds, without_holdout
+from sweep.training.folds import Selection, estimate_holdout, refit_without_holdout, selection_folds, without_holdout
 from sweep.nn.metrics import (
     bootstrap_dice_fg,
     bootstrap_dice_fg_gain,
@@ -78,7 +78,7 @@ class Retraining:
     state_dicts: list[dict]  # what ships, on the CPU: one per fold, or the one refit model
     held_out: Probs  # (N_selection, C, H, W): each selection slice predicted by the fold that held it out
     test: Probs  # (N_test, C, H, W): the mean over what ships of this seed
-    estimate: Probs | None = None  # (N_holdout, C, H, W): the held-out train slices, by the fit that left them out
+    estimate: Probs | None = None  # (N_holdout, C, H, W): the held-out train slices, by the refit (fit) that left them out
 
     def summary(self) -> dict:
         return {"trial": self.trial, "seed": self.seed, rec.VAL_DICE_FG: self.val_dice_fg, "best_epoch": self.best_epoch}
@@ -174,10 +174,12 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
     """Train each candidate configuration once per seed (on every fold), predict the held-out
     slices, and (``refit``) retrain it on every labelled slice for its best epoch count.
 
-    With ``held`` (train indices, val selection only), these fits leave those slices out and
-    predict them for the estimate; what ships then trains with them: the refit, or without
-    ``refit`` one more fit on all of train, checkpoint on val as in the search. ``fidelity`` is
-    the study's epoch cost (``records.Fidelity.of_study``), so that an epoch here is one of the search's.
+    With ``held`` (train indices, val selection only), these fits leave those slices out; what
+    ships then trains with them: the refit, or without ``refit`` one more fit on all of train,
+    checkpoint on val as in the search. The held-out slices are predicted by what ships, minus
+    them: with ``refit`` a refit of its own on the rest of train + val for the same epochs
+    (``estimate_refit``), else the fit that left them out. ``fidelity`` is the study's epoch cost
+    (``records.Fidelity.of_study``), so that an epoch here is one of the search's.
     """
     fidelity = fidelity or rec.Fidelity()
     bf16 = use_bf16(device)
@@ -185,7 +187,9 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
     everything = DeviceSplit.from_arrays(np.concatenate([data.train.images, data.val.images]),
                                          np.concatenate([data.train.masks, data.val.masks]), device)
     twins, hold = (selection, None) if held is None else without_holdout(selection, data, held, device)
-    budget = sum(c["epochs"] for c in candidates) * opts.seeds * (2 if refit or held is not None else 1)
+    pool = refit_without_holdout(data, held, device) if refit and held is not None else None
+    fits = 1 + (refit or held is not None) + (pool is not None)
+    budget = sum(c["epochs"] for c in candidates) * opts.seeds * fits
     runs = []
     with tqdm(total=budget, desc="retrain best", unit="epoch", disable=not opts.progress, file=sys.stderr) as bar:
         def tick(epoch: int, record: dict) -> None:
@@ -196,6 +200,10 @@ def retrain(candidates: list[dict], selection: Selection, data: Dataset, opts: B
             for seed in range(opts.seeds):
                 bar.set_postfix(trial=cand["trial"], seed=seed)
                 fit, models, held_out, estimate = _twin_fit(model_cfg, train_cfg, twins, hold, seed, tick, fidelity, device)
+                if pool is not None:
+                    bar.total -= cand["epochs"] - fit.best_epoch
+                    estimate = estimate_refit(model_cfg, replace(train_cfg, epochs=fit.best_epoch), pool, hold, seed,
+                                              tick, device)
                 shipped = fit.state_dicts
                 if refit:
                     bar.total -= cand["epochs"] - fit.best_epoch  # the refit runs to the best epoch only
@@ -248,12 +256,23 @@ def default_twins(default: dict, selection: Selection, data: Dataset, opts: Best
                   held: np.ndarray, fidelity: rec.Fidelity) -> tuple[Probs, Probs]:
     """The default's estimate twins, one per seed: their ensemble's predictions of the selection and held-out slices."""
     twins, hold = without_holdout(selection, data, held, device)
+    pool = refit_without_holdout(data, held, device) if opts.refit else None
     model_cfg, train_cfg = _configs(default, fidelity)
-    total = default["epochs"] * opts.seeds
+    total = default["epochs"] * opts.seeds * (2 if pool is not None else 1)
+    on_selection, on_held = [], []
     with tqdm(total=total, desc="retrain default", unit="epoch", disable=not opts.progress, file=sys.stderr) as bar:
-        fits = [_twin_fit(model_cfg, train_cfg, twins, hold, seed, lambda epoch, record: bar.update(1), fidelity, device)
-                for seed in range(opts.seeds)]
-    return Probs.mean([f[2] for f in fits]), Probs.mean([f[3] for f in fits])
+        def tick(epoch: int, record: dict) -> None:
+            bar.update(1)
+
+        for seed in range(opts.seeds):
+            fit, _, selected, estimate = _twin_fit(model_cfg, train_cfg, twins, hold, seed, tick, fidelity, device)
+            if pool is not None:
+                bar.total -= default["epochs"] - fit.best_epoch
+                estimate = estimate_refit(model_cfg, replace(train_cfg, epochs=fit.best_epoch), pool, hold, seed,
+                                          tick, device)
+            on_selection.append(selected)
+            on_held.append(estimate)
+    return Probs.mean(on_selection), Probs.mean(on_held)
 
 
 def paired_gain(estimate: dict, data: Dataset, held: np.ndarray, ours: tuple[Probs, dict],
@@ -280,6 +299,14 @@ def _twin_fit(model_cfg: SegNetConfig, train_cfg, twins: Selection, hold, seed: 
     models = [load_model(model_cfg, state, device) for state in fit.state_dicts]
     estimate = None if hold is None else _probs(models[0], hold.images, bf16)
     return fit, models, _held_out_probs(models, twins, bf16), estimate
+
+
+def estimate_refit(model_cfg: SegNetConfig, train_cfg, pool: DeviceSplit, hold: DeviceSplit, seed: int, tick,
+                   device: torch.device) -> Probs:
+    """The shipped refit's twin: trained as it is (``train_cfg.epochs``, the twin fit's best epoch,
+    nothing held out) on train + val without the estimate's patients; its predictions of them."""
+    state = fit_final(model_cfg, train_cfg, pool, seed=seed, on_epoch=tick)
+    return _probs(load_model(model_cfg, state, device), hold.images, use_bf16(device))
 
 
 def _probs(model, images: torch.Tensor, bf16: bool) -> Probs:
@@ -315,8 +342,9 @@ def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, 
 
     With ``held`` (the default for a val study), the slices are train patients that the
     recipe's retrainings left out: neither training nor selection (val) saw them, so the figure
-    is honest; it describes models trained on fewer slices than the shipped ones, so if anything
-    it leans low. Without it: the val split, or with ``--cv`` the out-of-fold predictions of all
+    is honest. With ``refit`` they are predicted by a refit trained as the shipped one is, on
+    train + val less their patients; it describes models trained on fewer slices than the
+    shipped ones, so if anything it leans low. Without it: the val split, or with ``--cv`` the out-of-fold predictions of all
     train+val slices; these also selected the configuration (and the post-processing), so that
     figure leans optimistic. ``val_dice_fg`` is the same recipe on the selection slices, for
     comparison. The interval is a 95 % bootstrap over slices.
@@ -328,7 +356,9 @@ def held_out_estimate(runs: list[Retraining], post: dict, selection: Selection, 
         source = (f"{len(held)} train slices ({patients} patients) held out of the retrainings it scores; "
                   "the search selected on val")
         if refit:
-            source += "; the shipped refit trained on them too"
+            rest = len(set(data.train.groups) | set(data.val.groups)) - patients
+            source += (f"; predicted by a refit on the other {rest} train + val patients for the shipped refit's "
+                       "epochs (the shipped refit trained on them too)")
         out = {"source": source, "n_images": len(held), **scores, rec.VAL_DICE_FG: on_selection["dice_fg"]}
         if data.volumes:
             out["volumes"] = volume_estimate(data, held, Probs.mean([r.estimate for r in runs]), post)

@@ -108,3 +108,11 @@ def without_holdout(selection: Selection, data: Dataset, held: np.ndarray, devic
     train = DeviceSplit.from_arrays(data.train.images[rest], data.train.masks[rest], device)
     hold = DeviceSplit.from_arrays(data.train.images[held], data.train.masks[held], device)
     return Selection([(train, val)], selection.held_out, selection.masks), hold
+
+
+def refit_without_holdout(data: Dataset, held: np.ndarray, device: torch.device) -> DeviceSplit:
+    """Train + val with ``held`` taken out: what the estimate's refit trains on, as the shipped
+    refit trains on all of train + val."""
+    rest = np.setdiff1d(np.arange(len(data.train)), held)
+    return DeviceSplit.from_arrays(np.concatenate([data.train.images[rest], data.val.images]),
+                                   np.concatenate([data.train.masks[rest], data.val.masks]), device)
