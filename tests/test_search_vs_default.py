@@ -13,16 +13,31 @@ from benchmarks import search_vs_default as bench
 def test_every_arm_runs_at_a_tiny_budget_and_is_set_against_the_default(tmp_path):
     out = tmp_path / "svd.json"
     bench.main(["--data", "phantom", "--minutes", "0.08", "--seeds", "1", "--epochs", "2", "--epoch-slices", "0",
-                "--val-slices", "0", "--patch", "0", "--preset", "small", "--threads", "1", "--out", str(out)])
+                "--val-slices", "0", "--patch", "0", "--preset", "small", "--threads", "1", "--ship-epochs", "3",
+                "--out", str(out)])
     result = json.loads(out.read_text())
     assert set(result["arms"]) == set(bench.ARMS) and out.with_suffix(".png").stat().st_size > 0
-    for arm, runs in result["arms"].items():
-        for p in runs[0]["points"]:
-            assert p["wall_minutes"] <= 0.08 and 0.0 <= p["dice_fg"] <= 1.0  # nothing past the budget counts
-    assert result["arms"]["default"][0]["points"]  # the preset alone always has a pick
+    searches = ("recipe", "local", "plain")
+    shipping = []
+    for arm in searches:
+        points = result["arms"][arm][0]["points"]
+        if arm == "plain" and not points:  # no default and no cap: its first draw may not finish in 5 s
+            continue
+        *searched, shipped = points
+        for p in searched:  # nothing the search finished past its minutes counts ...
+            assert not p.get("shipped") and p["wall_minutes"] <= 0.08 and 0.0 <= p["dice_fg"] <= 1.0
+        # ... and what ships is the pick retrained for the shipping epochs, its time on top of the search's
+        assert shipped["shipped"] and shipped["epochs"] == 3 and 1 <= shipped["best_epoch"] <= 3
+        assert shipped["params"] == searched[-1]["params"] and shipped["cpu_minutes"] >= searched[-1]["cpu_minutes"]
+        assert 0.0 <= shipped["dice_fg"] <= 1.0
+        shipping.append(shipped["ship_wall_minutes"])
+    default = result["arms"]["default"][0]
+    assert default["points"]  # the preset alone always has a pick, trained for the search's minutes and the shipping's
+    assert default["minutes"] == pytest.approx(0.08 + sum(shipping) / len(shipping), abs=2e-3)
+    assert all(p["wall_minutes"] <= default["minutes"] for p in default["points"])
     for arm in ("recipe", "local"):
         assert result["arms"][arm][0]["points"][0]["trial"] == 0  # the enqueued preset runs first, and scores
-    for arm in ("recipe", "local", "plain"):
+    for arm in searches:
         assert len(result["summary"][arm]["vs_default"]) == 1
 
 
