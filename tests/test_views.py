@@ -487,3 +487,15 @@ def test_status_and_report_do_not_show_the_storage_password(tmp_path, capsys, po
         assert "s3cret-pw" not in page and "***" in page
     finally:
         optuna.delete_study(study_name=name, storage=url)
+
+
+def test_a_report_on_a_study_without_artifacts_creates_no_artifacts_folder(in_tmp):
+    """A view reads: a study whose trials never uploaded anything leaves no empty folder behind."""
+    storage = f"sqlite:///{in_tmp / 'studies.db'}"
+    study = optuna.create_study(storage=storage, study_name="segnet", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 1e-3},
+                                              distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+                                              value=0.5))
+    assert main(["report", "--out", "r.html"]) == 0
+    assert (in_tmp / "r.html").stat().st_size > 0
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["r.html", "studies.db"]

@@ -87,12 +87,15 @@ def _check_bucket(bucket: str, label: str) -> None:
                          "other than AWS, AWS_ENDPOINT_URL") from None
 
 
-def open_store(location: str):
-    """The Optuna artifact store at ``location`` (a local folder is created if missing)."""
+def open_store(location: str, create: bool = True):
+    """The Optuna artifact store at ``location``; a missing local folder is created, unless the
+    caller only reads (``create=False``: a view leaves no empty folder behind)."""
     if location.startswith("s3://"):
         return optuna.artifacts.Boto3ArtifactStore(location[len("s3://"):])
     if location.startswith("gs://"):
         return optuna.artifacts.GCSArtifactStore(location[len("gs://"):])
+    if not create:
+        return _FolderStore(location)
     try:
         Path(location).mkdir(parents=True, exist_ok=True)
     except OSError as err:  # replaced by a file, or on a mount that went away
@@ -158,7 +161,7 @@ def fetch(study: optuna.Study, storage_url: str, filename: str) -> Path | None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{filename}.{os.getpid()}.tmp")
         try:
-            with open_store(location).open_reader(artifact_id) as f, open(tmp, "wb") as out:
+            with open_store(location, create=False).open_reader(artifact_id) as f, open(tmp, "wb") as out:
                 out.write(f.read())
             os.replace(tmp, path)
         except optuna.artifacts.exceptions.ArtifactNotFound:

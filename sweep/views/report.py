@@ -61,7 +61,7 @@ class _Page:
         self.study = study
         self.storage_url = storage_url
         self.location = artifacts.location_of(study, storage_url)
-        self.store = artifacts.open_store(self.location)
+        self.store = artifacts.open_store(self.location, create=False)  # a view creates nothing
         self._plotly_embedded = False
 
     def render(self) -> str:
