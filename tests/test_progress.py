@@ -107,3 +107,19 @@ def test_the_bar_shows_the_time_left_until_the_deadline(capsys):
     progress.close()
     err = capsys.readouterr().err
     assert "<01:29" in err or "<01:30" in err
+
+
+def test_a_trial_that_failed_after_training_shows_the_epochs_it_reported_and_its_time():
+    import datetime
+
+    from sweep.core.progress import Progress
+
+    study = optuna.create_study(direction="maximize")
+    start = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    failed = optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL, intermediate_values={1: 0.5, 2: 0.6, 3: 0.62},
+                                       user_attrs={TrialKey.FAIL_REASON: "OSError: disk full"})
+    failed.datetime_start, failed.datetime_complete = start, start + datetime.timedelta(seconds=42.5)
+    progress = Progress(study, 10, False)
+    line = progress.line(study, failed)
+    progress.close()
+    assert "  3 epochs" in line and "42.5 s" in line and "disk full" in line

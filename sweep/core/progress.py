@@ -80,9 +80,14 @@ class Progress:
         )
         shown = f"{value:.4f}" if value is not None else "  -   "
         attrs = trial.user_attrs
+        # A trial that failed after training never recorded its epochs and seconds: what it reported, and its clock
+        epochs = attrs.get(TrialKey.EPOCHS_RUN, len(trial.intermediate_values))
+        seconds = attrs.get(TrialKey.SECONDS)
+        if seconds is None and trial.datetime_start is not None and trial.datetime_complete is not None:
+            seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
         line = (
             f"trial {rec.root_trial_number(trial):4d} {trial.state.name:8s} {self.score} {shown}  {shown_best}  "
-            f"{attrs.get(TrialKey.EPOCHS_RUN, 0):3d} epochs  {attrs.get(TrialKey.SECONDS, 0.0):7.1f} s"
+            f"{epochs:3d} epochs  {seconds or 0.0:7.1f} s"
         )
         if trial.state == TrialState.FAIL:
             line += f"  ({attrs.get(TrialKey.FAIL_REASON, 'failed')})"
