@@ -499,3 +499,33 @@ def test_a_report_on_a_study_without_artifacts_creates_no_artifacts_folder(in_tm
     assert main(["report", "--out", "r.html"]) == 0
     assert (in_tmp / "r.html").stat().st_size > 0
     assert sorted(p.name for p in in_tmp.iterdir()) == ["r.html", "studies.db"]
+
+
+def test_the_dashboard_stopped_by_sigterm_ends_normally_without_a_rerun_line(tmp_path):
+    """A server's normal end is a signal: exit 0 and one line saying so, not "interrupted; rerun with"."""
+    import signal
+
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(storage=storage, study_name="segnet")
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "sweep", "dashboard", "--port", str(port), "--storage", storage],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert f"127.0.0.1:{port}/dashboard" in proc.stdout.readline()
+        deadline = time.monotonic() + 60
+        while True:  # serving: the signal ends the server, not its start-up
+            try:
+                _get_json(f"http://127.0.0.1:{port}/api/studies")
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert out.strip().splitlines()[-1] == "optuna-dashboard stopped"
+    assert "interrupted" not in err and "rerun" not in err

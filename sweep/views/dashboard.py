@@ -12,7 +12,8 @@ from sweep.core.records import ArtifactLocation
 
 
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve until Ctrl-C. Prints the URL first, so a person (or a test) knows where to look."""
+    """Serve until Ctrl-C or SIGTERM, which end it normally. Prints the URL first, so a person (or a
+    test) knows where to look."""
     st.check_storage_url(storage_url)
     st.require_existing_sqlite(storage_url)  # optuna-dashboard would create an empty database and show nothing
     storage = st.make_storage(storage_url, heartbeat=False)
@@ -21,9 +22,12 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     store = artifacts.open_store(location)
     print(f"optuna-dashboard: http://{_url_host(host)}:{port}/dashboard  (storage {storage_url}, artifacts {location}); Ctrl-C stops it", flush=True)
     try:
-        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)
+        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)  # returns on Ctrl-C
     except OSError as err:  # e.g. the port is taken
         raise UsageError(f"--port {port}: cannot listen on {host} ({err.strerror or err})") from None
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: how a server is meant to end, not an interruption to rerun
+        pass
+    print("optuna-dashboard stopped", flush=True)
 
 
 def _location(storage, storage_url: str) -> str:
