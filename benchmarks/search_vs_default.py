@@ -35,7 +35,8 @@ All arms train at the same epoch cost (``--epochs``, ``--epoch-slices``, ``--val
 are paired by seed and by patient. The JSON (rewritten after every arm) holds every point, each
 arm's final held-out figure per seed, and per seed the paired difference of each arm against
 ``default`` (mean over volumes, with a bootstrap interval over patients); the PNG beside it draws
-the curves.
+the curves. ``--resume`` adds to the JSON in ``--out`` the (arm, seed) pairs it lacks, so that the
+measurement can run in pieces (``--seeds 1``, then ``--seeds 2 --resume``, ...).
 """
 
 from __future__ import annotations
@@ -276,12 +277,13 @@ def summarize(result: dict) -> dict:
         values = [f["dice_fg"] for f in finals if f]
         summary[arm] = {"final_dice_fg": [f and f["dice_fg"] for f in finals],
                         "mean": round(float(np.mean(values)), 5) if values else None}
-    base = result["arms"].get("default")
+    base = {run["seed"]: run for run in result["arms"].get("default", [])}
     if base:
         for arm, runs in result["arms"].items():
             if arm != "default":
-                summary[arm]["vs_default"] = [paired(r["points"][-1], b["points"][-1]) if r["points"] and b["points"] else None
-                                              for r, b in zip(runs, base)]
+                summary[arm]["vs_default"] = [
+                    paired(r["points"][-1], base[r["seed"]]["points"][-1])
+                    if r["points"] and r["seed"] in base and base[r["seed"]]["points"] else None for r in runs]
     return summary
 
 
@@ -327,6 +329,23 @@ def draw(result: dict, path: Path, size: tuple[int, int] = (800, 500)) -> None:
     img.save(path)
 
 
+SAME_SETTINGS = ("data", "preset", "minutes", "fidelity", "ship_epochs", "held_out_patients")
+
+
+def resumed(fresh: dict, earlier: dict, parser: argparse.ArgumentParser) -> dict:
+    """``--resume``: the earlier run's measurements, to which this run adds the (arm, seed) pairs it
+    lacks; refused where the earlier run measured something else."""
+    differ = [key for key in SAME_SETTINGS if earlier.get(key) != fresh[key]]
+    if differ:
+        parser.error(f"--resume: {', '.join(differ)} differ from the run in --out; use another --out")
+    arms = {arm: earlier["arms"].get(arm, []) for arm in fresh["arms"]}
+    arms.update({arm: runs for arm, runs in earlier["arms"].items() if arm not in arms})
+    commands = earlier.get("commands", [earlier.get("command")]) + [fresh["command"]]
+    machines = earlier.get("machines", [earlier.get("machine")])
+    machines += [fresh["machine"]] if fresh["machine"] not in machines else []
+    return {**fresh, "commands": commands, "machines": machines, "arms": arms}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "acdc"))
@@ -344,6 +363,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "the default arm gets the time too (0: none)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULT), help="JSON file; the PNG goes beside it")
+    p.add_argument("--resume", action="store_true",
+                   help="keep what --out holds and run only the (arm, seed) pairs it lacks: a long measurement in pieces")
     args = p.parse_args(argv)
     arms = [a for a in args.arms.split(",") if a]
     unknown = set(arms) - set(ARMS)
@@ -356,14 +377,20 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "command": "python -m benchmarks.search_vs_default " + " ".join(sys.argv[1:] if argv is None else argv),
         "data": bench.data.describe(), "preset": bench.params, "minutes": args.minutes, "seeds": args.seeds,
-        "fidelity": {"epochs": args.epochs, **bench.fidelity.to_dict()},
+        "fidelity": {"epochs": args.epochs, **bench.fidelity.to_dict()}, "ship_epochs": args.ship_epochs,
         "held_out_patients": sorted(set(np.asarray(bench.data.train.groups)[bench.held])),
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
         "arms": {arm: [] for arm in arms},
     }
+    if args.resume and out.is_file():
+        result = resumed(result, json.loads(out.read_text()), p)
     for seed in range(args.seeds):
-        shipping = []  # wall seconds the seed's search arms spent retraining their picks
+        # wall seconds the seed's search arms spent retraining their picks, those of an earlier run included
+        shipping = [pt["ship_wall_minutes"] * 60 for arm in arms if arm != "default"
+                    for run in result["arms"][arm] if run["seed"] == seed for pt in run["points"] if pt.get("shipped")]
         for arm in sorted(arms, key=lambda a: a == "default"):  # the default last: its budget includes shipping
+            if any(run["seed"] == seed for run in result["arms"][arm]):
+                continue  # measured by an earlier run (--resume)
             if arm == "default":
                 seconds = bench.seconds + (float(np.mean(shipping)) if shipping else 0.0)
                 points = default_arm(bench, seed, seconds)

@@ -45,3 +45,21 @@ def test_an_unknown_arm_is_refused(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--arms", "recipe,grid"])
     assert "grid" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_measurement_resumes_in_pieces_and_refuses_other_settings(tmp_path, capsys):
+    out = tmp_path / "svd.json"
+    common = ["--data", "phantom", "--epochs", "2", "--epoch-slices", "0", "--val-slices", "0", "--patch", "0",
+              "--preset", "small", "--threads", "1", "--arms", "default", "--out", str(out)]
+    bench.main([*common, "--minutes", "0.03", "--seeds", "1"])
+    first = json.loads(out.read_text())["arms"]["default"]
+    bench.main([*common, "--minutes", "0.03", "--seeds", "2", "--resume"])
+    result = json.loads(out.read_text())
+    assert [run["seed"] for run in result["arms"]["default"]] == [0, 1]
+    assert result["arms"]["default"][0] == first[0]  # seed 0 kept as measured, not run again
+    assert len(result["commands"]) == 2
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--minutes", "0.05", "--seeds", "3", "--resume"])
+    assert "minutes" in capsys.readouterr().err
+    assert json.loads(out.read_text()) == result  # the refused run left the measurement alone
