@@ -10,10 +10,12 @@ SQLite study and ``sweep.training.run.run`` trains each for ``--epochs`` epochs 
 with ``--workers W`` (``run`` gives each worker ``cores // W`` threads). Timed from the call to its
 return: data loading, worker start-up and storage are in the figure, as they are in a sweep.
 
-Reported per worker count: wall seconds, epochs per hour, and trials per hour at the recipe's
-epoch budget (``--trial-epochs``, its 20): epochs per hour over that budget, the rate a search
-that prunes nothing would run at. ``--epochs`` is kept short so that the measurement takes minutes;
-the per-trial start-up it leaves in is a worst case for more workers.
+Reported per worker count: each configuration's seconds per epoch on its own trial's clock (the
+trials the configurations ran as, in number order; the extra ones, start-up and data loading
+left out), the steady rate of W busy workers from them (``epochs_per_hour``: W over the mean
+seconds per epoch), and trials per hour at the recipe's epoch budget (``--trial-epochs``, its 20):
+the rate a long search that prunes nothing runs at. ``epochs_per_hour_wall`` is every finished
+epoch over the call's wall time, start-up and the extra trials included, for comparison.
 """
 
 from __future__ import annotations
@@ -70,9 +72,15 @@ def measure(configs: list[dict], workers: int, args, tmp: Path) -> dict:
     finished = [t for t in optuna.load_study(study_name=name, storage=url).get_trials(deepcopy=False)
                 if t.state == optuna.trial.TrialState.COMPLETE]
     epochs = sum(len(t.intermediate_values) for t in finished)
+    # Each of the shared configurations' seconds per epoch, from its own trial's clock: the extra
+    # trials, start-up and data loading left out, so that every worker count is timed on the same work
+    per_epoch = [(t.datetime_complete - t.datetime_start).total_seconds() / len(t.intermediate_values)
+                 for t in sorted(finished, key=lambda t: t.number)[:len(configs)]]
+    steady = workers / (sum(per_epoch) / len(per_epoch)) * 3600  # every worker busy, as in a long sweep
     return {"workers": workers, "threads_per_worker": max(1, available_cores() // workers), "wall_s": round(wall, 1),
-            "trials": len(finished), "epochs": epochs, "epochs_per_hour": round(epochs / wall * 3600, 1),
-            "trials_per_hour": round(epochs / wall * 3600 / args.trial_epochs, 2)}
+            "trials": len(finished), "epochs": epochs, "epochs_per_hour_wall": round(epochs / wall * 3600, 1),
+            "trial_seconds_per_epoch": [round(x, 3) for x in per_epoch], "epochs_per_hour": round(steady, 1),
+            "trials_per_hour": round(steady / args.trial_epochs, 2)}
 
 
 def main(argv: list[str] | None = None) -> dict:

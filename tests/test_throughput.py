@@ -32,3 +32,7 @@ def test_one_worker_and_two_train_the_same_configurations(tmp_path):
     assert one["epochs"] == one["trials"] and two["epochs"] == two["trials"]  # every trial ran its one epoch
     assert one["trials_per_hour"] == pytest.approx(one["epochs_per_hour"] / 20, rel=1e-3)
     assert one["vs_first"] == 1.0 and two["vs_first"] > 0
+    for run in (one, two):  # timed on the same two configurations, by their own trials' clocks
+        assert len(run["trial_seconds_per_epoch"]) == 2 and min(run["trial_seconds_per_epoch"]) > 0
+        mean = sum(run["trial_seconds_per_epoch"]) / 2
+        assert run["epochs_per_hour"] == pytest.approx(run["workers"] / mean * 3600, rel=0.01)
