@@ -10,6 +10,7 @@ database: fine on one machine, and a warning where a study's local folder is not
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -94,10 +95,11 @@ def open_store(location: str, create: bool = True):
         return optuna.artifacts.Boto3ArtifactStore(location[len("s3://"):])
     if location.startswith("gs://"):
         return optuna.artifacts.GCSArtifactStore(location[len("gs://"):])
-    if not create:
-        return _FolderStore(location)
     try:
-        Path(location).mkdir(parents=True, exist_ok=True)
+        if create:
+            Path(location).mkdir(parents=True, exist_ok=True)
+        elif Path(location).exists() and not Path(location).is_dir():  # a reader: missing is fine, a file is not
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), location)
     except OSError as err:  # replaced by a file, or on a mount that went away
         raise UsageError(f"artifact location {location}: cannot use it as a folder ({err.strerror or err})") from None
     return _FolderStore(location)
