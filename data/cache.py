@@ -1,10 +1,12 @@
-"""Preprocessed volumes, cached once per dataset: ``KEY.npz`` (arrays) + ``KEY.json`` (records).
+"""Preprocessed volumes, cached once per dataset: ``preprocessed/KEY.npz`` (arrays) + ``KEY.json`` (records).
 
 Decoding and resampling a few hundred ``.nii.gz`` takes long enough to matter when every
 trial worker loads the dataset, so the slices are kept in this machine's cache folder, ``cache_dir()``
 (``$SEGNET_CACHE_DIR``, else ``$XDG_CACHE_HOME/segnet-sweep``, else ``~/.cache/segnet-sweep``), never
-in the data folder, which may be read-only or shared. The sweep keeps its local copies of
-artifacts in subfolders of the same folder.
+in the data folder, which may be read-only or shared. The entries live in its subfolder
+``preprocessed/``; the sweep keeps its local copies of artifacts in other subfolders
+(``artifacts/``, ``resume/``). Whatever else is in the cache folder is the user's and is never
+read, counted or removed: ``$SEGNET_CACHE_DIR`` may well name a folder that holds other files.
 
 The key is a hash of everything the arrays depend on: each file's resolved path, size and
 modification time (so an edited, replaced or moved file is a miss), the case records
@@ -14,9 +16,11 @@ workers and interrupted writes never leave a half file that a reader would take;
 renamed last, is what marks an entry complete. A cache that cannot be written (read-only
 home) costs time only: a warning, and the data are returned all the same.
 
-The folder is kept under ``$SEGNET_CACHE_MAX_GB`` (default 10): each save removes the entries
+The entries are kept under ``$SEGNET_CACHE_MAX_GB`` (default 10): each save removes the entries
 least recently used (a hit refreshes an entry) beyond it, and temporary files that a killed
-writer left more than a day ago.
+writer left more than a day ago. Only files named as this module names them (``ENTRY_NAME``,
+``TMP_NAME``) inside ``preprocessed/`` are ever removed. Entries of the former layout (in the
+cache folder itself) are misses, never read nor removed.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import stat
 import sys
 import time
 import warnings
@@ -43,6 +49,11 @@ DEFAULT_MAX_GB = 10.0
 STALE_TMP_S = 24 * 3600  # a temporary file this old belongs to no live writer
 #: Bumped when the cache files' layout changes (2: images as uint16 levels).
 CACHE_FORMAT = 2
+#: The entries' subfolder of the cache folder: what pruning may remove lives here and nowhere else.
+ENTRIES = "preprocessed"
+KEY_CHARS = 32  # hex characters of a key (cache_key)
+ENTRY_NAME = re.compile(rf"([0-9a-f]{{{KEY_CHARS}}})\.(json|npz)\Z")  # an entry's two files
+TMP_NAME = re.compile(rf"\.[0-9a-f]{{{KEY_CHARS}}}\.(json|npz)\.[0-9]+\.tmp\Z")  # _replace_atomically's
 
 Entry = tuple[np.ndarray, "np.ndarray | None", Volume]  # (Z, H, W) images, masks, record
 
@@ -65,6 +76,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "segnet-sweep"
 
 
+def entries_dir() -> Path:
+    """The folder of the preprocessed entries: ``cache_dir()/preprocessed``."""
+    return cache_dir() / ENTRIES
+
+
+def _check_key(key: str) -> str:
+    if not re.fullmatch(rf"[0-9a-f]{{{KEY_CHARS}}}", key):
+        raise ValueError(f"cache key {key!r}: expected {KEY_CHARS} hex characters (cache_key)")
+    return key
+
+
 def cache_key(files: list[Path], records: list[dict], constants: dict) -> str:
     """32 hex chars of a sha256 over file identities (path, size, mtime), case records and
     preprocessing constants. Only ``stat`` touches the files."""
@@ -74,7 +96,7 @@ def cache_key(files: list[Path], records: list[dict], constants: dict) -> str:
         stats.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns])
     what = {"format": CACHE_FORMAT, "files": stats, "records": records, "constants": constants}
     blob = json.dumps(what, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    return hashlib.sha256(blob.encode()).hexdigest()[:KEY_CHARS]
 
 
 def load(key: str, n: int) -> list[Entry] | None:
@@ -83,8 +105,8 @@ def load(key: str, n: int) -> list[Entry] | None:
     A damaged entry (a truncated or emptied ``.npz``, a garbled ``.json``) is a miss too, said in
     one line on stderr: the caller preprocesses again and its save replaces the entry.
     """
-    folder = cache_dir()
-    meta_path, arrays_path = folder / f"{key}.json", folder / f"{key}.npz"
+    folder = entries_dir()
+    meta_path, arrays_path = folder / f"{_check_key(key)}.json", folder / f"{key}.npz"
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
@@ -126,7 +148,8 @@ def _replace_atomically(target: Path, write) -> None:
 
 def save(key: str, entries: list[Entry]) -> None:
     """Store ``entries`` under ``key``; on an unwritable cache, warn and go on."""
-    folder = cache_dir()
+    folder = entries_dir()
+    _check_key(key)
     arrays = {}
     for i, (images, masks, _) in enumerate(entries):
         arrays[f"images_{i}"] = to_levels(images)  # exact: images are 16-bit levels already
@@ -161,18 +184,31 @@ def _touch(path: Path) -> None:
         pass
 
 
-def prune(folder: Path, keep: str | None = None, limit: int | None = None) -> list[str]:
-    """Remove the least recently used entries beyond ``limit`` bytes (default ``max_bytes()``),
-    never ``keep``, and stale temporary files; returns the keys removed."""
+def prune(folder: Path | None = None, keep: str | None = None, limit: int | None = None) -> list[str]:
+    """Remove the least recently used entries of ``folder`` (default ``entries_dir()``) beyond
+    ``limit`` bytes (default ``max_bytes()``), never ``keep``, and stale temporary files; returns
+    the keys removed. Only files named as this module names them are counted or removed."""
+    folder = entries_dir() if folder is None else Path(folder)
     limit = max_bytes() if limit is None else limit
-    now, entries = time.time(), []
+    now, files = time.time(), {}
     for path in folder.iterdir():
-        if path.name.startswith(".") and path.name.endswith(".tmp") and now - path.stat().st_mtime > STALE_TMP_S:
+        entry = ENTRY_NAME.match(path.name)
+        try:
+            st = path.lstat()
+        except FileNotFoundError:  # (removed by another worker's pruning meanwhile)
+            continue
+        if not stat.S_ISREG(st.st_mode):  # (a symlink or folder of that name is not one this module made)
+            continue
+        if TMP_NAME.match(path.name) and now - st.st_mtime > STALE_TMP_S:
             path.unlink(missing_ok=True)
-        elif path.suffix == ".json":
-            npz = path.with_suffix(".npz")
-            size = path.stat().st_size + (npz.stat().st_size if npz.exists() else 0)
-            entries.append((path.stat().st_mtime, path.stem, size))
+        elif entry:
+            files.setdefault(entry[1], {})[entry[2]] = st
+    entries = []
+    for key, parts in files.items():
+        if "json" in parts:
+            entries.append((parts["json"].st_mtime, key, sum(p.st_size for p in parts.values())))
+        elif now - parts["npz"].st_mtime > STALE_TMP_S:  # arrays whose json a killed writer never renamed
+            (folder / f"{key}.npz").unlink(missing_ok=True)
     removed, total = [], 0
     for _, key, size in sorted(entries, reverse=True):  # most recently used first
         total += size

@@ -324,7 +324,7 @@ def test_cache_hit_opens_no_nifti(tmp_path, monkeypatch):
     monkeypatch.setattr(nib, "load", lambda *a, **k: opened.append(a[0]) or real_load(*a, **k))
     first = load_dataset(str(root))
     assert opened
-    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".json", ".npz"]
+    assert sorted(p.suffix for p in (tmp_path / "cache" / "preprocessed").iterdir()) == [".json", ".npz"]
     assert sorted(p for p in root.rglob("*")) == before  # nothing written into the data folder
 
     opened.clear()
@@ -360,27 +360,28 @@ def test_one_variable_names_the_cache_and_its_former_name_still_works_with_a_war
 def test_the_cache_keeps_the_recently_used_entries_within_its_limit(tmp_path, monkeypatch):
     from data import cache
 
-    folder = tmp_path / "cache"
-    monkeypatch.setenv(cache.CACHE_ENV, str(folder))
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "cache"))
+    folder = tmp_path / "cache" / "preprocessed"
     root = write_acdc_phantom(tmp_path / "data", 3, n_test=1, size_range=SMALL)
     load_dataset(str(root))
     (real,) = [p.stem for p in folder.glob("*.json")]
     entry_bytes = sum(p.stat().st_size for p in folder.iterdir())
     now = time.time()
-    for age, key in ((3000, "old"), (2000, "mid")):  # two older entries of the same size
+    old, mid = "0" * 32, "1" * 32
+    for age, key in ((3000, old), (2000, mid)):  # two older entries of the same size
         for suffix in (".json", ".npz"):
             (folder / f"{key}{suffix}").write_bytes(b"x" * ((folder / f"{real}{suffix}").stat().st_size))
             os.utime(folder / f"{key}{suffix}", (now - age, now - age))
-    (folder / ".dead.npz.77.tmp").write_bytes(b"half")  # a writer killed two days ago
-    os.utime(folder / ".dead.npz.77.tmp", (now - 2 * 86400, now - 2 * 86400))
-    (folder / ".live.npz.78.tmp").write_bytes(b"half")  # a writer at work now
+    dead, live = f".{'d' * 32}.npz.77.tmp", f".{'e' * 32}.npz.78.tmp"
+    (folder / dead).write_bytes(b"half")  # a writer killed two days ago
+    os.utime(folder / dead, (now - 2 * 86400, now - 2 * 86400))
+    (folder / live).write_bytes(b"half")  # a writer at work now
     os.utime(folder / f"{real}.json", (now - 4000, now - 4000))
     load_dataset(str(root))  # a hit makes the real entry the most recently used
     assert (folder / f"{real}.json").stat().st_mtime > now - 60
-    assert cache.prune(folder, limit=int(2.5 * entry_bytes)) == ["old"]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [".live.npz.78.tmp", f"{real}.json", f"{real}.npz", "mid.json", "mid.npz"])
-    assert cache.prune(folder, keep="mid", limit=0) == [real]  # never the entry just written
+    assert cache.prune(folder, limit=int(2.5 * entry_bytes)) == [old]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([live, f"{real}.json", f"{real}.npz", f"{mid}.json", f"{mid}.npz"])
+    assert cache.prune(folder, keep=mid, limit=0) == [real]  # never the entry just written
     monkeypatch.setenv(cache.CACHE_MAX_ENV, "0.000001")  # 1 kB: each save keeps its own entry only
     assert load_dataset(str(root)).volumes
     assert sorted(p.suffix for p in folder.iterdir() if not p.name.startswith(".")) == [".json", ".npz"]
