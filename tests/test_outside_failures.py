@@ -243,7 +243,7 @@ def test_a_damaged_cache_entry_is_rebuilt_with_one_line(tmp_path, monkeypatch, c
     cache = tmp_path / "cache"
     monkeypatch.setenv("SEGNET_CACHE_DIR", str(cache))
     first = load_dataset(str(root))
-    npz, meta = next(cache.glob("*.npz")), next(cache.glob("*.json"))
+    npz, meta = next(cache.rglob("*.npz")), next(cache.rglob("*.json"))
     damaged = {"truncated npz": (npz, npz.read_bytes()[: npz.stat().st_size // 2]), "emptied npz": (npz, b""),
                "garbage npz": (npz, b"PK\x03\x04" + os.urandom(4000)), "emptied json": (meta, b"")}[damage]
     damaged[0].write_bytes(damaged[1])
@@ -438,5 +438,6 @@ Image.Image.save = save""")
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert proc.returncode == 130, proc.stderr[-3000:]
     assert one_line(proc.stderr).startswith("interrupted; ")
-    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == ["a_mask.png"]
+    assert sorted(p.name for p in (tmp_path / "predictions").iterdir()) == [".segnet-outputs.json", "a_mask.png"]
+    assert list(json.loads((tmp_path / "predictions" / ".segnet-outputs.json").read_text())["files"]) == ["a_mask.png"]
     assert np.asarray(Image.open(tmp_path / "predictions" / "a_mask.png")).shape == (32, 32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import types
 from pathlib import Path
@@ -191,8 +192,9 @@ def test_predict_folder(model_path, png_folder, tmp_path):
     summary = run_predict(_args("--model", str(model_path), str(png_folder), "--out", str(out), "--overlay",
                                 "--device", "cpu", "--quiet"))
     assert (summary["images"], summary["volumes"]) == (4, 0)
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{n}_{k}.png" for n in ("slice0", "slice1", "slice2", "odd") for k in ("mask", "overlay")])
+    written = sorted(f"{n}_{k}.png" for n in ("slice0", "slice1", "slice2", "odd") for k in ("mask", "overlay"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([".segnet-outputs.json", *written])
+    assert sorted(json.loads((out / ".segnet-outputs.json").read_text())["files"]) == written  # what a rerun may replace
     assert read_mask(out / "odd_mask.png").shape == (37, 50)
     assert read_mask(out / "slice0_mask.png").shape == SIZE
     assert Image.open(out / "slice0_overlay.png").format == "PNG"

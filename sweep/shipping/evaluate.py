@@ -34,7 +34,7 @@ from sweep.core import artifacts
 from sweep.core import records as rec
 from sweep.core.best import BestOptions, describe_best
 from sweep.core.errors import UsageError, check_writable
-from sweep.core.outputs import refuse_inside, refuse_overwrite
+from sweep.core.outputs import refuse_outputs
 from sweep.training.folds import Selection, estimate_holdout, refit_without_holdout, selection_folds, without_holdout
 from sweep.nn.metrics import (
     bootstrap_dice_fg,
@@ -454,10 +454,8 @@ def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bun
 def check_outputs(study: optuna.Study, opts: BestOptions) -> None:
     """``--out`` can be written, and its files replace neither the study nor the data."""
     out = Path(opts.out)
-    source = opts.data or study.user_attrs.get(StudyKey.DATA_SOURCE)
-    refuse_inside("--out", out, None if source in (None, "phantom") else source, "the data folder")
     written = [out / name for name in (rec.SUMMARY_FILE, rec.MODEL_FILE, rec.TEST_OVERLAY)]
-    refuse_overwrite(f"--out {opts.out}", written, storage=opts.storage)
+    refuse_outputs(f"--out {opts.out}", [out, out / "masks", *written], storage=opts.storage, study=study, data=opts.data)
     check_writable(out, f"--out {opts.out}")
 
 

@@ -5,7 +5,11 @@ PNG inputs give ``OUT/NAME_mask.png`` (class ids as pixel values, the coursework
 with ``--overlay``, ``OUT/NAME_overlay.png``; NIfTI inputs give ``OUT/CASE.nii.gz`` on the
 volume's own grid. Paths, output names and folders are checked, and every PNG is decoded, before
 anything is written, so a bad PNG costs no half-written output folder (a NIfTI file is checked
-as it is read).
+as it is read; a failure then leaves no folder predict made and wrote nothing into).
+
+The output folder lists what predict wrote there (``sweep.core.outputs.OwnedFiles``): a rerun
+replaces its own masks, and refuses a file of the same name it did not write, such as a ground
+truth ``cmr1_mask.png`` or an nnU-Net ``labelsTs/`` volume.
 
 Its parser is ``sweep.cli``'s, with every command's; this module loads only when ``predict`` runs.
 """
@@ -22,11 +26,11 @@ from data import read_image, write_mask
 from data.io import png_files
 from data.nifti import is_nifti, nifti_stem
 from sweep.core import artifacts
-from sweep.core.errors import UsageError, check_writable
+from sweep.core.errors import UsageError
 from sweep.core.flags import PredictOptions
-from sweep.core.outputs import refuse_overwrite
+from sweep.core.outputs import OwnedFiles, check_can_write, refuse_outputs
 from sweep.core.records import MODEL_FILE
-from sweep.core.study import open_study_readonly, sweep_command
+from sweep.core.study import open_study_readonly, sqlite_path, sweep_command
 from sweep.nn.model_export import EXPORT_FORMATS, export_model
 from sweep.nn.model_file import ModelBundle, Segmenter, load_bundle
 from sweep.nn.pictures import overlay_png
@@ -42,41 +46,62 @@ def run_predict(args: PredictOptions) -> dict:
         raise UsageError(f"--export {args.export[0]}: expected one of {', '.join(EXPORT_FORMATS)}")
     if not args.inputs and args.export is None:
         raise UsageError("predict: give at least one INPUT (a PNG or NIfTI file, or a folder), or --export")
-    model = args.model if args.model is not None else str(study_model(args.storage, args.study))
+    study = open_study_readonly(args.storage, args.study) if args.model is None else recorded_study(args.storage, args.study)
+    model = args.model if args.model is not None else str(study_model(study, args.storage))
     bundle = load_bundle(model)
     pngs, volumes, skipped = resolve_inputs(args.inputs)
     out = Path(args.out)
     reads = [*pngs, *volumes, Path(model)]
+    owned = None
     if pngs or volumes:
         check_unique_outputs(pngs, volumes, args.overlay)
-        written = [out / name for _, name in output_names(pngs, volumes, args.overlay)]
-        refuse_overwrite(f"--out {out}", written, storage=args.storage, inputs=reads)
-        check_writable(out, f"--out {out}")
+        names = [name for _, name in output_names(pngs, volumes, args.overlay)]
+        refuse_outputs(f"--out {out}", [out, *(out / n for n in names)], storage=args.storage, study=study, inputs=reads)
+        check_can_write(out, f"--out {out}")
+        owned = OwnedFiles(out, f"--out {out}", "predict")
+        owned.refuse_others(names)
     if args.export is not None:
-        refuse_overwrite(f"--export {args.export[0]}", [args.export[1]], storage=args.storage, inputs=reads)
-        check_writable(Path(args.export[1]).parent, f"--export {args.export[0]} {args.export[1]}")
+        refuse_outputs(f"--export {args.export[0]}", [args.export[1]], storage=args.storage, study=study, inputs=reads)
+        check_can_write(Path(args.export[1]).parent, f"--export {args.export[0]} {args.export[1]}")
     shapes = [read_image(p).shape for p in pngs]  # decodes and checks every PNG before any output
     segmenter = Segmenter(bundle, device=args.device) if pngs or volumes else None
     summary = {"model": model, "inputs": len(pngs) + len(volumes), "images": len(pngs),
                "volumes": len(volumes), "outputs": [], "out": str(out),
                "notes": skipped_notes(skipped) + png_notes(bundle, shapes) + volume_notes(bundle, volumes),
                "skipped": len(skipped), "export": None}
-    with tqdm(total=len(pngs) + len(volumes), desc="predict", unit="file", file=sys.stderr, disable=args.quiet) as bar:
-        summary["outputs"] += predict_pngs(segmenter, pngs, shapes, out, args.overlay, bar)
-        summary["outputs"] += predict_volumes(segmenter, volumes, out, args.overlay, bar)
+    if owned is not None:
+        owned.claim(names)
+        try:
+            with tqdm(total=len(pngs) + len(volumes), desc="predict", unit="file", file=sys.stderr,
+                      disable=args.quiet) as bar:
+                summary["outputs"] += predict_pngs(segmenter, pngs, shapes, out, args.overlay, bar)
+                summary["outputs"] += predict_volumes(segmenter, volumes, out, args.overlay, bar)
+        finally:
+            owned.close()  # lists what was written; a failure before any output leaves no folder it made
     if args.export is not None:
         summary["export"] = export_model(bundle, args.export[0], args.export[1])
     return summary
 
 
-def study_model(storage_url: str, study_name: str) -> Path:
+def study_model(study, storage_url: str) -> Path:
     """The model.pt of the study's latest ``best --evaluate``, from its artifact location (a
     machine with no local files gets it there)."""
-    path = artifacts.fetch(open_study_readonly(storage_url, study_name), storage_url, MODEL_FILE)
+    path = artifacts.fetch(study, storage_url, MODEL_FILE)
     if path is None:
-        raise UsageError(f"--model: not given, and study {study_name!r} has no evaluated model.pt "
-                         f"(run `{sweep_command('best --evaluate', storage_url, study_name)}` first)")
+        raise UsageError(f"--model: not given, and study {study.study_name!r} has no evaluated model.pt "
+                         f"(run `{sweep_command('best --evaluate', storage_url, study.study_name)}` first)")
     return path
+
+
+def recorded_study(storage_url: str, study_name: str):
+    """With ``--model``, the study of ``--storage``/``--study`` where it is an SQLite file here, so
+    that its data folder and artifact store are kept from outputs too; else None (a server is not
+    asked, and a missing or unreadable study only means less is known)."""
+    try:
+        db = sqlite_path(storage_url)
+        return open_study_readonly(storage_url, study_name) if db is not None and db.is_file() else None
+    except Exception:  # noqa: BLE001 - best effort: predict needs no study
+        return None
 
 
 LABEL_FOLDERS = ("labelsTr", "labelsTs")  # nnU-Net's label folders: every file in them is a label

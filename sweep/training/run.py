@@ -25,6 +25,9 @@ from sweep.nn.runtime import resolve_device_or_fail, worker_device
 from sweep.training.workers import optimize, run_workers
 
 
+LOCAL_NEEDS_ENQUEUE = "--space local searches around the configuration --enqueue names: add one, e.g. --enqueue acdc"
+
+
 def parse_enqueue(value: str, epochs: int) -> dict:
     """``--enqueue`` takes a preset name, a JSON file or an inline JSON object of params; checked against the space."""
     from sweep.search.presets import PRESETS
@@ -138,6 +141,9 @@ def run(opts: RunOptions) -> dict:
     requested = artifacts.resolve(opts.storage, opts.artifacts)
     if opts.artifacts is not None:
         artifacts.check(requested)
+    db = st.sqlite_path(opts.storage)
+    if opts.space == "local" and enqueue is None and db is not None and not db.exists():
+        raise UsageError(LOCAL_NEEDS_ENQUEUE)  # now: opening the storage would leave an empty studies.db
 
     study, location = _open_study(opts, data, requested, enqueue)
     note = grouping_note(data, opts)  # after the study's checks: a refusal is then its one line alone
@@ -199,7 +205,7 @@ def _open_study(opts: RunOptions, data: Dataset, requested: str, enqueue: dict |
         if opts.artifacts is None:  # (a given one is checked already)
             artifacts.check_recorded(existing, artifacts.location_of(existing, opts.storage, warn=False))
     if opts.space == "local" and enqueue is None and not (existing and existing.user_attrs.get(StudyKey.SPACE)):
-        raise UsageError("--space local searches around the configuration --enqueue names: add one, e.g. --enqueue acdc")
+        raise UsageError(LOCAL_NEEDS_ENQUEUE)
     study = optuna.create_study(storage=storage, study_name=opts.study, direction="maximize", load_if_exists=True)
     if not study.user_attrs.get(StudyKey.DATA_FINGERPRINT):
         record_study_metadata(study, data, opts, enqueue)

@@ -8,7 +8,7 @@ import pandas as pd
 
 from data.files import output_file
 from sweep.core.errors import UsageError
-from sweep.core.outputs import refuse_overwrite
+from sweep.core.outputs import refuse_outputs
 from sweep.core.records import DICE_KEYS, Evaluation, TrialKey, attempt, root_trial_number
 from sweep.core.study import open_study_readonly
 
@@ -24,8 +24,8 @@ FIRST = (
 
 def export_csv(storage_url: str, study_name: str, path: str | Path) -> int:
     """Write the study's trials to ``path``; returns the number of rows."""
-    refuse_overwrite(f"--csv {path}", [path, cases_path(path)], storage=storage_url)
     study = open_study_readonly(storage_url, study_name)
+    refuse_outputs(f"--csv {path}", [path, cases_path(path)], storage=storage_url, study=study)
     frame = study.trials_dataframe()
     # System attrs are Optuna's bookkeeping (artifact ids, retry links, enqueued params).
     frame = frame.drop(columns=[c for c in frame.columns if c in DROPPED or c.startswith("system_attrs_")])

@@ -22,7 +22,7 @@ from sweep.core import artifacts
 from sweep.core import records as rec
 from sweep.core import study as st
 from sweep.core.errors import UsageError
-from sweep.core.outputs import refuse_overwrite
+from sweep.core.outputs import refuse_outputs
 from sweep.views.figures import (
     MIN_TOP,
     TARGET,
@@ -43,8 +43,8 @@ TOP_TRIALS = 10
 
 def write_report(storage_url: str, study_name: str, out: str | Path) -> Path:
     path = Path(out)
-    refuse_overwrite(f"--out {out}", [path], storage=storage_url)
     study = open_study_readonly(storage_url, study_name)
+    refuse_outputs(f"--out {out}", [path], storage=storage_url, study=study)
     page = _Page(study, storage_url)
     try:
         with output_file(path) as tmp:
