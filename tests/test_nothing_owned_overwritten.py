@@ -263,8 +263,11 @@ def test_predict_failures_leave_no_output_folder(tmp_path, capsys):
         assert not (tmp_path / "new").exists()
     existing = tmp_path / "existing"
     existing.mkdir()
-    assert main(["predict", "--model", str(good), str(cine), "--out", str(existing), "--quiet", "--device", "cpu"]) == 2
-    assert list(existing.iterdir()) == []
+    for volumes in ([cine], [frame, cine]):  # a cine after a good frame: refused before the frame's output
+        assert main(["predict", "--model", str(good), *map(str, volumes), "--out", str(existing), "--quiet",
+                     "--device", "cpu"]) == 2
+        assert "4-D NIfTI" in one_error_line(capsys)
+        assert list(existing.iterdir()) == []
 
 
 def test_a_killed_writes_temporary_file_is_removed_by_the_next_write(tmp_path):

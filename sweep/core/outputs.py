@@ -22,6 +22,7 @@ the files a command wrote there, so that a rerun replaces those and nothing else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 import optuna
 from sqlalchemy.engine import make_url
 
-from data.files import output_file, same_file
+from data.files import output_file
 from sweep.core import artifacts
 from sweep.core.errors import UsageError
 from sweep.core.records import StudyKey
@@ -115,10 +116,22 @@ def refuse_overwrite(flag: str, outputs: Iterable[str | Path], *, storage: str |
     """
     protected = [(p, "the study's database (--storage)") for p in storage_files(storage)]
     protected += [(Path(p), "an input of this command") for p in inputs]
+    # data.files.same_file for every pair, with each path resolved and stat'ed once (a folder of
+    # a thousand slices is a thousand outputs and a thousand inputs).
+    by_path = {os.path.realpath(path): what for path, what in reversed(protected)}
+    by_inode = {}
+    for path, what in reversed(protected):
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            by_inode[(st.st_dev, st.st_ino)] = what
     for out in outputs:
-        for path, what in protected:
-            if same_file(out, path):
-                raise UsageError(f"{flag}: {out} is {what}; writing it would replace it. Choose another name")
+        what = by_path.get(os.path.realpath(out))
+        if what is None:
+            with contextlib.suppress(OSError):
+                st = os.stat(out)
+                what = by_inode.get((st.st_dev, st.st_ino))
+        if what is not None:
+            raise UsageError(f"{flag}: {out} is {what}; writing it would replace it. Choose another name")
 
 
 def check_can_write(folder: str | Path, label: str) -> None:

@@ -4,8 +4,9 @@ it (``sweep.nn.model_export``).
 PNG inputs give ``OUT/NAME_mask.png`` (class ids as pixel values, the coursework encoding) and,
 with ``--overlay``, ``OUT/NAME_overlay.png``; NIfTI inputs give ``OUT/CASE.nii.gz`` on the
 volume's own grid. Paths, output names and folders are checked, and every PNG is decoded, before
-anything is written, so a bad PNG costs no half-written output folder (a NIfTI file is checked
-as it is read; a failure then leaves no folder predict made and wrote nothing into).
+anything is written, so a bad PNG costs no half-written output folder (a NIfTI file's header is
+checked first, its voxels as they are read; a failure then leaves no folder predict made and
+wrote nothing into).
 
 The output folder lists what predict wrote there (``sweep.core.outputs.OwnedFiles``): a rerun
 replaces its own masks, and refuses a file of the same name it did not write, such as a ground
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 
 from data import read_image, write_mask
 from data.io import png_files
-from data.nifti import is_nifti, nifti_stem
+from data.nifti import grid_shape, is_nifti, load_header, nifti_stem
 from sweep.core import artifacts
 from sweep.core.errors import UsageError
 from sweep.core.flags import PredictOptions
@@ -64,6 +65,8 @@ def run_predict(args: PredictOptions) -> dict:
         refuse_outputs(f"--export {args.export[0]}", [args.export[1]], storage=args.storage, study=study, inputs=reads)
         check_can_write(Path(args.export[1]).parent, f"--export {args.export[0]} {args.export[1]}")
     shapes = [read_image(p).shape for p in pngs]  # decodes and checks every PNG before any output
+    for volume in volumes:  # and every volume's header: a 4-D cine among them is refused before any output
+        grid_shape(load_header(volume), volume)
     segmenter = Segmenter(bundle, device=args.device) if pngs or volumes else None
     summary = {"model": model, "inputs": len(pngs) + len(volumes), "images": len(pngs),
                "volumes": len(volumes), "outputs": [], "out": str(out),
