@@ -292,8 +292,10 @@ def test_nifti_inputs_go_through_data_volumes(bundle, tmp_path, monkeypatch):
     model = save_bundle(ModelBundle(**{**vars(bundle), "preprocessing": recorded}), tmp_path / "model.pt")
     folder = tmp_path / "imagesTs"
     folder.mkdir()
-    (folder / "case_007_0000.nii.gz").write_bytes(b"")
-    (folder / "patient101_frame01.nii").write_bytes(b"")
+    import nibabel as nib
+
+    for name in ("case_007_0000.nii.gz", "patient101_frame01.nii"):  # real headers: predict checks them first
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 2), np.float32), np.eye(4)), folder / name)
     summary = run_predict(_args("--model", str(model), str(folder), "--out", str(tmp_path / "o"), "--overlay", "--quiet"))
     assert summary["volumes"] == 2
     assert len(calls["written"]) == 2  # each under a temporary name, then renamed
