@@ -34,9 +34,8 @@ import optuna
 from sqlalchemy.engine import make_url
 
 from data.files import output_file
-from sweep.core import artifacts
 from sweep.core.errors import UsageError
-from sweep.core.records import StudyKey
+from sweep.core.records import ArtifactLocation, StudyKey
 from sweep.core.study import default_artifact_dir, sqlite_path
 
 SQLITE_SIDE_FILES = ("-journal", "-wal", "-shm")  # SQLite's own files beside the database
@@ -83,18 +82,20 @@ def protected_folders(storage: str | None, study: optuna.Study | None = None,
                       data: str | None = None) -> list[tuple[Path, str]]:
     """(resolved folder, what it is) for every folder no output may go into: the data folders,
     the artifact store (the study's, or the default one beside an existing SQLite file), the cache."""
+    from data.cache import cache_dir  # here: the views that import this module load no data package otherwise
+
     places = []
     recorded = study.user_attrs.get(StudyKey.DATA_SOURCE) if study is not None else None
     for source, what in ((recorded, "the data folder the study was made on"), (data, "the data folder (--data)")):
         if source and source != "phantom":
             places.append((source, what))
-    location = artifacts.location_of(study, storage, warn=False) if study is not None and storage else None
-    if location and not location.startswith(artifacts.OBJECT_STORES):
-        places.append((location, "the study's artifact store"))
+    recorded = ArtifactLocation.of_study(study) if study is not None else None  # (artifacts.location_of)
+    if recorded is not None and "://" not in recorded.location:  # a folder, not s3:// or gs://
+        places.append((recorded.location, "the study's artifact store"))
     db = sqlite_path(storage) if storage else None
-    if db is not None and db.is_file():
+    if db is not None and db.is_file():  # the default store, and that of studies made before the record
         places.append((default_artifact_dir(storage), "the artifact store beside the study's database"))
-    places.append((artifacts.cache_folder(), "this machine's cache folder (SEGNET_CACHE_DIR)"))
+    places.append((cache_dir(), "this machine's cache folder (SEGNET_CACHE_DIR)"))
     return [(Path(os.path.realpath(Path(folder).expanduser())), what) for folder, what in places]
 
 
