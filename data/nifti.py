@@ -15,7 +15,9 @@ reoriented: a prediction then maps back onto the file exactly.
 
 from __future__ import annotations
 
+import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,19 @@ def _reason(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err).strip() else type(err).__name__
 
 
+@contextmanager
+def _quiet_nibabel():
+    """nibabel's header fixes unlogged (nibabel's own LoggingOutputSuppressor leaves its logger
+    without a handler, and Python's last-resort handler then prints them anyway)."""
+    logger = logging.getLogger("nibabel.global")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def load_header(path: Path) -> Any:
     """Open one NIfTI and read its header (not its voxels): a nibabel image object.
 
@@ -60,10 +75,43 @@ def load_header(path: Path) -> Any:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        return nib.load(str(path))
+        # Quiet: nibabel logs what it "fixes" in a header (a pixdim of 0 read as 1 mm), on the
+        # terminal, each time it opens the file; _check_voxel_size refuses such a file instead.
+        with _quiet_nibabel():
+            img = nib.load(str(path))
     # nibabel reports bad files as ImageFileError, gzip errors, OSError, EOFError, ...
     except Exception as err:  # noqa: BLE001
         raise DataError(f"{path}: not a readable NIfTI file ({_reason(err)})") from None
+    _check_voxel_size(img, path)
+    return img
+
+
+def _check_voxel_size(img: Any, path: Path) -> None:
+    """Refuse a header whose voxel size (pixdim[1..3], mm) along a stored axis is 0, negative, NaN
+    or infinite: nibabel reads 0 as 1 mm and a negative size as its absolute value, so the volume
+    would be resampled at a scale nobody measured. The sform, where the header has one, can say
+    what was meant; it is named in the line, for the header to be fixed (not guessed here: a
+    header that is wrong in one field may be wrong in another)."""
+    import nibabel as nib
+
+    try:
+        with nib.openers.ImageOpener(str(path)) as f:  # the header as stored, before nibabel's fixes
+            raw = type(img.header).from_fileobj(f, check=False)
+    except Exception:  # noqa: BLE001  (it read a moment ago; the voxels' read then names the file)
+        return
+    axes = max(1, min(int(raw["dim"][0]), 3))  # a 2-D file has no slice thickness (read as 1 mm)
+    pixdim = [float(v) for v in raw["pixdim"][1 : 1 + axes]]
+    bad = [i + 1 for i, v in enumerate(pixdim) if not (np.isfinite(v) and v > 0)]
+    if not bad:
+        return
+    shown = ", ".join(f"pixdim[{i}] = {pixdim[i - 1]:g}" for i in bad)
+    hint = ""
+    matrix, code = img.header.get_sform(coded=True)
+    if code > 0 and np.isfinite(matrix).all():
+        sizes = np.linalg.norm(np.asarray(matrix)[:3, :axes], axis=0)
+        if (sizes > 0).all():
+            hint = f"; its sform says {' x '.join(f'{v:.4g}' for v in sizes)} mm"
+    raise DataError(f"{path}: voxel size {shown} mm in the header, not a size; fix the header's pixdim{hint}")
 
 
 def grid_shape(img: Any, path: Path) -> tuple[int, int, int]:
@@ -169,7 +217,8 @@ def write_labels(
     header = None
     if source is not None and Path(source).is_file():
         try:
-            header = nib.load(str(source)).header.copy()
+            with _quiet_nibabel():
+                header = nib.load(str(source)).header.copy()
         except Exception:  # noqa: BLE001  (the affine alone still places the labels)
             header = None
     img = nib.Nifti1Image(labels.astype(np.uint8), np.asarray(affine, np.float64), header=header)

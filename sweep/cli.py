@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import os
+import select
 import signal
 import sys
 
@@ -22,6 +24,7 @@ from sweep.core.study import PROG, display_url, sweep_command
 from sweep.search.options import RunOptions, resume_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,6 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit code. Output cut short by its reader (``status | head -1``) ends
+    quietly, as ``head`` meant: no BrokenPipeError traceback, exit 141 as a shell shows for SIGPIPE."""
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()  # inside: a closed pipe fails here, not in the interpreter's exit
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe (a worker's): a fault of this tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush writes nowhere
+        return EXIT_BROKEN_PIPE
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe (or socket) nobody reads any more: polling its write end says so."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a test's capture
+        return False
+    if not hasattr(select, "poll"):
+        return True  # (no poll: take it that the pipe was ours)
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _main(argv: list[str] | None = None) -> int:
     silence_optuna()
     # SIGTERM ends every command as Ctrl-C does: exit 130 and one line, never a half-written output.
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -142,7 +173,7 @@ def _run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\ninterrupted; the study is saved. Resume with:\n  {resume_command(opts)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    _print_run_summary(summary, args.json)
+    _print_run_summary(summary, args.json, opts.storage)
     return EXIT_ERROR if summary["stopped_early"] else EXIT_OK
 
 
@@ -218,7 +249,9 @@ COMMANDS = {"run": _run, "best": _best, "status": _status, "export": _export, "r
             "dashboard": _dashboard, "predict": _predict}
 
 
-def _print_run_summary(summary: dict, as_json: bool) -> None:
+def _print_run_summary(summary: dict, as_json: bool, storage: str) -> None:
+    """``storage``: the URL as given (the summary's has its password masked); the ``next:`` line
+    refers to one with a password as ``$SEGNET_STORAGE`` (``sweep.core.study.command_line``)."""
     if as_json:
         print(json.dumps(summary))
         return
@@ -232,7 +265,7 @@ def _print_run_summary(summary: dict, as_json: bool) -> None:
     if summary["best"]:
         b = summary["best"]
         print(f"best: trial {b['trial']}, val dice_fg {b[VAL_DICE_FG]:.4f}")
-        print(f"next: {sweep_command('best --evaluate', summary['storage'], summary['study'])}")
+        print(f"next: {sweep_command('best --evaluate', storage, summary['study'])}")
 
 
 def _format_best(result: dict) -> str:

@@ -177,5 +177,7 @@ def test_printed_command_lines_come_from_one_function():
                                                       "--storage", "postgresql://u:pw@db/x", "--study", "s 1")
     from sweep.core.study import sweep_command
 
+    # A URL with a password is the variable the user exports: the line runs as printed, and shows no secret.
     assert sweep_command("best --evaluate", "postgresql://u:pw@db/x", "s 1", after=("--seeds", "2")) == \
-        "python -m sweep best --evaluate --storage 'postgresql://u:***@db/x' --study 's 1' --seeds 2"
+        ('python -m sweep best --evaluate --storage "$SEGNET_STORAGE" --study \'s 1\' --seeds 2'
+         "  # SEGNET_STORAGE: your --storage URL (not printed: it holds a password)")

@@ -76,7 +76,8 @@ def test_a_local_search_runs_the_default_first_and_records_its_space(in_tmp, cap
     assert main(["report", "--out", "r.html"]) == 0
     assert "local: the enqueued default" in (in_tmp / "r.html").read_text()
     capsys.readouterr()
-    assert main(["run", "--trials", "4", "--epochs", "2", "--quiet"]) == 2  # the study's space is kept
+    # The study's space is kept: left out, it continues (tests/test_inputs_checked.py); another one typed is refused.
+    assert main(["run", "--trials", "4", "--epochs", "2", "--quiet", "--space", "full"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--space full" in err and "--space local" in err and len(err.splitlines()) == 1
 

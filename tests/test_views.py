@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -264,10 +263,11 @@ def test_report_needs_no_complete_trial(tmp_path):
 # ---------------------------------------------------------------- dashboard
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _served_at(first_line: str) -> str:
+    """``http://127.0.0.1:PORT`` from the dashboard's first line (started with ``--port 0``)."""
+    match = re.search(r"http://127\.0\.0\.1:(\d+)/dashboard", first_line)
+    assert match and int(match.group(1)) > 0, first_line
+    return f"http://127.0.0.1:{match.group(1)}"
 
 
 def _get_json(url: str):
@@ -278,18 +278,15 @@ def _get_json(url: str):
 @pytest.fixture(scope="module")
 def dashboard(made, tmp_path_factory):
     """`python -m sweep dashboard` in a subprocess on a free port; yields (base URL, study id)."""
-    port = _free_port()
     log = tmp_path_factory.mktemp("dashboard") / "stderr.txt"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sweep", "dashboard", "--port", str(port), "--storage", made[1]],
+        proc = subprocess.Popen(  # port 0: any free one, named in the first line (no race with another suite)
+            [sys.executable, "-m", "sweep", "dashboard", "--port", "0", "--storage", made[1]],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err, text=True,
         )
     try:
-        base = f"http://127.0.0.1:{port}"
-        first = proc.stdout.readline()
-        assert f"{base}/dashboard" in first  # the URL comes first
+        base = _served_at(proc.stdout.readline())  # the URL comes first
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -501,31 +498,85 @@ def test_a_report_on_a_study_without_artifacts_creates_no_artifacts_folder(in_tm
     assert sorted(p.name for p in in_tmp.iterdir()) == ["r.html", "studies.db"]
 
 
+def _start_dashboard(storage: str, script: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`python -m sweep dashboard --port 0` (or ``script`` run with its arguments) in a subprocess,
+    once it answers; returns the process and its base URL."""
+    command = ["-m", "sweep"] if script is None else ["-c", script]
+    proc = subprocess.Popen([sys.executable, *command, "dashboard", "--port", "0", "--storage", storage],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        base = _served_at(proc.stdout.readline())
+        deadline = time.monotonic() + 120  # a busy machine (a second suite beside this one) starts it slowly
+        while True:  # serving: the signal ends the server, not its start-up
+            try:
+                _get_json(f"{base}/api/studies")
+                return proc, base
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def _stopped(proc: subprocess.Popen) -> tuple[str, str]:
+    try:
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_the_dashboard_stopped_by_sigterm_ends_normally_without_a_rerun_line(tmp_path):
     """A server's normal end is a signal: exit 0 and one line saying so, not "interrupted; rerun with"."""
     import signal
 
     storage = f"sqlite:///{tmp_path / 'studies.db'}"
     optuna.create_study(storage=storage, study_name="segnet")
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "sweep", "dashboard", "--port", str(port), "--storage", storage],
-                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert f"127.0.0.1:{port}/dashboard" in proc.stdout.readline()
-        deadline = time.monotonic() + 60
-        while True:  # serving: the signal ends the server, not its start-up
-            try:
-                _get_json(f"http://127.0.0.1:{port}/api/studies")
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.3)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, _ = _start_dashboard(storage)
+    proc.send_signal(signal.SIGTERM)
+    out, err = _stopped(proc)
     assert proc.returncode == 0
     assert out.strip().splitlines()[-1] == "optuna-dashboard stopped"
     assert "interrupted" not in err and "rerun" not in err
+
+
+# The dashboard's app, with a page during whose answer the server gets SIGTERM: wsgiref used to
+# take the KeyboardInterrupt raised there for a failed request, and serve on.
+SIGNALLED_MID_RESPONSE = """
+import os, signal, sys
+import optuna_dashboard._app as dashboard_app
+
+create_app = dashboard_app.create_app
+
+def app_with_a_signalled_page(*args, **kwargs):
+    app = create_app(*args, **kwargs)
+
+    def wrapped(environ, start_response):
+        if environ["PATH_INFO"] != "/signalled":
+            return app(environ, start_response)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered here, while the answer is being written
+        return [b"answered"]
+
+    return wrapped
+
+dashboard_app.create_app = app_with_a_signalled_page
+from sweep.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_the_dashboard_stops_on_a_sigterm_that_arrives_while_it_answers(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'studies.db'}"
+    optuna.create_study(storage=storage, study_name="segnet")
+    proc, base = _start_dashboard(storage, SIGNALLED_MID_RESPONSE)
+    with urllib.request.urlopen(f"{base}/signalled", timeout=30) as response:
+        assert response.read() == b"answered"  # the request in hand is answered whole
+    out, err = _stopped(proc)
+    assert proc.returncode == 0, err
+    assert out.strip().splitlines()[-1] == "optuna-dashboard stopped"
+    assert "Traceback" not in err

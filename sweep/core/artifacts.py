@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import sys
 import time
@@ -24,6 +25,7 @@ from sweep.core.records import ArtifactLocation, StudyKey
 from sweep.core.study import default_artifact_dir
 
 OBJECT_STORES = ("s3://", "gs://")
+S3_BUCKET = re.compile(r"[a-zA-Z0-9.\-_]{1,255}")  # the names boto3 sends at all (AWS's own rules are stricter)
 # Waits between tries of a store that is down (``patiently``): about 60 s in all, well inside the
 # heartbeat's 90 s grace period, so an outage shorter than that costs no trial.
 OUTAGE_WAITS = (1.0, 2.0, 4.0, 8.0, 15.0, 15.0, 15.0)
@@ -54,6 +56,9 @@ def check(location: str) -> None:
         except ImportError:
             raise UsageError(f"--artifacts {location!r}: needs {module.split('.')[0]}; pip install it") from None
         if location.startswith("s3://"):
+            if not S3_BUCKET.fullmatch(bucket):  # boto3 refuses it before asking, in a message of several lines
+                raise UsageError(f"--artifacts {location!r}: not a bucket name (S3 bucket names are letters, digits, "
+                                 "'.', '-' and '_', e.g. s3://my-bucket)")
             _check_bucket(bucket, f"--artifacts {location!r}")
         return
     path = Path(location)
@@ -83,7 +88,8 @@ def _check_bucket(bucket: str, label: str) -> None:
     try:
         boto3.client("s3").head_bucket(Bucket=bucket)
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as err:
-        raise UsageError(f"{label}: cannot reach the bucket ({err}); a worker needs the store's "
+        reason = " ".join(str(err).split())  # one line, whatever the client wrote
+        raise UsageError(f"{label}: cannot reach the bucket ({reason}); a worker needs the store's "
                          "credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and, for a server "
                          "other than AWS, AWS_ENDPOINT_URL") from None
 

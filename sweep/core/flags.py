@@ -56,8 +56,8 @@ def integer(text: str) -> int:
 
 def port(text: str) -> int:
     number = integer(text)
-    if not 1 <= number <= 65535:
-        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535, got {number}")
+    if not 0 <= number <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1..65535 (or 0: any free one), got {number}")
     return number
 
 
@@ -120,7 +120,7 @@ class ReportOptions:
 @dataclass
 class DashboardOptions:
     host: str = flag("127.0.0.1", "address to serve on (default %(default)s: this machine only; 0.0.0.0 for others)")
-    port: int = flag(8080, "TCP port (default %(default)s)", type=port)
+    port: int = flag(8080, "TCP port (default %(default)s; 0: any free port, named in the URL printed)", type=port)
     storage: str = storage_flag()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import re
 import shlex
 import sqlite3
 import tempfile
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import sqlalchemy
+from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
 
@@ -25,18 +27,54 @@ DEFAULT_STUDY = "segnet"
 PROG = ("python", "-m", "sweep")
 
 
+# A printed command never shows a password: a --storage URL that holds one is written as this
+# variable, so the command still runs as printed where the user has exported it (the shell expands it).
+STORAGE_VARIABLE = "SEGNET_STORAGE"
+
+
 def command_line(*parts: str) -> str:
-    """``python -m sweep PARTS...``, quoted for a shell: every command line the tool prints is made here."""
-    return shlex.join([*PROG, *parts])
+    """``python -m sweep PARTS...``, quoted for a shell: every command line the tool prints is made here.
+
+    A ``--storage`` URL with a password becomes ``"$SEGNET_STORAGE"``, and a shell comment at the
+    end says what to export: the line runs as printed, pasted whole, and shows no secret.
+    """
+    words, hidden, previous = [], False, None
+    for part in (*PROG, *parts):
+        if part.startswith("--storage=") and has_password(part.split("=", 1)[1]):
+            words.append(f'--storage="${STORAGE_VARIABLE}"')
+            hidden = True
+        elif previous == "--storage" and has_password(part):
+            words.append(f'"${STORAGE_VARIABLE}"')
+            hidden = True
+        else:
+            words.append(shlex.quote(part))
+        previous = part
+    line = " ".join(words)
+    if hidden:
+        line += f"  # {STORAGE_VARIABLE}: your --storage URL (not printed: it holds a password)"
+    return line
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` is a database URL with a password in it."""
+    try:
+        return bool(make_url(url).password)
+    except (sqlalchemy.exc.ArgumentError, ValueError):
+        return bool(_PASSWORD.search(url))
+
+
+# user:password@ after a scheme, for a URL SQLAlchemy cannot parse (a bad port, say).
+_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]+@")
 
 
 def sweep_command(command: str, storage: str, study: str | None, *rest: str, after: tuple[str, ...] = ()) -> str:
     """``python -m sweep COMMAND ...`` with the ``--storage`` and ``--study`` that were used (where
-    not the defaults), so that a printed next step works as printed; the storage URL is shown
-    without its password. ``rest`` goes before those two flags, ``after`` after them."""
+    not the defaults), so that a printed next step works as printed (a URL with a password is
+    referred to by ``$SEGNET_STORAGE``: ``command_line``). ``rest`` goes before those two flags,
+    ``after`` after them."""
     parts = [*command.split(), *rest]
     if storage != DEFAULT_STORAGE:
-        parts += ["--storage", display_url(storage)]
+        parts += ["--storage", storage]
     if study is not None and study != DEFAULT_STUDY:
         parts += ["--study", study]
     return command_line(*parts, *after)
@@ -59,10 +97,13 @@ def check_storage_url(url: str, *, writable: bool = True) -> str:
 
     ``writable=False`` for commands that only read: a study on a read-only mount can be inspected.
     """
+    if not url.strip():  # e.g. "$SEGNET_STORAGE" of a printed command, not exported
+        raise UsageError(f"--storage is empty: give a database URL (export {STORAGE_VARIABLE} first where a "
+                         f"printed command names ${STORAGE_VARIABLE})")
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as err:
-        raise UsageError(f"--storage {url!r}: not a database URL ({err})") from None
+        raise UsageError(f"--storage {display_url(url)!r}: not a database URL ({err})") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         db = parsed.database
@@ -117,7 +158,7 @@ def display_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError):
-        return url
+        return _PASSWORD.sub(r"\1***@", url)
     return _hide_password(parsed) if parsed.password else url
 
 
@@ -161,12 +202,28 @@ def make_storage(url: str, *, heartbeat: bool = True, read_only: bool = False) -
     return storage
 
 
+class _Storage(RDBStorage):
+    """Optuna's RDB storage whose heartbeat skips a beat the database refuses, rather than dying.
+
+    The heartbeat runs in its own thread: a beat that fails (a full disk, a server gone for a
+    moment) would end that thread with three chained tracebacks on the terminal, above the one
+    line the trial's own next write ends the run with (``errors.outside_failure``). A missed beat
+    is retried at the next interval; a database that stays away fails the run's writes anyway.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError):
+            pass
+
+
 def _open_rdb(url: str, engine_kwargs: dict, kwargs: dict) -> RDBStorage:
     """``RDBStorage(url)``, retried where another worker was creating Optuna's schema at the same moment."""
     retries = 0
     while True:
         try:
-            return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+            return _Storage(url, engine_kwargs=engine_kwargs, **kwargs)
         except sqlalchemy.exc.DBAPIError as e:
             retries += 1
             if retries > SCHEMA_RETRIES or not _schema_race(e):

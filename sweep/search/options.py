@@ -21,6 +21,9 @@ from sweep.search.strategies import PRUNERS, SAMPLERS
 EPOCH_SLICES_AUTO = 1000  # default bound on the train slices of one epoch
 VAL_SLICES_AUTO = 200  # default bound on the val slices scored after each epoch
 PATCH_STEP = 32  # --patch must be a multiple: 2 ** 5, SegNet's deepest down-sampling
+# Optuna's schema stores a study's name in a VARCHAR(512) (optuna.storages._rdb.models): PostgreSQL
+# and MySQL refuse a longer one with the server's own error, SQLite keeps it; refused before any storage.
+STUDY_NAME_MAX = 512
 MAX_EPOCH_PASSES = 100  # --epoch-slices beyond this many passes over the train split is a slip, not a budget
 
 
@@ -33,9 +36,9 @@ class RunOptions:
     study: str = study_flag()
     sampler: str = flag("tpe", "how trials are drawn (default %(default)s)", choices=SAMPLERS)
     pruner: str = flag("median", "how trials that fall behind are stopped early (default %(default)s)", choices=PRUNERS)
-    space: str = flag("full", "what the sampler searches: the full space, or (local) a neighbourhood of the --enqueue "
-                              "default: lr, weight decay, loss weighting, augmentation strengths, depth +-1, width halved or doubled "
-                              "(default %(default)s)", choices=SPACES)
+    space: str | None = flag(None, "what the sampler searches: the full space, or (local) a neighbourhood of the --enqueue "
+                                   "default: lr, weight decay, loss weighting, augmentation strengths, depth +-1, width halved or "
+                                   "doubled (default: the study's, for a new study full)", choices=SPACES)
     seed: int = flag(0, "sampler and training seed (default %(default)s)")
     device: str = device_flag()
     workers: int = flag(1, "worker processes on this machine (default %(default)s)")
@@ -80,13 +83,16 @@ class RunOptions:
             raise UsageError(f"--max-trial-seconds must be a number of seconds >= 0, got {self.max_trial_seconds}")
         if not self.study.strip():  # Optuna would make a study named "", which no other command's default finds
             raise UsageError(f"--study {self.study!r}: give the study a name, e.g. --study {DEFAULT_STUDY}")
+        if len(self.study) > STUDY_NAME_MAX:
+            raise UsageError(f"--study: a name of {len(self.study)} characters; Optuna's storage holds at most "
+                             f"{STUDY_NAME_MAX} (its study_name column)")
         if not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
         if self.cv < 0 or self.cv == 1:
             raise UsageError(f"--cv must be 0 (select on val) or a number of folds >= 2, got {self.cv}")
         if self.sampler not in SAMPLERS:
             raise UsageError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
-        if self.space not in SPACES:
+        if self.space is not None and self.space not in SPACES:
             raise UsageError(f"--space must be one of {', '.join(SPACES)}, got {self.space!r}")
         if self.pruner not in PRUNERS:
             raise UsageError(f"--pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")

@@ -178,8 +178,18 @@ def configs_from_params(params: dict, epochs: int) -> tuple[SegNetConfig, TrainC
 
 
 def params_problem(params: dict, epochs: int) -> str | None:
-    """Why ``params`` is not a configuration of this space (a missing, unknown or invalid
-    parameter), or None. FixedTrial alone would ignore unknown names."""
+    """Why ``params`` is not a configuration of this space (missing, unknown or invalid
+    parameters, in this tool's words: Optuna's FixedTrial would name one missing parameter at a
+    time, and ignore unknown ones), or None."""
+    missing = [name for name in FULL if name not in params]
+    unknown = sorted(set(params) - set(FULL))
+    if missing or unknown:
+        parts = [f"missing {len(missing)} of its {len(FULL)} parameters: {', '.join(missing)}"] if missing else []
+        parts += [f"unknown parameter(s) {', '.join(unknown)}"] if unknown else []
+        return "; ".join(parts)
+    bad = [problem for name, spec in FULL.items() if (problem := _value_problem(name, spec, params[name]))]
+    if bad:
+        return "; ".join(bad)
     trial = optuna.trial.FixedTrial(params)
     try:
         with warnings.catch_warnings():
@@ -191,4 +201,19 @@ def params_problem(params: dict, epochs: int) -> str | None:
     unknown = sorted(set(params) - set(trial.params))
     if unknown:
         return f"unknown parameter(s) {', '.join(unknown)}; the space has {', '.join(sorted(trial.params))}"
+    return None
+
+
+def _value_problem(name: str, spec: Int | Float | Choice, value) -> str | None:
+    """Why ``value`` is not one of ``spec``'s, or None."""
+    if isinstance(spec, Choice):
+        return None if value in spec.values and not isinstance(value, bool) else \
+            f"{name} {value!r} is not one of {', '.join(map(str, spec.values))}"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(spec, Int) and not (number and float(value).is_integer()):
+        return f"{name} {value!r} is not a whole number"
+    if not number:
+        return f"{name} {value!r} is not a number"
+    if not spec.low <= value <= spec.high:
+        return f"{name} {value:g} is outside {spec.low:g}..{spec.high:g}"
     return None

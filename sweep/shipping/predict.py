@@ -184,6 +184,9 @@ def check_unique_outputs(pngs: list[Path], volumes: list[Path], overlay: bool = 
     seen: dict[str, Path] = {}
     for path, key in output_names(pngs, volumes, overlay):
         if key in seen:
+            if seen[key].resolve() == path.resolve():  # named twice, or named and found in a folder named too
+                same = "" if str(seen[key]) == str(path) else f" (as {seen[key]} too)"
+                raise UsageError(f"{path}: given twice{same}; name each input once")
             raise UsageError(f"{path}: writes {key}, as {seen[key]} does; predict them into different --out folders")
         seen[key] = path
 

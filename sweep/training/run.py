@@ -54,7 +54,8 @@ def parse_enqueue(value: str, epochs: int) -> dict:
     params = {**ADDED_OFF, **params}  # a configuration written before a parameter existed has it off
     problem = params_problem(params, epochs)
     if problem:
-        raise UsageError(f"--enqueue {value!r}: not a configuration of this search space ({problem})")
+        presets = f"; or name a preset: {', '.join(PRESETS)}" if "missing" in problem else ""
+        raise UsageError(f"--enqueue {value!r}: not a configuration of this search space ({problem}{presets})")
     return params
 
 
@@ -67,7 +68,8 @@ def record_study_metadata(study: optuna.Study, data: Dataset, opts: RunOptions, 
     study.set_user_attr(StudyKey.SPLIT_PATIENTS, data.split_patients())
     study.set_user_attr(StudyKey.GROUPS, opts.groups)
     study.set_user_attr(StudyKey.SPACE_VERSION, SPACE_VERSION)
-    study.set_user_attr(StudyKey.SPACE, {"name": opts.space, "centre": enqueue if opts.space == "local" else None})
+    space = opts.space or "full"  # (None: --space left out)
+    study.set_user_attr(StudyKey.SPACE, {"name": space, "centre": enqueue if space == "local" else None})
     study.set_user_attr(StudyKey.EPOCHS, opts.epochs)
     study.set_user_attr(StudyKey.FIDELITY, opts.fidelity(len(data.train), len(data.val), data.image_shape))
     study.set_user_attr(StudyKey.VERSIONS, st.versions())
@@ -98,7 +100,7 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
                 raise UsageError(f"{flag} {given}: study {opts.study!r} was made with {flag} {value} (0: all); "
                                  "leave it out, give the same, or use another --study")
     space = (study.user_attrs.get(StudyKey.SPACE) or {}).get("name", "full")  # studies before --space: full
-    if recorded is not None and space != opts.space:
+    if recorded is not None and opts.space is not None and space != opts.space:  # left out: the study's runs
         raise UsageError(f"--space {opts.space}: study {opts.study!r} was made with --space {space}; "
                          "use the same or another --study")
     version = study.user_attrs.get(StudyKey.SPACE_VERSION)
@@ -227,7 +229,7 @@ def _announce(opts: RunOptions, data: Dataset, device, finished: int) -> None:
         print(f"selection: {opts.cv}-fold cross-validation over the {n} train+val slices "
               f"(a trial's value is its mean fold dice_fg)", file=sys.stderr)
     print(
-        f"device: {device}, {opts.workers} worker(s); study {opts.study!r} in {opts.storage}: "
+        f"device: {device}, {opts.workers} worker(s); study {opts.study!r} in {st.display_url(opts.storage)}: "
         f"{finished} of {opts.trials} trials finished",
         file=sys.stderr,
     )
@@ -238,7 +240,7 @@ def summarize(study: optuna.Study, opts: RunOptions, ran: int, note: str | None 
     states = rec.state_counts(trials)
     best = rec.best_summary(study)
     summary = {
-        "study": study.study_name, "storage": opts.storage, "target": opts.trials, "ran": ran, "states": states,
+        "study": study.study_name, "storage": st.display_url(opts.storage), "target": opts.trials, "ran": ran, "states": states,
         "stopped": rec.stopped_count(trials),
         "chains": rec.chain_counts(trials),
         "best": best and {k: best[k] for k in ("trial", rec.VAL_DICE_FG, "params")},

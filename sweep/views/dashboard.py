@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import threading
+from contextlib import contextmanager
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
 import optuna
 import optuna_dashboard
 
@@ -13,21 +19,67 @@ from sweep.core.records import ArtifactLocation
 
 def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve until Ctrl-C or SIGTERM, which end it normally. Prints the URL first, so a person (or a
-    test) knows where to look."""
+    test) knows where to look; ``port`` 0 takes any free port, which the URL then names."""
     st.check_storage_url(storage_url)
     st.require_existing_sqlite(storage_url)  # optuna-dashboard would create an empty database and show nothing
     storage = st.make_storage(storage_url, heartbeat=False)
     location = _location(storage, storage_url)
     # The dashboard can upload artifacts too: open_store creates a missing folder, which keeps that working.
     store = artifacts.open_store(location)
-    print(f"optuna-dashboard: http://{_url_host(host)}:{port}/dashboard  (storage {storage_url}, artifacts {location}); Ctrl-C stops it", flush=True)
+    app = optuna_dashboard.wsgi(storage, artifact_store=store)
     try:
-        optuna_dashboard.run_server(storage, host=host, port=port, artifact_store=store)  # returns on Ctrl-C
+        server = make_server(host, port, app, server_class=_server_class(host), handler_class=_Handler)
     except OSError as err:  # e.g. the port is taken
         raise UsageError(f"--port {port}: cannot listen on {host} ({err.strerror or err})") from None
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: how a server is meant to end, not an interruption to rerun
-        pass
+    print(f"optuna-dashboard: http://{_url_host(host)}:{server.server_port}/dashboard  "
+          f"(storage {st.display_url(storage_url)}, artifacts {location}); Ctrl-C stops it", flush=True)
+    with _stopped_by_signals(server):
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
     print("optuna-dashboard stopped", flush=True)
+
+
+class _Handler(WSGIRequestHandler):
+    """wsgiref's handler, as optuna-dashboard's own server sets it up: no reverse DNS look-up of
+    each client; and a client that stops sending is dropped after ``timeout`` s, so that it
+    cannot hold the (one-request-at-a-time) server past a stop signal."""
+
+    timeout = 60
+
+    def address_string(self) -> str:
+        return self.client_address[0]
+
+
+def _server_class(host: str) -> type[WSGIServer]:
+    if ":" not in host:
+        return WSGIServer
+
+    class WSGIServer6(WSGIServer):
+        address_family = socket.AF_INET6
+
+    return WSGIServer6
+
+
+@contextmanager
+def _stopped_by_signals(server: WSGIServer):
+    """Ctrl-C and SIGTERM stop ``server`` once the request in hand is answered.
+
+    Raising KeyboardInterrupt in the handler, as Python does by default, is not enough: wsgiref
+    catches it where it arrives while a response is written (as a failed request) and serves on.
+    The handler asks the serving loop to stop instead, from another thread (``shutdown`` waits
+    for the loop, which runs in this one); the loop checks between requests.
+    """
+    def on_signal(signum, frame) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _location(storage, storage_url: str) -> str:

@@ -9,7 +9,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep.core import records as rec
 from sweep.core.progress import duration, remaining_seconds
 from sweep.core.records import Evaluation, StudyKey, TrialKey, TrialProgress
-from sweep.core.study import display_url, open_study_readonly
+from sweep.core.study import GRACE_PERIOD, display_url, open_study_readonly
 
 
 def study_status(storage_url: str, study_name: str) -> dict:
@@ -18,7 +18,8 @@ def study_status(storage_url: str, study_name: str) -> dict:
     trials = study.get_trials(deepcopy=False)
     states = rec.state_counts(trials)
     now = datetime.now()  # Optuna stores naive local times
-    running = [_running(t, now) for t in trials if t.state == TrialState.RUNNING]
+    beats = heartbeat_ages(study) if any(t.state == TrialState.RUNNING for t in trials) else {}
+    running = [_running(t, now, beats.get(t._trial_id)) for t in trials if t.state == TrialState.RUNNING]
     return {
         "study": study.study_name,
         "storage": display_url(storage_url),
@@ -35,10 +36,40 @@ def study_status(storage_url: str, study_name: str) -> dict:
     }
 
 
-def _running(trial: FrozenTrial, now: datetime) -> dict:
-    """A running trial: who runs it, for how long, and how far it has got (its PROGRESS attribute)."""
+def heartbeat_ages(study) -> dict[int, float]:
+    """Seconds since each running trial's last heartbeat, by trial id, on the database's own clock
+    (the one its heartbeats were written with); a trial that never beat is left out. Reads only.
+    """
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+    from optuna.storages._rdb import models
+
+    storage = getattr(study._storage, "_backend", study._storage)  # (Optuna wraps it in a cache)
+    if not isinstance(storage, RDBStorage):
+        return {}
+    session = storage.scoped_session()
+    try:
+        now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+        rows = (session.query(models.TrialHeartbeatModel.trial_id, models.TrialHeartbeatModel.heartbeat)
+                .join(models.TrialModel, models.TrialModel.trial_id == models.TrialHeartbeatModel.trial_id)
+                .filter(models.TrialModel.study_id == study._study_id, models.TrialModel.state == TrialState.RUNNING)
+                .all())
+        return {trial_id: (now - beat.replace(tzinfo=None)).total_seconds() for trial_id, beat in rows}
+    finally:
+        session.rollback()
+        session.close()
+
+
+def _running(trial: FrozenTrial, now: datetime, heartbeat_age: float | None = None) -> dict:
+    """A running trial: who runs it, for how long, and how far it has got (its PROGRESS attribute).
+
+    ``heartbeat_age``: seconds since its worker last beat. Past the grace period its worker is
+    gone (killed, or its machine lost): the trial is ``stale``, with no time left to show, and the
+    next ``run`` fails it and retries it (``sweep.core.study.GRACE_PERIOD``).
+    """
     record = trial.user_attrs.get(TrialKey.PROGRESS) or {}
     progress, left = TrialProgress.from_dict(record), remaining_seconds(record)
+    stale = heartbeat_age is not None and heartbeat_age > GRACE_PERIOD
     return {
         "trial": rec.root_trial_number(trial),  # a retry goes by its chain's number, as the user knows it
         "attempt": rec.attempt(trial),
@@ -49,12 +80,17 @@ def _running(trial: FrozenTrial, now: datetime) -> dict:
         "epochs": trial.user_attrs.get(TrialKey.EPOCH_BUDGET) if progress.epochs is None else progress.epochs,
         "last_val_dice_fg": progress.last,
         "best_val_dice_fg": progress.best,
-        "remaining_s": None if left is None else round(left, 1),
+        "remaining_s": None if left is None or stale else round(left, 1),
         "resumed_at_epoch": trial.user_attrs.get(TrialKey.RESUMED_AT),
+        "heartbeat_age_s": None if heartbeat_age is None else round(heartbeat_age, 1),
+        "stale": stale,
     }
 
 
 def _running_line(r: dict) -> str:
+    if r.get("stale"):
+        return (f"stale: trial {r['trial']} on {r['worker'] or 'unknown worker'}: no heartbeat for "
+                f"{duration(r['heartbeat_age_s'])} (its worker has stopped; the next run retries it)")
     age = _age(r["age_s"]) if r["age_s"] is not None else "?"
     line = f"running: trial {r['trial']} on {r['worker'] or 'unknown worker'} for {age}"
     if r.get("epoch") is not None:
