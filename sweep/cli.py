@@ -9,11 +9,10 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import signal
 import sys
 
 from data import DataError
-from sweep.core import flags
+from sweep.core import flags, interrupts
 from sweep.core.best import BestOptions
 from sweep.core.errors import OutsideError, UsageError, outside_failure
 from sweep.core.flags import DashboardOptions, ExportOptions, PredictOptions, ReportOptions, StatusOptions
@@ -104,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     silence_optuna()
-    # SIGTERM ends every command as Ctrl-C does: exit 130 and one line, never a half-written output.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # SIGTERM ends every command as Ctrl-C does: exit 130 and one line, never a half-written output;
+    # a second signal right behind the first is absorbed (sweep.core.interrupts).
+    previous = interrupts.install()
     args = None
     try:
         args = build_parser().parse_args(argv)
@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         damaged = any(word in line for word in ("malformed", "not a database"))
         return EXIT_USAGE if damaged else EXIT_ERROR
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if argv is not None:  # called in-process; the process's own command line keeps absorbing until it exits
+            interrupts.restore(previous)
 
 
 def _run(args: argparse.Namespace) -> int:

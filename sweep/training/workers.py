@@ -16,7 +16,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from data import Dataset, load_dataset
-from sweep.core import artifacts
+from sweep.core import artifacts, interrupts
 from sweep.core import records as rec
 from sweep.core import study as st
 from sweep.core.errors import OutsideError, UsageError, outside_failure
@@ -81,7 +81,7 @@ def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: 
     A lost database or store (or a location that became unusable) ends it with EXIT_OUTSIDE, its
     one line put on ``reasons`` for the parent to print (a traceback per worker would bury it).
     """
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupts.install()  # SIGTERM as Ctrl-C; the terminal's SIGINT, then the parent's SIGTERM, are one interruption
     rec.silence_optuna()
     if device.type == "cpu":
         # Split the cores between workers: oversubscribed intra-op threads slow every worker down.
@@ -117,7 +117,7 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, devic
 
     def on_signal(signum, frame):
         stop.set()
-        raise KeyboardInterrupt
+        interrupts.on_signal(signum, frame)  # KeyboardInterrupt on the first; one right behind it is absorbed
 
     for sig in handlers:
         signal.signal(sig, on_signal)
