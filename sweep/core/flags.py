@@ -91,7 +91,7 @@ def option_flags(opts, always: tuple[str, ...] = ()) -> list[str]:
     parts: list[str] = []
     for f in flag_fields(type(opts)):
         value = getattr(opts, f.name)
-        if f.metadata["resume"] and (f.name in always or value != f.default):
+        if f.metadata["resume"] and (f.name in always or value != f.default) and value is not None:
             parts += [flag_name(f), str(value)]
     return parts
 

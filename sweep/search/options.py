@@ -27,7 +27,8 @@ MAX_EPOCH_PASSES = 100  # --epoch-slices beyond this many passes over the train 
 @dataclass
 class RunOptions:
     trials: int = flag(20, "target of finished trials, across runs and workers (default %(default)s)")
-    epochs: int = flag(DEFAULT_EPOCHS, "epoch budget of each trial (default %(default)s)")
+    epochs: int | None = flag(None, "epoch budget of each trial (default: the study's; "
+                                    f"{DEFAULT_EPOCHS} for a new study); a rerun cannot change it")
     data: str = flag("phantom", "'phantom' (built-in synthetic), a PNG folder, or ACDC / nnU-Net NIfTI (default %(default)s)")
     storage: str = storage_flag()
     study: str = study_flag()
@@ -72,7 +73,7 @@ class RunOptions:
     def check(self) -> None:
         """Every option on its own, before anything is read or created."""
         for flag in ("trials", "epochs", "workers"):
-            if getattr(self, flag) <= 0:
+            if getattr(self, flag) is not None and getattr(self, flag) <= 0:
                 raise UsageError(f"--{flag} must be a positive integer, got {getattr(self, flag)}")
         if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
@@ -147,5 +148,6 @@ def run_flags():
 
 
 def resume_command(opts: RunOptions) -> str:
-    """The ``run`` command line of ``opts``, defaults left out but the target and the epoch budget: it resumes the study."""
+    """The ``run`` command line of ``opts``, defaults left out but the target and the epoch budget
+    (where known: left out, the study's runs): it resumes the study."""
     return flags.command_line("run", *flags.option_flags(opts, always=("trials", "epochs")))

@@ -1,0 +1,50 @@
+"""The study holds what ran: a rerun cannot change a trial's length, each run draws its own
+start-up configurations, the report's commands reproduce what was run, and `best` says whether
+the search paid over the default it measured."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import optuna
+import pytest
+
+from sweep.cli import main
+from sweep.search.presets import preset
+
+
+@pytest.fixture
+def study_copy(one_trial_study, tmp_path, monkeypatch):
+    """A private copy of the one-trial study (made with --epochs 1), the working folder."""
+    for path in one_trial_study.glob("studies.db*"):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copytree(one_trial_study / "artifacts", tmp_path / "artifacts")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _study() -> optuna.Study:
+    return optuna.load_study(study_name="segnet", storage="sqlite:///studies.db")
+
+
+# Item 7: --epochs is the study's, like --patch.
+
+def test_a_rerun_with_another_epoch_budget_is_refused_naming_the_studys(study_copy, capsys):
+    before = _study().user_attrs
+    assert main(["run", "--trials", "2", "--epochs", "5", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --epochs 5: study 'segnet' was made with --epochs 1; leave it out, give the same, "
+                   "or use another --study")
+    study = _study()
+    assert len(study.trials) == 1 and study.user_attrs == before  # nothing ran, nothing recorded
+
+
+def test_a_rerun_without_epochs_runs_the_studys_budget(study_copy, capsys):
+    study = _study()
+    study.enqueue_trial(preset("small", lr=2e-3))  # the next trial: small, whatever the sampler would draw
+    assert main(["run", "--trials", "2", "--quiet"]) == 0
+    study = _study()
+    assert [t.user_attrs.get("epoch_budget") for t in study.trials] == [1, 1]
+    assert study.user_attrs["epochs"] == 1
+    assert "--epochs 1" in study.user_attrs["command"]
