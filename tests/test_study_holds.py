@@ -48,3 +48,31 @@ def test_a_rerun_without_epochs_runs_the_studys_budget(study_copy, capsys):
     assert [t.user_attrs.get("epoch_budget") for t in study.trials] == [1, 1]
     assert study.user_attrs["epochs"] == 1
     assert "--epochs 1" in study.user_attrs["command"]
+
+
+# Item 10: each run process draws its own start-up configurations, unless --seed is given.
+
+def _sampler_seeds(monkeypatch, argv: list[str], runs: int = 2) -> list[int]:
+    """The sampler seed each of ``runs`` identical ``run`` commands gets (each stops right there)."""
+    from sweep.training import workers
+
+    seeds = []
+
+    def spy(name, seed):
+        seeds.append(seed)
+        raise KeyboardInterrupt  # nothing trains: the study stays as it was for the next run
+
+    monkeypatch.setattr(workers, "make_sampler", spy)
+    for _ in range(runs):
+        assert main(argv) == 130
+    return seeds
+
+
+def test_two_runs_on_one_study_draw_different_start_up_configurations(study_copy, monkeypatch):
+    first, second = _sampler_seeds(monkeypatch, ["run", "--trials", "3", "--quiet"])
+    assert first != second  # before: both 0 + 7919 * trials, the same draws on every machine
+
+
+def test_with_a_seed_the_draws_are_reproducible(study_copy, monkeypatch):
+    first, second = _sampler_seeds(monkeypatch, ["run", "--trials", "3", "--quiet", "--seed", "7"])
+    assert first == second == 7 + 7919 * 1

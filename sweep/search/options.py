@@ -37,7 +37,8 @@ class RunOptions:
     space: str = flag("full", "what the sampler searches: the full space, or (local) a neighbourhood of the --enqueue "
                               "default: lr, weight decay, loss weighting, augmentation strengths, depth +-1, width halved or doubled "
                               "(default %(default)s)", choices=SPACES)
-    seed: int = flag(0, "sampler and training seed (default %(default)s)")
+    seed: int | None = flag(None, "sampler and training seed (default: training seed 0, and a sampler seed of each "
+                                  "run's own, so that runs on several machines draw different configurations)")
     device: str = device_flag()
     workers: int = flag(1, "worker processes on this machine (default %(default)s)")
     timeout: float | None = flag(None, "end the run after this many seconds: no trial starts later, and a running "
@@ -81,7 +82,7 @@ class RunOptions:
             raise UsageError(f"--max-trial-seconds must be a number of seconds >= 0, got {self.max_trial_seconds}")
         if not self.study.strip():  # Optuna would make a study named "", which no other command's default finds
             raise UsageError(f"--study {self.study!r}: give the study a name, e.g. --study {DEFAULT_STUDY}")
-        if not 0 <= self.seed < 2**32:
+        if self.seed is not None and not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
         if self.cv < 0 or self.cv == 1:
             raise UsageError(f"--cv must be 0 (select on val) or a number of folds >= 2, got {self.cv}")
