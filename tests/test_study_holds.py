@@ -76,3 +76,37 @@ def test_two_runs_on_one_study_draw_different_start_up_configurations(study_copy
 def test_with_a_seed_the_draws_are_reproducible(study_copy, monkeypatch):
     first, second = _sampler_seeds(monkeypatch, ["run", "--trials", "3", "--quiet", "--seed", "7"])
     assert first == second == 7 + 7919 * 1
+
+
+# Item 8: the reproduce line carries every flag that changed the result.
+
+def test_the_evaluate_command_gives_back_every_option_that_changed_the_result():
+    import shlex
+    from dataclasses import fields, replace
+
+    from sweep.cli import build_parser
+    from sweep.core import flags
+    from sweep.core.best import BestOptions, evaluate_command
+
+    changed = BestOptions(evaluate=True, seeds=1, data="/d", out="acdc-best", top=3, refit=False, holdout=0.1,
+                          epochs=100, device="cpu", storage="sqlite:///x.db", study="acdc")
+    for f in fields(BestOptions):  # every result-changing flag is set to something not its default above
+        if f.metadata.get("resume", True) and "help" in f.metadata:
+            assert getattr(changed, f.name) != f.default, f.name
+    line = evaluate_command(changed)
+    assert line.startswith("python -m sweep best --evaluate")
+    parsed = flags.from_args(BestOptions, build_parser().parse_args(shlex.split(line)[3:]))
+    assert parsed == changed  # before: --epochs, --no-refit, --top and --holdout were dropped
+    assert "--no-refit" in line and "--epochs 100" in line
+    hidden = evaluate_command(replace(changed, storage="postgresql://u:secret@db/x"))
+    assert "secret" not in hidden and "postgresql://u:***@db/x" in hidden
+
+
+def test_the_report_reproduces_the_recorded_evaluation_command(study_copy):
+    from sweep.core.records import Evaluation, StudyKey
+    from sweep.views.report import reproduce
+
+    study = _study()
+    command = "python -m sweep best --evaluate --seeds 1 --out acdc-best --no-refit --epochs 100"
+    study.set_user_attr(StudyKey.EVALUATION, Evaluation(trial=0, seeds=[0], out="acdc-best", command=command).to_dict())
+    assert command in reproduce(_study(), "sqlite:///studies.db")

@@ -187,10 +187,11 @@ class Evaluation:
     model: str | None = None
     volumes: dict | None = None  # per-patient figures, on volume data only
     search: dict | None = None  # what the search gained over the enqueued default (``search_gain``)
+    command: str | None = None  # the `best --evaluate` command line that made it (``best.evaluate_command``)
 
     def to_dict(self) -> dict[str, Any]:
         record = {key: getattr(self, key) for key in EVALUATION_KEYS}
-        for key in ("search", "volumes"):  # written where present: records without them read as before
+        for key in ("search", "volumes", "command"):  # written where present: records without them read as before
             if getattr(self, key):
                 record[key] = getattr(self, key)
         return record
@@ -203,7 +204,7 @@ class Evaluation:
     def of_summary(cls, summary: Mapping) -> Evaluation:
         """What of summary.json the study records."""
         return cls(**{key: summary[key] for key in EVALUATION_KEYS}, volumes=summary.get("volumes") or None,
-                   search=summary.get("search"))
+                   search=summary.get("search"), command=summary.get("command"))
 
     @classmethod
     def of_study(cls, study) -> Evaluation | None:

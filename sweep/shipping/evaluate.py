@@ -32,7 +32,7 @@ from data.files import output_file
 from model import SegNetConfig
 from sweep.core import artifacts
 from sweep.core import records as rec
-from sweep.core.best import BestOptions, describe_best
+from sweep.core.best import BestOptions, describe_best, evaluate_command
 from sweep.core.errors import UsageError, check_writable
 from sweep.core.outputs import refuse_inside, refuse_overwrite
 from sweep.training.folds import Selection, estimate_holdout, refit_without_holdout, selection_folds, without_holdout
@@ -132,6 +132,7 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         "data": data.describe(),
         "synthetic_data": data.synthetic,
         "out": opts.out,
+        "command": evaluate_command(opts),
     }
     result["search"] = search_gain(study, best["search"], candidates, result["estimate"], runs, post,
                                    (selection, data, opts, device, held, rec.Fidelity.of_study(study)))
