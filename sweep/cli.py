@@ -165,7 +165,8 @@ def _best(args: argparse.Namespace) -> int:
             result = evaluate_best(study, opts)
         except KeyboardInterrupt:
             rerun = flags.command_line(*args.argv)
-            print(f"\ninterrupted; nothing was recorded on the study. Rerun with:\n  {rerun}", file=sys.stderr)
+            print(f"\ninterrupted; nothing was recorded, on the study or in --out {opts.out}. Rerun with:\n  {rerun}",
+                  file=sys.stderr)
             return EXIT_INTERRUPTED
     print(json.dumps(result) if opts.json else _format_best(result))
     return EXIT_OK

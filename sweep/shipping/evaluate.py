@@ -30,7 +30,7 @@ from data import (
 from data import preprocessing as volume_preprocessing
 from data.files import output_file
 from model import SegNetConfig
-from sweep.core import artifacts
+from sweep.core import artifacts, folders, interrupts
 from sweep.core import records as rec
 from sweep.core.best import BestOptions, describe_best, evaluate_command
 from sweep.core.errors import UsageError, check_writable
@@ -136,10 +136,16 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     }
     result["search"] = search_gain(study, best["search"], candidates, result["estimate"], runs, post,
                                    (selection, data, opts, device, held, rec.Fidelity.of_study(study)))
-    if data.volumes:
-        result["volumes"] = evaluate_volumes(data, masks, Path(opts.out) / "masks")
-    files = write_outputs(result, data, masks, Path(opts.out), bundle)
-    record_evaluation(study, result, files, artifacts.open_store(artifacts.location_of(study, opts.storage)))
+    # Built beside --out and swapped in whole: an interrupted run leaves the old evaluation, never a mix.
+    target = Path(opts.out).resolve()
+    with folders.building(target) as stage:
+        if data.volumes:
+            result["volumes"] = evaluate_volumes(data, masks, stage / "masks")
+        files = write_outputs(result, data, masks, stage, bundle, target)
+        with interrupts.held():  # the folder and the study's record change together, or neither
+            folders.swap_in(stage, target)
+            record_evaluation(study, result, [target / f.relative_to(stage) for f in files],
+                              artifacts.open_store(artifacts.location_of(study, opts.storage)))
     return result
 
 
@@ -433,17 +439,20 @@ def preprocessing_record(data: Dataset) -> dict:
             "intensity": "grey PNG scaled to [0, 1], then each slice to zero mean and unit variance"}
 
 
-def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bundle: ModelBundle) -> list[Path]:
+def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bundle: ModelBundle,
+                  final: Path | None = None) -> list[Path]:
     """Test masks (PNG per slice, or NIfTI per volume), the test picture, summary.json and model.pt
-    under ``out``; returns the files to record on the study."""
+    under ``out``, which becomes ``final`` (default: ``out``) once complete (``summary.json`` names
+    the files there); returns the files written."""
+    final = out if final is None else final
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
     if not data.volumes:  # volume data: evaluate_volumes wrote one NIfTI per test volume
         for name, mask in zip(data.test.names, masks):
             write_mask(mask_dir / f"{name}_mask.png", mask)
-    result["masks"] = str(mask_dir.resolve())
+    result["masks"] = str((final / "masks").resolve())
     model_path = save_bundle(bundle, out / rec.MODEL_FILE)
-    result["model"] = str(model_path.resolve())
+    result["model"] = str((final / rec.MODEL_FILE).resolve())
     overlay_path = out / rec.TEST_OVERLAY
     overlay_png(data.test.images, data.test.masks, masks, overlay_path)
     summary_path = out / rec.SUMMARY_FILE
@@ -459,7 +468,26 @@ def check_outputs(study: optuna.Study, opts: BestOptions) -> None:
     refuse_inside("--out", out, None if source in (None, "phantom") else source, "the data folder")
     written = [out / name for name in (rec.SUMMARY_FILE, rec.MODEL_FILE, rec.TEST_OVERLAY)]
     refuse_overwrite(f"--out {opts.out}", written, storage=opts.storage)
-    check_writable(out, f"--out {opts.out}")
+    refuse_foreign(out, opts.out)
+    check_writable(out.resolve().parent, f"--out {opts.out}")  # the new folder is built there, then swapped in
+
+
+def refuse_foreign(out: Path, flag_value: str) -> None:
+    """``--out`` is replaced whole: refuse a folder that holds anything a previous evaluation did not write."""
+    target = out.resolve()
+    folders.recover(target)  # a run killed while swapping its folder in: the old evaluation back first
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--out {flag_value}: {target} is a file, expected a folder")
+    foreign = folders.foreign_entries(target, ("masks", rec.SUMMARY_FILE, rec.MODEL_FILE, rec.TEST_OVERLAY),
+                                      rec.SUMMARY_FILE)
+    masks = target / "masks"
+    if not foreign and masks.is_dir():
+        foreign = [f"masks/{p.name}" for p in sorted(masks.iterdir())
+                   if not p.name.endswith(("_mask.png", ".nii.gz")) and not p.name.startswith(".partial-")]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UsageError(f"--out {flag_value}: holds {shown}, which no evaluation wrote; an evaluation replaces "
+                         "its folder whole: choose another --out or move them")
 
 
 def record_evaluation(study: optuna.Study, result: dict, files: list[Path], store) -> None:
