@@ -110,3 +110,70 @@ def test_the_report_reproduces_the_recorded_evaluation_command(study_copy):
     command = "python -m sweep best --evaluate --seeds 1 --out acdc-best --no-refit --epochs 100"
     study.set_user_attr(StudyKey.EVALUATION, Evaluation(trial=0, seeds=[0], out="acdc-best", command=command).to_dict())
     assert command in reproduce(_study(), "sqlite:///studies.db")
+
+
+# Item 21: the first command enqueues the default, and `best` gives a verdict.
+
+def _queued(monkeypatch, argv: list[str]) -> list[dict]:
+    """The params ``run`` queues on a new study before anything trains (it stops right there)."""
+    from sweep.training import workers
+
+    def stop(name, seed):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workers, "make_sampler", stop)
+    assert main(argv) == 130
+    return [t.system_attrs.get("fixed_params") for t in _study().trials]
+
+
+def test_a_new_study_runs_the_default_first(in_tmp, monkeypatch):
+    from sweep.search.presets import DEFAULT_PRESET
+
+    assert _queued(monkeypatch, ["run", "--trials", "10", "--epochs", "6", "--quiet"]) == [preset(DEFAULT_PRESET)]
+    assert DEFAULT_PRESET == "small"  # cheap on any machine: depth 3, width 8
+
+
+def test_enqueue_still_names_the_first_trial(in_tmp, monkeypatch):
+    mine = preset("small", lr=2e-3)
+    assert _queued(monkeypatch, ["run", "--trials", "10", "--quiet", "--enqueue", json.dumps(mine)]) == [mine]
+
+
+def test_a_resumed_study_gets_no_default_in_the_middle(study_copy, monkeypatch):
+    assert _queued(monkeypatch, ["run", "--trials", "3", "--quiet"]) == [preset("small")]  # its own first, nothing added
+
+
+def _made_study(values: dict[float, float]) -> None:
+    """A study in ./studies.db whose trial 0 is the enqueued default x=0.5; ``values``: x -> value of each trial."""
+    study = optuna.create_study(study_name="segnet", storage="sqlite:///studies.db", direction="maximize")
+    for x in values:
+        study.enqueue_trial({"x": x})
+    study.optimize(lambda t: values[t.suggest_float("x", 0.0, 1.0)], n_trials=len(values))
+
+
+def test_best_says_the_search_found_nothing_better_when_the_default_is_best(in_tmp, capsys):
+    _made_study({0.5: 0.9, 0.2: 0.4})
+    assert main(["best"]) == 0
+    out = capsys.readouterr().out
+    assert "the search found nothing better than the default (trial 0, val dice_fg 0.9000); the search took" in out
+    assert "+0.0000" not in out
+    assert main(["best", "--json"]) == 0
+    search = json.loads(capsys.readouterr().out)["search"]
+    assert search["best_is_default"] is True and search["search_minutes"] >= 0
+
+
+def test_best_gives_the_gain_and_what_the_search_took(in_tmp, capsys):
+    _made_study({0.5: 0.5, 0.9: 0.9})
+    assert main(["best"]) == 0
+    out = capsys.readouterr().out
+    assert "gain +0.4000 val dice_fg over the enqueued default (trial 0, 0.5000 -> 0.9000); the search took 0.0 min" in out
+
+
+def test_an_evaluated_gain_gives_both_held_out_figures():
+    from sweep.core.records import search_line
+
+    search = {"default_trial": 0, "default_val_dice_fg": 0.8, "best_val_dice_fg": 0.83, "gain_val": 0.03,
+              "best_is_default": False, "search_minutes": 42.0, "default_estimate_dice_fg": 0.79,
+              "best_estimate_dice_fg": 0.82, "gain_estimate": 0.03, "gain_estimate_ci95": [0.01, 0.05]}
+    assert search_line(search) == ("gain +0.0300 val dice_fg over the enqueued default (trial 0, 0.8000 -> 0.8300); "
+                                   "held-out 0.7900 -> 0.8200, +0.0300 (95% interval +0.0100 to +0.0500); "
+                                   "the search took 42.0 min")

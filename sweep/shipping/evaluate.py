@@ -246,17 +246,33 @@ def search_gain(study: optuna.Study, search: dict, candidates: list[dict], estim
     the default's epochs once per seed, what the estimate's own twin of each seed costs.
     """
     selection, data, opts, device, held, fidelity = context
-    if held is None or search["default_trial"] is None:
+    if search["default_trial"] is None:
         return search
-    if {c["root"] for c in candidates} == {search["default_trial"]}:
-        return {**search, "gain_estimate": 0.0, "gain_estimate_ci95": [0.0, 0.0]}
+    shipped_default = {c["root"] for c in candidates} == {search["default_trial"]}
+    search = {**search, "best_is_default": shipped_default}
+    if held is None:
+        return search
+    if shipped_default:  # the same model: no gain to measure, and no interval around it
+        figure = held_out_figure(estimate, data)
+        return {**search, "default_estimate_dice_fg": figure, "best_estimate_dice_fg": figure,
+                "gain_estimate": 0.0, "gain_estimate_ci95": None}
     default = candidate(study, rec.default_chain(study.get_trials(deepcopy=False))[-1])
     if opts.epochs is not None:
         default["epochs"] = opts.epochs
     on_selection, on_held = default_twins(default, selection, data, opts, device, held, fidelity)
     default_post = choose_postprocessing(on_selection, selection.masks)
-    gain, ci = paired_gain(estimate, data, held, (Probs.mean([r.estimate for r in runs]), post), (on_held, default_post))
-    return {**search, "gain_estimate": gain, "gain_estimate_ci95": ci}
+    gain, ci, ours, theirs = paired_gain(estimate, data, held, (Probs.mean([r.estimate for r in runs]), post),
+                                         (on_held, default_post))
+    return {**search, "default_estimate_dice_fg": theirs, "best_estimate_dice_fg": ours,
+            "gain_estimate": gain, "gain_estimate_ci95": ci}
+
+
+def held_out_figure(estimate: dict, data: Dataset) -> float:
+    """The held-out figure the gain is measured in: mean foreground Dice per volume on volume data
+    (``estimate["volumes"]``), else the stack Dice of the held-out slices."""
+    if data.volumes:
+        return round(float(np.mean([c["dice_fg"] for c in estimate["volumes"]["cases"]])), 5)
+    return estimate["dice_fg"]
 
 
 def default_twins(default: dict, selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
@@ -283,18 +299,21 @@ def default_twins(default: dict, selection: Selection, data: Dataset, opts: Best
 
 
 def paired_gain(estimate: dict, data: Dataset, held: np.ndarray, ours: tuple[Probs, dict],
-                base: tuple[Probs, dict]) -> tuple[float, list[float]]:
+                base: tuple[Probs, dict]) -> tuple[float, list[float], float, float]:
     """Held-out ``dice_fg`` of ``ours`` minus ``base`` (each: probabilities of the held-out slices and
-    their post-processing), and its paired 95 % bootstrap interval: per volume over patients on
-    volume data (``estimate["volumes"]`` holds ours), else stack Dice over slices."""
+    their post-processing), its paired 95 % bootstrap interval, and the two figures: per volume over
+    patients on volume data (``estimate["volumes"]`` holds ours), else stack Dice over slices."""
     if data.volumes:
         theirs = {c["case"]: c["dice_fg"] for c in volume_estimate(data, held, *base)["cases"]}
-        diffs = [(c["patient"], c["dice_fg"] - theirs[c["case"]]) for c in estimate["volumes"]["cases"]]
-        return round(float(np.mean([d for _, d in diffs])), 5), patient_bootstrap(diffs)
+        cases = estimate["volumes"]["cases"]
+        diffs = [(c["patient"], c["dice_fg"] - theirs[c["case"]]) for c in cases]
+        base_figure = round(float(np.mean([theirs[c["case"]] for c in cases])), 5)
+        return (round(float(np.mean([d for _, d in diffs])), 5), patient_bootstrap(diffs),
+                held_out_figure(estimate, data), base_figure)
     truth = torch.as_tensor(data.train.masks[held])
     a, b = (per_image_counts(torch.as_tensor(apply_postprocessing(p.of(post["tta"]), post)), truth) for p, post in (ours, base))
-    gain = dice_from_counts(a.sum(0))["dice_fg"] - dice_from_counts(b.sum(0))["dice_fg"]
-    return round(gain, 5), [round(x, 5) for x in bootstrap_dice_fg_gain(a, b)]
+    mine, theirs = dice_from_counts(a.sum(0))["dice_fg"], dice_from_counts(b.sum(0))["dice_fg"]
+    return round(mine - theirs, 5), [round(x, 5) for x in bootstrap_dice_fg_gain(a, b)], round(mine, 5), round(theirs, 5)
 
 
 def _twin_fit(model_cfg: SegNetConfig, train_cfg, twins: Selection, hold, seed: int, tick, fidelity: rec.Fidelity,

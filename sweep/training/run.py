@@ -21,6 +21,7 @@ from sweep.search.options import RunOptions, resume_command
 from sweep.core.progress import MAX_CONSECUTIVE_FAILURES, Progress
 from sweep.core.records import StudyKey
 from sweep.search.config import DEFAULT_EPOCHS
+from sweep.search.presets import DEFAULT_PRESET, PRESETS
 from sweep.search.space import ADDED_OFF, SPACE_VERSION, params_problem
 from sweep.nn.runtime import resolve_device_or_fail, worker_device
 from sweep.training.workers import optimize, run_workers
@@ -28,7 +29,6 @@ from sweep.training.workers import optimize, run_workers
 
 def parse_enqueue(value: str, epochs: int) -> dict:
     """``--enqueue`` takes a preset name, a JSON file or an inline JSON object of params; checked against the space."""
-    from sweep.search.presets import PRESETS
 
     if value in PRESETS:
         return dict(PRESETS[value])
@@ -152,10 +152,16 @@ def run(opts: RunOptions) -> dict:
     finished = rec.count_finished(study)
     if finished >= opts.trials and not rec.waiting_retries(study.get_trials(deepcopy=False)):
         return summarize(study, opts, ran=0, note=f"study {opts.study!r} is complete: {finished} of {opts.trials} trials finished")
+    default = enqueue is None and not study.get_trials(deepcopy=False)
+    if default:  # a new study measures its search against the default, which goes first
+        enqueue = dict(PRESETS[DEFAULT_PRESET])
     if enqueue is not None:
         study.enqueue_trial(enqueue, skip_if_exists=True)
     if opts.progress:
         _announce(opts, data, device, finished)
+        if default:
+            print(f"first trial: the default configuration, preset {DEFAULT_PRESET!r} (--enqueue names another)",
+                  file=sys.stderr)
 
     before = len(study.trials)
     if opts.timeout is not None:
