@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
+import signal
 import sys
 
 from data import DataError
@@ -21,6 +22,7 @@ from sweep.core.study import PROG, display_url, sweep_command
 from sweep.search.options import RunOptions, resume_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+RECORDING = ("run", "best")  # the commands that record an interruption, which a second signal must not cut short
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,13 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     silence_optuna()
-    # SIGTERM ends every command as Ctrl-C does: exit 130 and one line, never a half-written output;
-    # a second signal right behind the first is absorbed (sweep.core.interrupts).
-    previous = interrupts.install()
+    # SIGTERM ends every command as Ctrl-C does: exit 130 and one line, never a half-written output.
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.default_int_handler)}
     args = None
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that reruns it
+        if args.command in RECORDING:  # a second signal right behind the first is absorbed (sweep.core.interrupts)
+            interrupts.install()
         return COMMANDS[args.command](args)
     except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -130,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         damaged = any(word in line for word in ("malformed", "not a database"))
         return EXIT_USAGE if damaged else EXIT_ERROR
     finally:
-        if argv is not None:  # called in-process; the process's own command line keeps absorbing until it exits
+        if argv is None and args is not None and args.command in RECORDING and interrupts.interrupted():
+            interrupts.ignore_until_exit()  # the process's own command line ends: nothing may cut that short
+        else:
             interrupts.restore(previous)
 
 

@@ -65,6 +65,14 @@ def held() -> Iterator[None]:
         _holds -= 1
 
 
+def ignore_until_exit() -> None:
+    """The process is ending after an interruption: ignore SIGINT and SIGTERM through interpreter
+    shutdown, which resets a Python handler to the default (a signal there killed the process
+    with exit -2) but keeps an ignored signal ignored."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def interrupted() -> bool:
     """Whether a signal arrived (raised or absorbed) since ``install``."""
     return _first is not None

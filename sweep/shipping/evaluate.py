@@ -136,7 +136,14 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     }
     result["search"] = search_gain(study, best["search"], candidates, result["estimate"], runs, post,
                                    (selection, data, opts, device, held, rec.Fidelity.of_study(study)))
-    # Built beside --out and swapped in whole: an interrupted run leaves the old evaluation, never a mix.
+    ship(study, result, data, masks, bundle, opts)
+    return result
+
+
+def ship(study: optuna.Study, result: dict, data: Dataset, masks: np.ndarray, bundle: ModelBundle,
+         opts: BestOptions) -> None:
+    """Write the evaluation into a new folder beside ``--out``, swap it in whole and record it on the
+    study: an interrupted run leaves the old evaluation, folder and record, never a mix."""
     target = Path(opts.out).resolve()
     with folders.building(target) as stage:
         if data.volumes:
@@ -146,7 +153,6 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
             folders.swap_in(stage, target)
             record_evaluation(study, result, [target / f.relative_to(stage) for f in files],
                               artifacts.open_store(artifacts.location_of(study, opts.storage)))
-    return result
 
 
 def load_checked_data(study: optuna.Study, source: str | None) -> Dataset:
