@@ -68,6 +68,7 @@ from data import load_dataset, make_phantom_dataset, write_mask
 from model import SegNet, SegNetConfig
 from sweep.core import study as st
 from sweep.training.objective import Objective
+from sweep.search.config import DEFAULT_EPOCHS
 from sweep.search.options import RunOptions
 from sweep.search.presets import preset
 from sweep.core.progress import Progress, StopAfterFailures
@@ -564,7 +565,7 @@ def section_overhead(b: Bench) -> dict:
         typical, source = DEFAULT_TYPICAL_TRIAL_S, "DEFAULT_TYPICAL_TRIAL_S constant (sweep section not run)"
     # A sweep's trials run the default epoch budget, not the sweep section's few epochs: the
     # same overhead against such a trial (per-epoch time of the sweep section x the budget).
-    budget = RunOptions().epochs
+    budget = DEFAULT_EPOCHS
     budget_trial = sweep["median_epoch_s_ours"] * budget if sweep else DEFAULT_TYPICAL_TRIAL_S
     out = {"sizes": [small, large], "typical_trial_s": typical, "typical_trial_source": source,
            "budget_epochs": budget, "budget_trial_s": budget_trial,

@@ -15,7 +15,7 @@ import signal
 import sys
 
 from data import DataError
-from sweep.core import flags
+from sweep.core import flags, interrupts
 from sweep.core.best import BestOptions
 from sweep.core.errors import OutsideError, UsageError, outside_failure
 from sweep.core.flags import DashboardOptions, ExportOptions, PredictOptions, ReportOptions, StatusOptions
@@ -25,6 +25,7 @@ from sweep.search.options import RunOptions, resume_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: the reader of stdout closed it
+RECORDING = ("run", "best")  # the commands that record an interruption, which a second signal must not cut short
 
 
 class _Parser(argparse.ArgumentParser):
@@ -136,11 +137,14 @@ def _stdout_closed() -> bool:
 def _main(argv: list[str] | None = None) -> int:
     silence_optuna()
     # SIGTERM ends every command as Ctrl-C does: exit 130 and one line, never a half-written output.
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, signal.default_int_handler)}
     args = None
     try:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # to print the command that reruns it
+        if args.command in RECORDING:  # a second signal right behind the first is absorbed (sweep.core.interrupts)
+            interrupts.install()
         return COMMANDS[args.command](args)
     except (UsageError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -161,7 +165,10 @@ def _main(argv: list[str] | None = None) -> int:
         damaged = any(word in line for word in ("malformed", "not a database"))
         return EXIT_USAGE if damaged else EXIT_ERROR
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if argv is None and args is not None and args.command in RECORDING and interrupts.interrupted():
+            interrupts.ignore_until_exit()  # the process's own command line ends: nothing may cut that short
+        else:
+            interrupts.restore(previous)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -195,7 +202,8 @@ def _best(args: argparse.Namespace) -> int:
             result = evaluate_best(study, opts)
         except KeyboardInterrupt:
             rerun = flags.command_line(*args.argv)
-            print(f"\ninterrupted; nothing was recorded on the study. Rerun with:\n  {rerun}", file=sys.stderr)
+            print(f"\ninterrupted; nothing was recorded, on the study or in --out {opts.out}. Rerun with:\n  {rerun}",
+                  file=sys.stderr)
             return EXIT_INTERRUPTED
     print(json.dumps(result) if opts.json else _format_best(result))
     return EXIT_OK

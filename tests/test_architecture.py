@@ -172,7 +172,7 @@ def test_every_commands_flags_and_defaults_are_its_options_class(command, option
 
 
 def test_printed_command_lines_come_from_one_function():
-    opts = RunOptions(trials=5, storage="postgresql://u:pw@db/x", study="s 1")
+    opts = RunOptions(trials=5, epochs=50, storage="postgresql://u:pw@db/x", study="s 1")
     assert resume_command(opts) == flags.command_line("run", "--trials", "5", "--epochs", str(opts.epochs),
                                                       "--storage", "postgresql://u:pw@db/x", "--study", "s 1")
     from sweep.core.study import sweep_command

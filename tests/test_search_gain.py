@@ -14,7 +14,8 @@ from sweep.core import records as rec
 from sweep.cli import main
 from sweep.nn.metrics import bootstrap_dice_fg_gain
 
-KEYS = {"default_trial", "default_val_dice_fg", "best_val_dice_fg", "gain_val", "gain_estimate", "gain_estimate_ci95"}
+KEYS = {"default_trial", "default_val_dice_fg", "best_val_dice_fg", "gain_val", "gain_estimate", "gain_estimate_ci95",
+        "best_is_default", "search_minutes", "default_estimate_dice_fg", "best_estimate_dice_fg"}
 
 
 def _study() -> optuna.Study:
@@ -93,13 +94,18 @@ def _evaluate(capsys, *flags) -> dict:
 def test_when_the_default_ships_its_held_out_gain_is_zero_and_nothing_more_trains(in_tmp, capsys, fits):
     assert main(["run", "--trials", "1", "--epochs", "2", "--quiet", "--enqueue", "small"]) == 0
     result = _evaluate(capsys)
+    held = result["estimate"]["dice_fg"]
     assert result["search"] == {**result["search"], "default_trial": 0, "gain_val": 0.0, "gain_estimate": 0.0,
-                                "gain_estimate_ci95": [0.0, 0.0]}
+                                "gain_estimate_ci95": None, "best_is_default": True,
+                                "default_estimate_dice_fg": held, "best_estimate_dice_fg": held}
     assert len(fits) == 1  # the estimate's twin only (the shipped refit is fit_final)
     summary = json.loads((in_tmp / "best" / "summary.json").read_text())
     assert summary["search"] == result["search"]
+    line = rec.search_line(summary["search"])
+    assert line.startswith(f"the search found nothing better than the default (trial 0, val dice_fg ")
+    assert f"held-out {held:.4f})" in line and "+0.0000" not in line  # not a gain that looks measured
     assert main(["best"]) == 0
-    assert "gain +0.0000 val dice_fg over the enqueued default (trial 0" in capsys.readouterr().out
+    assert "the search found nothing better than the default (trial 0" in capsys.readouterr().out
 
 
 @pytest.fixture
@@ -124,6 +130,8 @@ def test_when_another_recipe_ships_the_default_is_retrained_on_the_same_held_out
     search = result["search"]
     lo, hi = search["gain_estimate_ci95"]
     assert lo <= search["gain_estimate"] <= hi and search["default_trial"] == 0
+    assert search["best_is_default"] is False and search["best_estimate_dice_fg"] == result["estimate"]["dice_fg"]
+    assert search["best_estimate_dice_fg"] - search["default_estimate_dice_fg"] == pytest.approx(search["gain_estimate"], abs=2e-5)
     assert len(fits) == 3 and fits[0] == fits[1] == fits[2]  # two twins, then the default's, all without the held-out slices
     refits = [len(split) for split in finals]
     data = load_dataset("phantom")

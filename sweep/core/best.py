@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import optuna
 
 from sweep.core import records as rec
 from sweep.core.errors import UsageError
+from sweep.core import flags
 from sweep.core.flags import device_flag, flag, json_flag, storage_flag, study_flag
 from sweep.core.records import StudyKey, TrialKey
+from sweep.core.study import command_line, display_url
 
 
 @dataclass
@@ -48,6 +50,15 @@ class BestOptions:
             raise UsageError(f"--epochs must be a positive integer, got {self.epochs}")
         if not 0.0 <= self.holdout < 1.0:
             raise UsageError(f"--holdout must be a fraction in [0, 1), got {self.holdout}")
+
+
+def evaluate_command(opts: BestOptions) -> str:
+    """The ``best --evaluate`` command line of ``opts``, as summary.json and the report's "Reproduce"
+    give it: every flag that is not its default (and ``--seeds``, ``--out``), from the options
+    themselves, so that no flag that changes the result is left out; the storage URL without its
+    password."""
+    shown = replace(opts, evaluate=True, storage=display_url(opts.storage))
+    return command_line("best", *flags.option_flags(shown, always=("evaluate", "seeds", "out")))
 
 
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:

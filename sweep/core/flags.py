@@ -91,9 +91,20 @@ def option_flags(opts, always: tuple[str, ...] = ()) -> list[str]:
     parts: list[str] = []
     for f in flag_fields(type(opts)):
         value = getattr(opts, f.name)
-        if f.metadata["resume"] and (f.name in always or value != f.default):
-            parts += [flag_name(f), str(value)]
+        if f.metadata["resume"] and (f.name in always or value != f.default) and value is not None:
+            parts += _flag_parts(f, value)
     return parts
+
+
+def _flag_parts(f: Field, value) -> list[str]:
+    """The words that give flag ``f`` the value ``value``: a switch alone (``--evaluate``,
+    ``--no-refit``), else the flag and its value."""
+    name = flag_name(f)
+    if isinstance(value, bool):
+        if f.metadata.get("action") is argparse.BooleanOptionalAction and not value:
+            return ["--no-" + name[2:]]
+        return [name] if value != f.default or f.metadata.get("action") is argparse.BooleanOptionalAction else []
+    return [name, str(value)]
 
 
 @dataclass

@@ -187,10 +187,11 @@ class Evaluation:
     model: str | None = None
     volumes: dict | None = None  # per-patient figures, on volume data only
     search: dict | None = None  # what the search gained over the enqueued default (``search_gain``)
+    command: str | None = None  # the `best --evaluate` command line that made it (``best.evaluate_command``)
 
     def to_dict(self) -> dict[str, Any]:
         record = {key: getattr(self, key) for key in EVALUATION_KEYS}
-        for key in ("search", "volumes"):  # written where present: records without them read as before
+        for key in ("search", "volumes", "command"):  # written where present: records without them read as before
             if getattr(self, key):
                 record[key] = getattr(self, key)
         return record
@@ -203,7 +204,7 @@ class Evaluation:
     def of_summary(cls, summary: Mapping) -> Evaluation:
         """What of summary.json the study records."""
         return cls(**{key: summary[key] for key in EVALUATION_KEYS}, volumes=summary.get("volumes") or None,
-                   search=summary.get("search"))
+                   search=summary.get("search"), command=summary.get("command"))
 
     @classmethod
     def of_study(cls, study) -> Evaluation | None:
@@ -255,31 +256,57 @@ def default_chain(trials: Iterable[FrozenTrial]) -> list[FrozenTrial] | None:
 
 
 def search_gain(study: optuna.Study) -> dict:
-    """What the search gained over the enqueued default on val (docs/FORMATS.md's ``"search"``); the
-    held-out ``gain_estimate`` is left None here (``best --evaluate`` fills it in)."""
-    chain = default_chain(study.get_trials(deepcopy=False))
+    """What the search gained over the enqueued default on val (docs/FORMATS.md's ``"search"``): the
+    default's and the best trial's val dice_fg and the gain; whether the best trial is the default;
+    the minutes the search's trials ran. The held-out figures are left None here (``best
+    --evaluate`` fills them in)."""
+    trials = study.get_trials(deepcopy=False)
+    chain = default_chain(trials)
     best = best_summary(study)
     done = [t.value for t in chain or () if t.state == TrialState.COMPLETE]
     default = done[-1] if done else None
     best_value = best["val_dice_fg"] if best else None
+    trials = list(trials)
+    best_is_default = None if chain is None or best is None else root_trial_number(trials[best["trial"]]) == chain[0].number
     return {"default_trial": chain[0].number if chain else None, "default_val_dice_fg": default,
             "best_val_dice_fg": best_value,
             "gain_val": None if default is None or best_value is None else round(best_value - default, 5),
+            "best_is_default": best_is_default, "search_minutes": search_minutes(trials),
+            "default_estimate_dice_fg": None, "best_estimate_dice_fg": None,
             "gain_estimate": None, "gain_estimate_ci95": None}
 
 
+def search_minutes(trials: Iterable[FrozenTrial]) -> float:
+    """Minutes the study's trials ran, from each one's start to its end (every worker's added up)."""
+    seconds = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                  if t.datetime_start is not None and t.datetime_complete is not None)
+    return round(seconds / 60, 2)
+
+
 def search_line(search: dict) -> str:
-    """docs/FORMATS.md's ``"search"`` in one line, as ``best`` prints it and the report shows it."""
+    """docs/FORMATS.md's ``"search"`` in one line, as ``best`` prints it and the report shows it: a
+    verdict ("nothing better than the default", or the gain), with the held-out figures of both
+    models where ``best --evaluate`` measured them, and the minutes the search took."""
     if search["default_trial"] is None:
         return "no enqueued default to measure the search against (run --enqueue PRESET)"
     if search["default_val_dice_fg"] is None:
         return f"the enqueued default (trial {search['default_trial']}) did not complete"
+    minutes = search.get("search_minutes")
+    took = "" if minutes is None else f"; the search took {minutes:.1f} min"
+    if search.get("best_is_default"):  # a gain of 0 by definition, not a measured one
+        held = search.get("best_estimate_dice_fg")
+        held = "" if held is None else f", held-out {held:.4f}"
+        return (f"the search found nothing better than the default (trial {search['default_trial']}, "
+                f"val dice_fg {search['default_val_dice_fg']:.4f}{held}){took}")
     line = (f"gain {search['gain_val']:+.4f} val dice_fg over the enqueued default (trial {search['default_trial']}, "
             f"{search['default_val_dice_fg']:.4f} -> {search['best_val_dice_fg']:.4f})")
     if search["gain_estimate"] is not None:
         lo, hi = search["gain_estimate_ci95"]
-        line += f"; held-out {search['gain_estimate']:+.4f} (95% interval {lo:+.4f} to {hi:+.4f})"
-    return line
+        figures = ""
+        if search.get("default_estimate_dice_fg") is not None:
+            figures = f"{search['default_estimate_dice_fg']:.4f} -> {search['best_estimate_dice_fg']:.4f}, "
+        line += f"; held-out {figures}{search['gain_estimate']:+.4f} (95% interval {lo:+.4f} to {hi:+.4f})"
+    return line + took
 
 
 def attempt(trial: FrozenTrial) -> int:

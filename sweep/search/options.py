@@ -30,7 +30,8 @@ MAX_EPOCH_PASSES = 100  # --epoch-slices beyond this many passes over the train 
 @dataclass
 class RunOptions:
     trials: int = flag(20, "target of finished trials, across runs and workers (default %(default)s)")
-    epochs: int = flag(DEFAULT_EPOCHS, "epoch budget of each trial (default %(default)s)")
+    epochs: int | None = flag(None, "epoch budget of each trial (default: the study's; "
+                                    f"{DEFAULT_EPOCHS} for a new study); a rerun cannot change it")
     data: str = flag("phantom", "'phantom' (built-in synthetic), a PNG folder, or ACDC / nnU-Net NIfTI (default %(default)s)")
     storage: str = storage_flag()
     study: str = study_flag()
@@ -39,7 +40,8 @@ class RunOptions:
     space: str | None = flag(None, "what the sampler searches: the full space, or (local) a neighbourhood of the --enqueue "
                                    "default: lr, weight decay, loss weighting, augmentation strengths, depth +-1, width halved or "
                                    "doubled (default: the study's, for a new study full)", choices=SPACES)
-    seed: int = flag(0, "sampler and training seed (default %(default)s)")
+    seed: int | None = flag(None, "sampler and training seed (default: training seed 0, and a sampler seed of each "
+                                  "run's own, so that runs on several machines draw different configurations)")
     device: str = device_flag()
     workers: int = flag(1, "worker processes on this machine (default %(default)s)")
     timeout: float | None = flag(None, "end the run after this many seconds: no trial starts later, and a running "
@@ -75,7 +77,7 @@ class RunOptions:
     def check(self) -> None:
         """Every option on its own, before anything is read or created."""
         for flag in ("trials", "epochs", "workers"):
-            if getattr(self, flag) <= 0:
+            if getattr(self, flag) is not None and getattr(self, flag) <= 0:
                 raise UsageError(f"--{flag} must be a positive integer, got {getattr(self, flag)}")
         if self.timeout is not None and not (math.isfinite(self.timeout) and self.timeout > 0):
             raise UsageError(f"--timeout must be a positive number of seconds, got {self.timeout}")
@@ -86,7 +88,7 @@ class RunOptions:
         if len(self.study) > STUDY_NAME_MAX:
             raise UsageError(f"--study: a name of {len(self.study)} characters; Optuna's storage holds at most "
                              f"{STUDY_NAME_MAX} (its study_name column)")
-        if not 0 <= self.seed < 2**32:
+        if self.seed is not None and not 0 <= self.seed < 2**32:
             raise UsageError(f"--seed must be within 0..{2**32 - 1}, got {self.seed}")
         if self.cv < 0 or self.cv == 1:
             raise UsageError(f"--cv must be 0 (select on val) or a number of folds >= 2, got {self.cv}")
@@ -153,5 +155,6 @@ def run_flags():
 
 
 def resume_command(opts: RunOptions) -> str:
-    """The ``run`` command line of ``opts``, defaults left out but the target and the epoch budget: it resumes the study."""
+    """The ``run`` command line of ``opts``, defaults left out but the target and the epoch budget
+    (where known: left out, the study's runs): it resumes the study."""
     return flags.command_line("run", *flags.option_flags(opts, always=("trials", "epochs")))

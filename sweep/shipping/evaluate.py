@@ -30,9 +30,9 @@ from data import (
 from data import preprocessing as volume_preprocessing
 from data.files import output_file
 from model import SegNetConfig
-from sweep.core import artifacts
+from sweep.core import artifacts, folders, interrupts
 from sweep.core import records as rec
-from sweep.core.best import BestOptions, describe_best
+from sweep.core.best import BestOptions, describe_best, evaluate_command
 from sweep.core.errors import UsageError, check_writable
 from sweep.core.outputs import refuse_outputs
 from sweep.training.folds import Selection, estimate_holdout, refit_without_holdout, selection_folds, without_holdout
@@ -132,14 +132,27 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
         "data": data.describe(),
         "synthetic_data": data.synthetic,
         "out": opts.out,
+        "command": evaluate_command(opts),
     }
     result["search"] = search_gain(study, best["search"], candidates, result["estimate"], runs, post,
                                    (selection, data, opts, device, held, rec.Fidelity.of_study(study)))
-    if data.volumes:
-        result["volumes"] = evaluate_volumes(data, masks, Path(opts.out) / "masks")
-    files = write_outputs(result, data, masks, Path(opts.out), bundle)
-    record_evaluation(study, result, files, artifacts.open_store(artifacts.location_of(study, opts.storage)))
+    ship(study, result, data, masks, bundle, opts)
     return result
+
+
+def ship(study: optuna.Study, result: dict, data: Dataset, masks: np.ndarray, bundle: ModelBundle,
+         opts: BestOptions) -> None:
+    """Write the evaluation into a new folder beside ``--out``, swap it in whole and record it on the
+    study: an interrupted run leaves the old evaluation, folder and record, never a mix."""
+    target = Path(opts.out).resolve()
+    with folders.building(target) as stage:
+        if data.volumes:
+            result["volumes"] = evaluate_volumes(data, masks, stage / "masks")
+        files = write_outputs(result, data, masks, stage, bundle, target)
+        with interrupts.held():  # the folder and the study's record change together, or neither
+            folders.swap_in(stage, target)
+            record_evaluation(study, result, [target / f.relative_to(stage) for f in files],
+                              artifacts.open_store(artifacts.location_of(study, opts.storage)))
 
 
 def load_checked_data(study: optuna.Study, source: str | None) -> Dataset:
@@ -239,17 +252,33 @@ def search_gain(study: optuna.Study, search: dict, candidates: list[dict], estim
     the default's epochs once per seed, what the estimate's own twin of each seed costs.
     """
     selection, data, opts, device, held, fidelity = context
-    if held is None or search["default_trial"] is None:
+    if search["default_trial"] is None:
         return search
-    if {c["root"] for c in candidates} == {search["default_trial"]}:
-        return {**search, "gain_estimate": 0.0, "gain_estimate_ci95": [0.0, 0.0]}
+    shipped_default = {c["root"] for c in candidates} == {search["default_trial"]}
+    search = {**search, "best_is_default": shipped_default}
+    if held is None:
+        return search
+    if shipped_default:  # the same model: no gain to measure, and no interval around it
+        figure = held_out_figure(estimate, data)
+        return {**search, "default_estimate_dice_fg": figure, "best_estimate_dice_fg": figure,
+                "gain_estimate": 0.0, "gain_estimate_ci95": None}
     default = candidate(study, rec.default_chain(study.get_trials(deepcopy=False))[-1])
     if opts.epochs is not None:
         default["epochs"] = opts.epochs
     on_selection, on_held = default_twins(default, selection, data, opts, device, held, fidelity)
     default_post = choose_postprocessing(on_selection, selection.masks)
-    gain, ci = paired_gain(estimate, data, held, (Probs.mean([r.estimate for r in runs]), post), (on_held, default_post))
-    return {**search, "gain_estimate": gain, "gain_estimate_ci95": ci}
+    gain, ci, ours, theirs = paired_gain(estimate, data, held, (Probs.mean([r.estimate for r in runs]), post),
+                                         (on_held, default_post))
+    return {**search, "default_estimate_dice_fg": theirs, "best_estimate_dice_fg": ours,
+            "gain_estimate": gain, "gain_estimate_ci95": ci}
+
+
+def held_out_figure(estimate: dict, data: Dataset) -> float:
+    """The held-out figure the gain is measured in: mean foreground Dice per volume on volume data
+    (``estimate["volumes"]``), else the stack Dice of the held-out slices."""
+    if data.volumes:
+        return round(float(np.mean([c["dice_fg"] for c in estimate["volumes"]["cases"]])), 5)
+    return estimate["dice_fg"]
 
 
 def default_twins(default: dict, selection: Selection, data: Dataset, opts: BestOptions, device: torch.device,
@@ -276,18 +305,21 @@ def default_twins(default: dict, selection: Selection, data: Dataset, opts: Best
 
 
 def paired_gain(estimate: dict, data: Dataset, held: np.ndarray, ours: tuple[Probs, dict],
-                base: tuple[Probs, dict]) -> tuple[float, list[float]]:
+                base: tuple[Probs, dict]) -> tuple[float, list[float], float, float]:
     """Held-out ``dice_fg`` of ``ours`` minus ``base`` (each: probabilities of the held-out slices and
-    their post-processing), and its paired 95 % bootstrap interval: per volume over patients on
-    volume data (``estimate["volumes"]`` holds ours), else stack Dice over slices."""
+    their post-processing), its paired 95 % bootstrap interval, and the two figures: per volume over
+    patients on volume data (``estimate["volumes"]`` holds ours), else stack Dice over slices."""
     if data.volumes:
         theirs = {c["case"]: c["dice_fg"] for c in volume_estimate(data, held, *base)["cases"]}
-        diffs = [(c["patient"], c["dice_fg"] - theirs[c["case"]]) for c in estimate["volumes"]["cases"]]
-        return round(float(np.mean([d for _, d in diffs])), 5), patient_bootstrap(diffs)
+        cases = estimate["volumes"]["cases"]
+        diffs = [(c["patient"], c["dice_fg"] - theirs[c["case"]]) for c in cases]
+        base_figure = round(float(np.mean([theirs[c["case"]] for c in cases])), 5)
+        return (round(float(np.mean([d for _, d in diffs])), 5), patient_bootstrap(diffs),
+                held_out_figure(estimate, data), base_figure)
     truth = torch.as_tensor(data.train.masks[held])
     a, b = (per_image_counts(torch.as_tensor(apply_postprocessing(p.of(post["tta"]), post)), truth) for p, post in (ours, base))
-    gain = dice_from_counts(a.sum(0))["dice_fg"] - dice_from_counts(b.sum(0))["dice_fg"]
-    return round(gain, 5), [round(x, 5) for x in bootstrap_dice_fg_gain(a, b)]
+    mine, theirs = dice_from_counts(a.sum(0))["dice_fg"], dice_from_counts(b.sum(0))["dice_fg"]
+    return round(mine - theirs, 5), [round(x, 5) for x in bootstrap_dice_fg_gain(a, b)], round(mine, 5), round(theirs, 5)
 
 
 def _twin_fit(model_cfg: SegNetConfig, train_cfg, twins: Selection, hold, seed: int, tick, fidelity: rec.Fidelity,
@@ -432,17 +464,20 @@ def preprocessing_record(data: Dataset) -> dict:
             "intensity": "grey PNG scaled to [0, 1], then each slice to zero mean and unit variance"}
 
 
-def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bundle: ModelBundle) -> list[Path]:
+def write_outputs(result: dict, data: Dataset, masks: np.ndarray, out: Path, bundle: ModelBundle,
+                  final: Path | None = None) -> list[Path]:
     """Test masks (PNG per slice, or NIfTI per volume), the test picture, summary.json and model.pt
-    under ``out``; returns the files to record on the study."""
+    under ``out``, which becomes ``final`` (default: ``out``) once complete (``summary.json`` names
+    the files there); returns the files written."""
+    final = out if final is None else final
     mask_dir = out / "masks"
     mask_dir.mkdir(parents=True, exist_ok=True)
     if not data.volumes:  # volume data: evaluate_volumes wrote one NIfTI per test volume
         for name, mask in zip(data.test.names, masks):
             write_mask(mask_dir / f"{name}_mask.png", mask)
-    result["masks"] = str(mask_dir.resolve())
+    result["masks"] = str((final / "masks").resolve())
     model_path = save_bundle(bundle, out / rec.MODEL_FILE)
-    result["model"] = str(model_path.resolve())
+    result["model"] = str((final / rec.MODEL_FILE).resolve())
     overlay_path = out / rec.TEST_OVERLAY
     overlay_png(data.test.images, data.test.masks, masks, overlay_path)
     summary_path = out / rec.SUMMARY_FILE
@@ -456,7 +491,26 @@ def check_outputs(study: optuna.Study, opts: BestOptions) -> None:
     out = Path(opts.out)
     written = [out / name for name in (rec.SUMMARY_FILE, rec.MODEL_FILE, rec.TEST_OVERLAY)]
     refuse_outputs(f"--out {opts.out}", [out, out / "masks", *written], storage=opts.storage, study=study, data=opts.data)
-    check_writable(out, f"--out {opts.out}")
+    refuse_foreign(out, opts.out)
+    check_writable(out.resolve().parent, f"--out {opts.out}")  # the new folder is built there, then swapped in
+
+
+def refuse_foreign(out: Path, flag_value: str) -> None:
+    """``--out`` is replaced whole: refuse a folder that holds anything a previous evaluation did not write."""
+    target = out.resolve()
+    folders.recover(target)  # a run killed while swapping its folder in: the old evaluation back first
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--out {flag_value}: {target} is a file, expected a folder")
+    foreign = folders.foreign_entries(target, ("masks", rec.SUMMARY_FILE, rec.MODEL_FILE, rec.TEST_OVERLAY),
+                                      rec.SUMMARY_FILE)
+    masks = target / "masks"
+    if not foreign and masks.is_dir():
+        foreign = [f"masks/{p.name}" for p in sorted(masks.iterdir())
+                   if not p.name.endswith(("_mask.png", ".nii.gz")) and not p.name.startswith(".partial-")]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise UsageError(f"--out {flag_value}: holds {shown}, which no evaluation wrote; an evaluation replaces "
+                         "its folder whole: choose another --out or move them")
 
 
 def record_evaluation(study: optuna.Study, result: dict, files: list[Path], store) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from model import SegNetConfig, count_parameters
 from model.segnet import SegNet
+from sweep.core import interrupts
 from sweep.core.artifacts import patiently
 from sweep.core.errors import is_outage, warn
 from sweep.core.notes import dice_table_markdown
@@ -105,10 +106,11 @@ class Objective:
         try:
             value = self._run(trial, root, point_file)
         except KeyboardInterrupt as err:
-            # The retry copies this trial's user attributes: queue it before the reason is recorded.
-            if not enqueue_retry(trial):
-                point_file.remove()
-            trial.set_user_attr(TrialKey.FAIL_REASON, TIMED_OUT if isinstance(err, TimeUp) else INTERRUPTED)
+            with interrupts.held():  # a second Ctrl-C must not leave the trial without its reason and retry
+                # The retry copies this trial's user attributes: queue it before the reason is recorded.
+                if not enqueue_retry(trial):
+                    point_file.remove()
+                trial.set_user_attr(TrialKey.FAIL_REASON, TIMED_OUT if isinstance(err, TimeUp) else INTERRUPTED)
             raise
         except BaseException:
             point_file.remove()  # pruned or failed for good: nothing will resume it

@@ -20,6 +20,8 @@ from sweep.training.folds import cv_folds, pool_names
 from sweep.search.options import RunOptions, resume_command
 from sweep.core.progress import MAX_CONSECUTIVE_FAILURES, Progress
 from sweep.core.records import StudyKey
+from sweep.search.config import DEFAULT_EPOCHS
+from sweep.search.presets import DEFAULT_PRESET, PRESETS
 from sweep.search.space import ADDED_OFF, SPACE_VERSION, params_problem
 from sweep.nn.runtime import resolve_device_or_fail, worker_device
 from sweep.training.workers import optimize, run_workers
@@ -30,7 +32,6 @@ LOCAL_NEEDS_ENQUEUE = "--space local searches around the configuration --enqueue
 
 def parse_enqueue(value: str, epochs: int) -> dict:
     """``--enqueue`` takes a preset name, a JSON file or an inline JSON object of params; checked against the space."""
-    from sweep.search.presets import PRESETS
 
     if value in PRESETS:
         return dict(PRESETS[value])
@@ -87,6 +88,11 @@ def check_same_data(study: optuna.Study, data: Dataset, opts: RunOptions) -> Non
             f"--data {opts.data}: study {opts.study!r} was run on other data ({source}, fingerprint "
             f"{recorded}, this is {data.fingerprint}); use another --study or --storage"
         )
+    epochs = study.user_attrs.get(StudyKey.EPOCHS)
+    if opts.epochs is not None and epochs is not None and opts.epochs != epochs:
+        # Trials of two lengths would be ranked together, and the study would still say the first.
+        raise UsageError(f"--epochs {opts.epochs}: study {opts.study!r} was made with --epochs {epochs}; "
+                         "leave it out, give the same, or use another --study")
     recorded_cv = rec.study_cv(study)
     if recorded is not None and recorded_cv != opts.cv:  # (a study made by enqueueing alone records nothing yet)
         made = f"--cv {recorded_cv}" if recorded_cv else "selection on val (no --cv)"
@@ -139,7 +145,7 @@ def run(opts: RunOptions) -> dict:
     opts.check_fidelity(len(data.train))
     if opts.cv:
         cv_folds(data, opts.cv)  # enough slices for the folds
-    enqueue = parse_enqueue(opts.enqueue, opts.epochs) if opts.enqueue is not None else None
+    enqueue = parse_enqueue(opts.enqueue, opts.epochs or DEFAULT_EPOCHS) if opts.enqueue is not None else None
     requested = artifacts.resolve(opts.storage, opts.artifacts)
     if opts.artifacts is not None:
         artifacts.check(requested)
@@ -147,17 +153,23 @@ def run(opts: RunOptions) -> dict:
     if opts.space == "local" and enqueue is None and db is not None and not db.exists():
         raise UsageError(LOCAL_NEEDS_ENQUEUE)  # now: opening the storage would leave an empty studies.db
 
-    study, location = _open_study(opts, data, requested, enqueue)
+    study, location, opts = _open_study(opts, data, requested, enqueue)
     note = grouping_note(data, opts)  # after the study's checks: a refusal is then its one line alone
     if note:
         print(note, file=sys.stderr)
     finished = rec.count_finished(study)
     if finished >= opts.trials and not rec.waiting_retries(study.get_trials(deepcopy=False)):
         return summarize(study, opts, ran=0, note=f"study {opts.study!r} is complete: {finished} of {opts.trials} trials finished")
+    default = enqueue is None and not study.get_trials(deepcopy=False)
+    if default:  # a new study measures its search against the default, which goes first
+        enqueue = dict(PRESETS[DEFAULT_PRESET])
     if enqueue is not None:
         study.enqueue_trial(enqueue, skip_if_exists=True)
     if opts.progress:
         _announce(opts, data, device, finished)
+        if default:
+            print(f"first trial: the default configuration, preset {DEFAULT_PRESET!r} (--enqueue names another)",
+                  file=sys.stderr)
 
     before = len(study.trials)
     if opts.timeout is not None:
@@ -192,14 +204,18 @@ def grouping_note(data: Dataset, opts: RunOptions) -> str | None:
             f"{unit} by {unit}; if a patient has several, name it with --groups REGEX (e.g. --groups 'patient(\\d+)')")
 
 
-def _open_study(opts: RunOptions, data: Dataset, requested: str, enqueue: dict | None) -> tuple[optuna.Study, str]:
+def _open_study(opts: RunOptions, data: Dataset, requested: str,
+                enqueue: dict | None) -> tuple[optuna.Study, str, RunOptions]:
     """Create the study or resume it (refusing other data); record the latest target and command.
 
-    Returns the study and its artifact location, for every worker of the run: the one it
-    recorded, else ``requested`` (``--artifacts`` resolved), now recorded.
+    Returns the study; its artifact location, for every worker of the run: the one it
+    recorded, else ``requested`` (``--artifacts`` resolved), now recorded; and ``opts`` with the
+    epoch budget the study runs (``--epochs``, else the study's, else ``DEFAULT_EPOCHS``).
     """
     storage = st.make_storage(opts.storage)
     existing = st.load_study(storage, opts.study) if st.study_exists(storage, opts.study) else None
+    if opts.epochs is None:
+        opts = replace(opts, epochs=(existing and existing.user_attrs.get(StudyKey.EPOCHS)) or DEFAULT_EPOCHS)
     if existing is not None:
         check_same_data(existing, data, opts)
         check_same_artifacts(existing, opts, requested)
@@ -219,7 +235,7 @@ def _open_study(opts: RunOptions, data: Dataset, requested: str, enqueue: dict |
     # A worker killed in an earlier run left a RUNNING trial: fail it now (if its heartbeat is
     # stale) so that its retry with the same params is queued before anything new.
     optuna.storages.fail_stale_trials(study)
-    return study, artifacts.location_of(study, opts.storage)
+    return study, artifacts.location_of(study, opts.storage), opts
 
 
 def _announce(opts: RunOptions, data: Dataset, device, finished: int) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -16,7 +17,7 @@ from optuna.exceptions import StorageInternalError
 from sqlalchemy.exc import SQLAlchemyError
 
 from data import Dataset, load_dataset
-from sweep.core import artifacts
+from sweep.core import artifacts, interrupts
 from sweep.core import records as rec
 from sweep.core import study as st
 from sweep.core.errors import OutsideError, UsageError, outside_failure
@@ -39,14 +40,13 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
     """
     storage = st.make_storage(opts.storage)
     study = optuna.load_study(study_name=opts.study, storage=storage, pruner=make_pruner(opts.pruner, opts.epochs))
-    # Distinct seeds per worker and per resumption, so that no two draw the same start-up configurations.
-    study.sampler = make_sampler(opts.sampler, opts.seed + 7919 * len(study.trials) + 104729 * worker)
+    study.sampler = make_sampler(opts.sampler, sampler_seed(opts.seed, len(study.trials), worker))
     selection = selection_folds(data, opts.cv, device, study.user_attrs.get(rec.StudyKey.CV_FOLDS))
     resume_dir = open_points(location)
     if worker == 0:
         prune_orphans(resume_dir, study)
     objective = Objective(
-        selection.folds, opts.epochs, seed=opts.seed, artifact_store=artifacts.open_store(location),
+        selection.folds, opts.epochs, seed=opts.seed or 0, artifact_store=artifacts.open_store(location),
         resume_dir=resume_dir,
         on_progress=next((c.show_trial for c in callbacks if isinstance(c, Progress)), None),
         deadline=opts.deadline, max_trial_seconds=opts.trial_cap(), fidelity=rec.Fidelity.of_study(study),
@@ -75,13 +75,23 @@ def optimize(opts: RunOptions, data: Dataset, device: torch.device, worker: int,
     return failures
 
 
+def sampler_seed(seed: int | None, n_trials: int, worker: int) -> int:
+    """The sampler seed of one worker: with ``--seed``, distinct per worker and per resumption
+    (``n_trials``: the study's trials when it starts) and the same on a rerun of the same state;
+    without, one of this process's own, so that two ``run`` processes on one study (two
+    machines, or two terminals) never draw the same start-up configurations."""
+    if seed is None:
+        return secrets.randbits(32)
+    return (seed + 7919 * n_trials + 104729 * worker) % 2**32
+
+
 def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: str, reasons=None) -> None:
     """Entry point of a worker process (spawned; quiet; Ctrl-C/SIGTERM end the running trial as FAIL).
 
     A lost database or store (or a location that became unusable) ends it with EXIT_OUTSIDE, its
     one line put on ``reasons`` for the parent to print (a traceback per worker would bury it).
     """
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    interrupts.install()  # SIGTERM as Ctrl-C; the terminal's SIGINT, then the parent's SIGTERM, are one interruption
     rec.silence_optuna()
     if device.type == "cpu":
         # Split the cores between workers: oversubscribed intra-op threads slow every worker down.
@@ -117,7 +127,7 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, devic
 
     def on_signal(signum, frame):
         stop.set()
-        raise KeyboardInterrupt
+        interrupts.on_signal(signum, frame)  # KeyboardInterrupt on the first; one right behind it is absorbed
 
     for sig in handlers:
         signal.signal(sig, on_signal)

@@ -282,7 +282,9 @@ def reproduce(study: optuna.Study, storage_url: str) -> str:
     run = study.user_attrs.get(StudyKey.COMMAND, "python -m sweep run  # (command not recorded)")
     run = run.replace(storage_url, st.display_url(storage_url))  # a report is shared: no password in it
     ev = Evaluation.of_study(study) or Evaluation()
-    flags = []
+    if ev.command:  # recorded from the evaluation's own options: every flag that changed its result
+        return f"<pre>{_e(run)}\n{_e(ev.command)}</pre>"
+    flags = []  # an evaluation recorded before its command was: what it recorded
     if ev.seeds is not None:
         flags += ["--seeds", str(len(ev.seeds))]
     if ev.out:
