@@ -19,6 +19,7 @@ from sweep.core.errors import OutsideError, UsageError, outside_failure
 from sweep.core.flags import DashboardOptions, ExportOptions, PredictOptions, ReportOptions, StatusOptions
 from sweep.core.records import VAL_DICE_FG, score_label, search_line, silence_optuna, states_line
 from sweep.core.study import PROG, display_url, sweep_command
+from sweep.nn import threads
 from sweep.search.options import RunOptions, resume_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE if damaged else EXIT_ERROR
     finally:
         signal.signal(signal.SIGTERM, previous)
+        threads.stop()
 
 
 def _run(args: argparse.Namespace) -> int:

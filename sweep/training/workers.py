@@ -21,6 +21,8 @@ from sweep.core import records as rec
 from sweep.core import study as st
 from sweep.core.errors import OutsideError, UsageError, outside_failure
 from sweep.core.progress import Progress, StopAfterFailures, UntilTarget
+from sweep.nn import threads
+from sweep.nn.threads import available_cores  # noqa: F401 - for benchmarks/throughput.py
 from sweep.search.options import RunOptions
 from sweep.search.strategies import make_pruner, make_sampler
 from sweep.training.folds import selection_folds
@@ -83,9 +85,9 @@ def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: 
     """
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     rec.silence_optuna()
-    if device.type == "cpu":
-        # Split the cores between workers: oversubscribed intra-op threads slow every worker down.
-        torch.set_num_threads(max(1, available_cores() // opts.workers))
+    # Split the cores between workers (oversubscribed intra-op threads slow every worker down),
+    # then time the steps: sweep.nn.threads.
+    threads.start(device, opts.workers)
     try:
         failures = optimize(opts, load_dataset(opts.data, groups=opts.groups), device, worker, location)
     except KeyboardInterrupt:
@@ -110,8 +112,9 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, devic
     reasons = ctx.SimpleQueue()  # the one line of a worker that lost the database or the store
     procs = [ctx.Process(target=_worker_main, args=(opts, i, devices[i], location, reasons), name=f"sweep-worker-{i}")
              for i in range(opts.workers)]
-    for p in procs:
-        p.start()
+    with threads.child_environment():  # the OpenMP wait policy, read as each worker loads torch
+        for p in procs:
+            p.start()
     stop = threading.Event()  # a Ctrl-C or SIGTERM arrived, even if library code swallowed its exception
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -171,9 +174,4 @@ def stop_workers(procs, timeout: float = 30.0) -> None:
             p.kill()
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 

@@ -1,0 +1,275 @@
+"""How many threads torch runs on the CPU, and how its OpenMP threads wait, on a machine that
+other work shares (a browser, the dashboard, a second worker or study, the test suite).
+
+Two parts:
+
+- **The wait policy** (``prepare_environment``), set in the environment before torch loads its
+  OpenMP runtime (GNU libgomp in the CPU wheels), the only time libgomp reads it: at ``python -m
+  sweep``'s entry, before anything imports torch, and for spawned workers, which inherit it. By
+  default libgomp's threads spin for 300,000 iterations at every barrier before they sleep; when
+  another process holds a core, the barrier waits on a thread that is not running while its
+  partner burns the core it could use. Measured on 2 cores, one training step of the ``small``
+  configuration (96 px, batch 16, bf16, channels_last), ms per slice (issue 37; the probes of
+  ``benchmarks/busy.py --probe`` agree within their noise, docs/PERFORMANCE.md "A busy machine"):
+  2 threads spinning 4.6 idle, 19.2 beside two busy loops; 2 threads ``OMP_WAIT_POLICY=PASSIVE``
+  5.5 and 7.6; 1 thread 6.0 and 9.5. ``GOMP_SPINCOUNT`` (``SPIN_COUNT``) keeps a short spin, so
+  a barrier that ends soon costs no sleep and wake-up, and a thread whose partner was descheduled
+  sleeps soon instead of burning the core: see ``SPIN_COUNT`` for its measurement.
+- **The thread count** (``start``): each process's share of the cores it may run on
+  (``os.sched_getaffinity``, divided between ``--workers``), then chosen by timing while it runs
+  (``Tuner``): the trainer's and inference's steps are timed with the share and with half of it,
+  interleaved, the faster kept, and checked again after a while, since the load beside a run
+  changes while it runs (``torch.set_num_threads`` works at any time; the wait policy does not).
+
+``OMP_NUM_THREADS`` forces the count (no timing), and ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``
+the wait policy, as for any OpenMP program. ``SEGNET_THREAD_POLICY=old`` restores the earlier
+behaviour (libgomp's default spin, all cores in one process, the cores split between workers, no
+timing), so that ``benchmarks/busy.py`` can compare both in one run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import time
+from collections.abc import Callable, MutableMapping
+
+POLICY_VARIABLE = "SEGNET_THREAD_POLICY"  # "old": the policy before issue 37, for comparisons
+# Barrier spin before a waiting OpenMP thread sleeps (libgomp's default: 300,000; PASSIVE: 0).
+SPIN_COUNT = "10000"
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+
+
+def old_policy(environ: MutableMapping[str, str] = os.environ) -> bool:
+    return environ.get(POLICY_VARIABLE, "").strip().lower() == "old"
+
+
+def prepare_environment(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set the OpenMP wait policy in ``environ`` where the user set none (and not under the old policy).
+
+    Must run before torch is imported (libgomp reads it once, when it loads); processes started
+    later (spawned workers) inherit it.
+    """
+    if old_policy(environ) or any(v in environ for v in WAIT_VARIABLES):
+        return
+    environ["GOMP_SPINCOUNT"] = SPIN_COUNT
+
+
+@contextlib.contextmanager
+def child_environment():
+    """``prepare_environment`` for the processes started inside (spawned workers load torch
+    afresh), this process's environment as it was afterwards."""
+    before = {v: os.environ.get(v) for v in WAIT_VARIABLES}
+    prepare_environment()
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def wait_policy(environ: MutableMapping[str, str] = os.environ) -> str:
+    """The wait policy in ``environ``, in words."""
+    given = [f"{v}={environ[v]}" for v in WAIT_VARIABLES if v in environ]
+    return ", ".join(given) if given else "libgomp's default spin"
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under ``taskset`` or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def forced_threads(environ: MutableMapping[str, str] = os.environ) -> int | None:
+    """``OMP_NUM_THREADS`` as a positive count, else None (unset, or not a plain positive integer)."""
+    try:
+        value = int(environ.get("OMP_NUM_THREADS", "").strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def share(workers: int = 1, cores: int | None = None) -> int:
+    """One worker's share of the cores: ``--workers N`` on C cores gives each C // N (at least 1)."""
+    return max(1, (available_cores() if cores is None else cores) // max(1, workers))
+
+
+class Tuner:
+    """Chooses the thread count by timing steps with each candidate, interleaved, and keeps the faster.
+
+    ``step(seconds, slices, kind)`` is called after every timed step (a training step, or an
+    inference batch: ``kind`` keeps them apart, since their costs per slice differ). A probe runs
+    the candidates in turn, ``block`` steps each (the first after a change is not counted: it pays
+    for the change), ``rounds`` times; the candidate with the lowest median time per slice wins,
+    a challenger only by ``margin``. The next probe comes after ``settle_seconds`` of steps,
+    doubling up to ``max_settle_seconds`` while the choice holds; sooner if steps become
+    ``slowdown`` times slower than just after the probe (other work arrived).
+    """
+
+    def __init__(self, candidates: tuple[int, ...], apply: Callable[[int], None], *, block: int = 3, rounds: int = 2,
+                 margin: float = 0.05, settle_seconds: float = 30.0, max_settle_seconds: float = 240.0,
+                 slowdown: float = 1.5, on_change: Callable[[int, int, float], None] | None = None) -> None:
+        self.candidates = tuple(dict.fromkeys(candidates))
+        self.apply = apply
+        self.block, self.rounds, self.margin = block, rounds, margin
+        self.settle_seconds, self.max_settle_seconds, self.slowdown = settle_seconds, max_settle_seconds, slowdown
+        self.on_change = on_change
+        self.current = self.candidates[0]
+        self.interval = settle_seconds
+        self.plan: list[int] = []
+        self.samples: dict[str, dict[int, list[float]]] = {}  # per kind of step and count: seconds per slice
+        self.spent: dict[str, float] = {}  # per kind of step: seconds measured in this probe
+        self.warm = False  # the last step ran at the current count (not the first after a change)
+        self.since_probe = 0.0
+        self.baseline: dict[str, list[float]] = {}
+        self.probes = 0
+        self._begin_probe()
+
+    def _set(self, threads: int) -> None:
+        if threads != self.current:
+            self.current = threads
+            self.warm = False
+            self.apply(threads)
+
+    def _begin_probe(self) -> None:
+        if len(self.candidates) < 2:
+            return
+        # The incumbent first: a probe that is cut short has spent least on the others.
+        self.incumbent = self.current
+        order = [self.current] + [c for c in self.candidates if c != self.current]
+        self.plan = [c for _ in range(self.rounds) for c in order for _ in range(self.block)]
+        self.samples, self.spent = {}, {}
+        self.probes += 1
+
+    def step(self, seconds: float, slices: int, kind: str = "train") -> None:
+        per = seconds / max(1, slices)
+        if self.plan:
+            if self.warm:
+                self.samples.setdefault(kind, {}).setdefault(self.current, []).append(per)
+                self.spent[kind] = self.spent.get(kind, 0.0) + seconds
+            self.warm = True
+            self.plan.pop(0)
+            if self.plan:
+                self._set(self.plan[0])
+            else:
+                self._decide()
+            return
+        self.warm = True
+        self.since_probe += seconds
+        base = self.baseline.setdefault(kind, [])
+        if len(base) < 5:
+            base.append(per)
+        elif per > self.slowdown * statistics.median(base) and self.since_probe > self.settle_seconds / 3:
+            self.interval = self.settle_seconds
+            self._reprobe()
+            return
+        if self.since_probe >= self.interval:
+            self._reprobe()
+
+    def _reprobe(self) -> None:
+        self.since_probe = 0.0
+        self.baseline = {}
+        self._begin_probe()
+        if self.plan:
+            self._set(self.plan[0])
+
+    def _decide(self) -> None:
+        """Keep the candidate with the lowest median time per slice, in the kind of step that took
+        the most time and ran with every candidate; the incumbent unless a challenger is ``margin`` faster."""
+        complete = {k: s for k, s in self.samples.items() if all(s.get(c) for c in self.candidates)}
+        best, gain = self.incumbent, 1.0
+        if complete:
+            kind = max(complete, key=lambda k: self.spent[k])
+            medians = {c: statistics.median(v) for c, v in complete[kind].items()}
+            fastest = min(medians, key=medians.get)
+            if medians[fastest] * (1 + self.margin) < medians[self.incumbent]:
+                best, gain = fastest, medians[self.incumbent] / medians[fastest]
+        self.interval = min(self.max_settle_seconds, self.interval * 2) if best == self.incumbent else self.settle_seconds
+        self._set(best)
+        if best != self.incumbent and self.on_change is not None:
+            self.on_change(self.incumbent, best, gain)
+
+
+_tuner: Tuner | None = None  # this process's, where ``start`` chose timing
+_before: int | None = None  # torch's thread count before the first ``start``
+
+
+def active() -> Tuner | None:
+    """The tuner that timed steps report to (``step``), or None: no timing wanted."""
+    return _tuner
+
+
+def plan(device, workers: int = 1) -> tuple[int | None, tuple[int, ...], str]:
+    """What ``start`` does for work on ``device`` with ``workers`` processes: (the count to set,
+    or None to leave torch's; the candidates to time, none for a fixed count; the choice in words)."""
+    if device.type != "cpu":
+        return None, (), "threads: torch's default (the work is on the GPU)"
+    if old_policy():
+        n = share(workers) if workers > 1 else None
+        return n, (), f"threads: {n or available_cores()} ({POLICY_VARIABLE}=old, libgomp's default wait)"
+    wait = wait_policy()
+    forced = forced_threads()
+    if forced is not None:
+        return forced, (), f"threads: {forced} (OMP_NUM_THREADS); {wait}"
+    n, cores = share(workers), available_cores()
+    each = " per worker" if workers > 1 else ""
+    if n < 2:
+        return 1, (), f"threads: 1{each} ({cores} core(s)); {wait}"
+    return n, (n, n // 2), (f"threads: {n} or {n // 2}{each} of {cores} cores, chosen by timing steps and checked "
+                            f"again as the run goes; {wait}")
+
+
+def start(device, workers: int = 1, report: Callable[[str], None] | None = None) -> str:
+    """Set this process's CPU threads for work on ``device`` (a ``torch.device``, ``plan``) and
+    start timing where there is a choice; returns the choice in words.
+
+    ``workers``: processes of one run on this machine, sharing its cores. ``report``: told, in
+    one line, each time timing changes the count.
+    """
+    import torch
+
+    global _tuner, _before
+    count, candidates, text = plan(device, workers)
+    _tuner = None
+    if _before is None:
+        _before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    if candidates:
+        def changed(before: int, after: int, gain: float) -> None:
+            if report is not None:
+                report(f"threads: {before} -> {after} ({gain:.2f}x faster per slice now: other work shares the cores)")
+
+        _tuner = Tuner(candidates, torch.set_num_threads, on_change=changed)
+    return text
+
+
+def stop() -> None:
+    """No more timing, and torch's thread count as it was before ``start`` (a command run inside
+    another program, as the tests do, leaves no tuner behind)."""
+    global _tuner, _before
+    _tuner = None
+    if _before is not None:
+        import torch
+
+        torch.set_num_threads(_before)
+        _before = None
+
+
+def timed(kind: str = "train"):
+    """A clock for one step: ``done = timed(); ...; done(slices)`` reports the step to the tuner
+    (a no-op without one, so the hot loop pays one check)."""
+    if _tuner is None:
+        return _noop
+    begin = time.perf_counter()
+    return lambda slices: _tuner.step(time.perf_counter() - begin, slices, kind) if _tuner is not None else None
+
+
+def _noop(slices: int) -> None:
+    return None
