@@ -151,3 +151,14 @@ def test_run_says_its_choice_times_its_steps_and_leaves_no_tuner_behind(in_tmp, 
     assert "threads: 2 or 1 of 2 cores, chosen by timing steps" in err
     assert "train" in seen and "infer" in seen  # training steps and validation batches were timed
     assert threads.active() is None and torch.get_num_threads() == before
+
+
+def test_a_clear_winner_after_one_round_ends_the_probe():
+    """On an idle machine the half count is 30 % slower: the probe spends one block on it, not two."""
+    idle = Machine({2: 0.0046, 1: 0.006})
+    tuner = make(idle, settle_seconds=1000.0)
+    counts = []
+    for _ in range(12):
+        counts.append(tuner.current)
+        idle.run(tuner, 1)
+    assert counts.count(1) == 3 and tuner.current == 2 and not tuner.plan

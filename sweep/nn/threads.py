@@ -106,18 +106,19 @@ class Tuner:
     ``step(seconds, slices, kind)`` is called after every timed step (a training step, or an
     inference batch: ``kind`` keeps them apart, since their costs per slice differ). A probe runs
     the candidates in turn, ``block`` steps each (the first after a change is not counted: it pays
-    for the change), ``rounds`` times; the candidate with the lowest median time per slice wins,
-    a challenger only by ``margin``. The next probe comes after ``settle_seconds`` of steps,
+    for the change), ``rounds`` times, or once where one candidate is ``lead`` faster than the
+    others; the candidate with the lowest median time per slice wins, a challenger only by
+    ``margin``. The next probe comes after ``settle_seconds`` of steps,
     doubling up to ``max_settle_seconds`` while the choice holds; sooner if steps become
     ``slowdown`` times slower than just after the probe (other work arrived).
     """
 
     def __init__(self, candidates: tuple[int, ...], apply: Callable[[int], None], *, block: int = 3, rounds: int = 2,
-                 margin: float = 0.05, settle_seconds: float = 30.0, max_settle_seconds: float = 240.0,
+                 margin: float = 0.05, lead: float = 1.2, settle_seconds: float = 60.0, max_settle_seconds: float = 240.0,
                  slowdown: float = 1.5, on_change: Callable[[int, int, float], None] | None = None) -> None:
         self.candidates = tuple(dict.fromkeys(candidates))
         self.apply = apply
-        self.block, self.rounds, self.margin = block, rounds, margin
+        self.block, self.rounds, self.margin, self.lead = block, rounds, margin, lead
         self.settle_seconds, self.max_settle_seconds, self.slowdown = settle_seconds, max_settle_seconds, slowdown
         self.on_change = on_change
         self.current = self.candidates[0]
@@ -155,9 +156,10 @@ class Tuner:
                 self.spent[kind] = self.spent.get(kind, 0.0) + seconds
             self.warm = True
             self.plan.pop(0)
-            if self.plan:
+            if self.plan and not self._clear_winner():
                 self._set(self.plan[0])
             else:
+                self.plan = []
                 self._decide()
             return
         self.warm = True
@@ -179,14 +181,30 @@ class Tuner:
         if self.plan:
             self._set(self.plan[0])
 
+    def _medians(self, least: int = 1) -> dict[int, float] | None:
+        """Each candidate's median seconds per slice in the kind of step that took the most time and
+        ran at least ``least`` times with every candidate (None before there is one)."""
+        complete = {k: s for k, s in self.samples.items() if all(len(s.get(c, ())) >= least for c in self.candidates)}
+        if not complete:
+            return None
+        kind = max(complete, key=lambda k: self.spent[k])
+        return {c: statistics.median(v) for c, v in complete[kind].items()}
+
+    def _clear_winner(self) -> bool:
+        """After a first round, one candidate ``lead`` faster than every other: no second round
+        (where it is the incumbent, as on an idle machine, the probe then costs one block of the other)."""
+        medians = self._medians(least=self.block - 1)
+        if medians is None:
+            return False
+        fastest = min(medians, key=medians.get)
+        return all(medians[fastest] * self.lead < m for c, m in medians.items() if c != fastest)
+
     def _decide(self) -> None:
         """Keep the candidate with the lowest median time per slice, in the kind of step that took
         the most time and ran with every candidate; the incumbent unless a challenger is ``margin`` faster."""
-        complete = {k: s for k, s in self.samples.items() if all(s.get(c) for c in self.candidates)}
+        medians = self._medians()
         best, gain = self.incumbent, 1.0
-        if complete:
-            kind = max(complete, key=lambda k: self.spent[k])
-            medians = {c: statistics.median(v) for c, v in complete[kind].items()}
+        if medians is not None:
             fastest = min(medians, key=medians.get)
             if medians[fastest] * (1 + self.margin) < medians[self.incumbent]:
                 best, gain = fastest, medians[self.incumbent] / medians[fastest]
