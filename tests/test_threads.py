@@ -1,13 +1,9 @@
-"""Threads that fit the machine as it is (sweep.nn.threads): the OpenMP wait policy set before torch
-loads, each worker's share of the cores, and the count chosen by timing steps while a run goes."""
+"""Threads that fit the machine as it is (sweep.nn.threads): each worker's share of the cores, and
+the count chosen by timing steps while a run goes."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,7 +11,6 @@ import torch
 from sweep.nn import threads
 from sweep.nn.threads import Tuner
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 
 
@@ -88,28 +83,6 @@ def test_steps_of_another_kind_are_compared_apart():
     assert tuner.current == 1
 
 
-@pytest.mark.parametrize("environ, expected", [
-    ({}, {"GOMP_SPINCOUNT": threads.SPIN_COUNT}),
-    ({"OMP_WAIT_POLICY": "ACTIVE"}, {"OMP_WAIT_POLICY": "ACTIVE"}),  # the user's choice stands
-    ({"GOMP_SPINCOUNT": "5"}, {"GOMP_SPINCOUNT": "5"}),
-    ({"SEGNET_THREAD_POLICY": "old"}, {"SEGNET_THREAD_POLICY": "old"}),
-])
-def test_the_wait_policy_is_set_only_where_nobody_chose_one(environ, expected):
-    environ = dict(environ)
-    threads.prepare_environment(environ)
-    assert environ == expected
-
-
-def test_python_m_sweep_sets_the_wait_policy_before_torch_loads():
-    env = {k: v for k, v in os.environ.items() if k not in (*threads.WAIT_VARIABLES, threads.POLICY_VARIABLE)}
-    code = ("import sys, os, runpy; sys.argv = ['sweep', '--help']\n"
-            "import sweep.__main__\n"
-            "print(json.dumps(['torch' in sys.modules, os.environ.get('GOMP_SPINCOUNT')]))")
-    out = subprocess.run([sys.executable, "-c", "import json\n" + code], env={**env, "PYTHONPATH": str(ROOT)},
-                         capture_output=True, text=True, check=True).stdout
-    assert json.loads(out) == [False, threads.SPIN_COUNT]
-
-
 def test_workers_get_their_share_and_omp_num_threads_forces_it(monkeypatch):
     monkeypatch.setattr(threads, "available_cores", lambda: 8)
     for name in ("OMP_NUM_THREADS", threads.POLICY_VARIABLE):
@@ -125,14 +98,6 @@ def test_workers_get_their_share_and_omp_num_threads_forces_it(monkeypatch):
     monkeypatch.setenv(threads.POLICY_VARIABLE, "old")  # as before: the cores split, no timing
     assert threads.plan(CPU, workers=4)[:2] == (2, ())
     assert threads.plan(CPU, workers=1)[:2] == (None, ())
-
-
-def test_the_child_environment_is_set_for_workers_and_restored(monkeypatch):
-    for name in (*threads.WAIT_VARIABLES, threads.POLICY_VARIABLE):
-        monkeypatch.delenv(name, raising=False)
-    with threads.child_environment():
-        assert os.environ["GOMP_SPINCOUNT"] == threads.SPIN_COUNT
-    assert "GOMP_SPINCOUNT" not in os.environ
 
 
 def test_run_says_its_choice_times_its_steps_and_leaves_no_tuner_behind(in_tmp, monkeypatch, capsys):
@@ -162,3 +127,36 @@ def test_a_clear_winner_after_one_round_ends_the_probe():
         counts.append(tuner.current)
         idle.run(tuner, 1)
     assert counts.count(1) == 3 and tuner.current == 2 and not tuner.plan
+
+
+def test_on_a_quiet_machine_the_other_count_is_not_timed():
+    machine = Machine({2: 0.0046, 1: 0.006})
+    used = [0.05]
+    tuner = make(machine, settle_seconds=1000.0, others=lambda: used[0])
+    counts = []
+    for _ in range(10):
+        counts.append(tuner.current)
+        machine.run(tuner, 1)
+    assert counts == [2] * 10 and not tuner.plan
+    used[0] = 2.0  # two busy loops arrived: the next probe times both
+    machine.per_slice = {2: 0.019, 1: 0.0095}
+    for _ in range(2000):
+        machine.run(tuner, 1)
+        if machine.changes:
+            break
+    assert machine.changes == [(2, 1)]
+    used[0] = 0.0  # they ended: the share again, without timing the half
+    for _ in range(20000):
+        machine.run(tuner, 1)
+        if len(machine.changes) == 2:
+            break
+    assert machine.changes == [(2, 1), (1, 2)]
+
+
+def test_other_work_reads_the_cores_other_processes_use():
+    import time
+
+    meter = threads.OtherWork()
+    time.sleep(0.2)
+    used = meter()
+    assert used is None or used >= 0.0  # None off Linux

@@ -1,43 +1,40 @@
-"""How many threads torch runs on the CPU, and how its OpenMP threads wait, on a machine that
-other work shares (a browser, the dashboard, a second worker or study, the test suite).
+"""How many threads torch runs on the CPU, on a machine that other work shares (a browser, the
+dashboard, a second worker or study, the test suite).
 
-Two parts:
+Torch's CPU wheels run GNU libgomp, whose threads spin at every barrier (300,000 turns before they
+sleep): beside other processes a barrier waits for a thread that is not running while its partner
+burns the core it needs. Measured on 2 cores, one training step of the ``small`` configuration
+(96 px, batch 16, bf16, channels_last), ms per slice: issue 37 found 2 threads 4.6 idle and 19.2
+beside two busy loops, 1 thread 6.0 and 9.5, 2 threads ``OMP_WAIT_POLICY=PASSIVE`` 5.5 and 7.6.
+``benchmarks/busy.py --probe`` here, on a machine other sessions shared (so figures vary between
+rounds), median of 2-3 rounds: idle, 2 threads with libgomp's default spin 7.5, ``GOMP_SPINCOUNT``
+100000 7.5, 1000 8-10, 10000 25-27, PASSIVE 9.4-16.5, 1 thread 13-15; beside two busy loops, the
+default spin 50-211, PASSIVE 19-41, ``GOMP_SPINCOUNT=10000`` 64-68, 1 thread 18.5-40.
 
-- **The wait policy** (``prepare_environment``), set in the environment before torch loads its
-  OpenMP runtime (GNU libgomp in the CPU wheels), the only time libgomp reads it: at ``python -m
-  sweep``'s entry, before anything imports torch, and for spawned workers, which inherit it. By
-  default libgomp's threads spin for 300,000 iterations at every barrier before they sleep; when
-  another process holds a core, the barrier waits on a thread that is not running while its
-  partner burns the core it could use. Measured on 2 cores, one training step of the ``small``
-  configuration (96 px, batch 16, bf16, channels_last), ms per slice (issue 37; the probes of
-  ``benchmarks/busy.py --probe`` agree within their noise, docs/PERFORMANCE.md "A busy machine"):
-  2 threads spinning 4.6 idle, 19.2 beside two busy loops; 2 threads ``OMP_WAIT_POLICY=PASSIVE``
-  5.5 and 7.6; 1 thread 6.0 and 9.5. ``GOMP_SPINCOUNT`` (``SPIN_COUNT``) keeps a short spin, so
-  a barrier that ends soon costs no sleep and wake-up, and a thread whose partner was descheduled
-  sleeps soon instead of burning the core: see ``SPIN_COUNT`` for its measurement.
-- **The thread count** (``start``): each process's share of the cores it may run on
-  (``os.sched_getaffinity``, divided between ``--workers``), then chosen by timing while it runs
-  (``Tuner``): the trainer's and inference's steps are timed with the share and with half of it,
-  interleaved, the faster kept, and checked again after a while, since the load beside a run
-  changes while it runs (``torch.set_num_threads`` works at any time; the wait policy does not).
+So the wait stays libgomp's default (every shorter spin cost idle speed: PASSIVE 20-30 %, beyond
+the 5 % the issue allows; the wait policy is read once, when torch loads, and cannot follow the
+load), and the thread count does the adapting, since ``torch.set_num_threads`` works at any time:
+each process starts with its share of the cores it may run on (``os.sched_getaffinity``, divided
+between ``--workers``), times its steps with that count and with half of it, interleaved, keeps
+the faster (``Tuner``), and checks again as the run goes; where no other process uses the cores
+(``OtherWork``), it keeps its share without timing the half. At 1 thread there is no barrier to
+wait at: beside two busy loops, 1 thread ran at 18.5-19.3 ms per slice where 2 spinning threads
+took 49-50 in the same probe.
 
 ``OMP_NUM_THREADS`` forces the count (no timing), and ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``
-the wait policy, as for any OpenMP program. ``SEGNET_THREAD_POLICY=old`` restores the earlier
-behaviour (libgomp's default spin, all cores in one process, the cores split between workers, no
-timing), so that ``benchmarks/busy.py`` can compare both in one run.
+the wait, as for any OpenMP program. ``SEGNET_THREAD_POLICY=old`` restores the earlier behaviour
+(every core in one process, the cores split between workers, no timing), so that
+``benchmarks/busy.py`` can compare both in one run.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import time
 from collections.abc import Callable, MutableMapping
 
 POLICY_VARIABLE = "SEGNET_THREAD_POLICY"  # "old": the policy before issue 37, for comparisons
-# Barrier spin before a waiting OpenMP thread sleeps (libgomp's default: 300,000; PASSIVE: 0).
-SPIN_COUNT = "10000"
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
@@ -45,37 +42,10 @@ def old_policy(environ: MutableMapping[str, str] = os.environ) -> bool:
     return environ.get(POLICY_VARIABLE, "").strip().lower() == "old"
 
 
-def prepare_environment(environ: MutableMapping[str, str] = os.environ) -> None:
-    """Set the OpenMP wait policy in ``environ`` where the user set none (and not under the old policy).
-
-    Must run before torch is imported (libgomp reads it once, when it loads); processes started
-    later (spawned workers) inherit it.
-    """
-    if old_policy(environ) or any(v in environ for v in WAIT_VARIABLES):
-        return
-    environ["GOMP_SPINCOUNT"] = SPIN_COUNT
-
-
-@contextlib.contextmanager
-def child_environment():
-    """``prepare_environment`` for the processes started inside (spawned workers load torch
-    afresh), this process's environment as it was afterwards."""
-    before = {v: os.environ.get(v) for v in WAIT_VARIABLES}
-    prepare_environment()
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def wait_policy(environ: MutableMapping[str, str] = os.environ) -> str:
-    """The wait policy in ``environ``, in words."""
+    """The OpenMP wait in ``environ``, in words."""
     given = [f"{v}={environ[v]}" for v in WAIT_VARIABLES if v in environ]
-    return ", ".join(given) if given else "libgomp's default spin"
+    return ", ".join(given) if given else "libgomp's default wait"
 
 
 def available_cores() -> int:
@@ -111,16 +81,22 @@ class Tuner:
     ``margin``. The next probe comes after ``settle_seconds`` of steps,
     doubling up to ``max_settle_seconds`` while the choice holds; sooner if steps become
     ``slowdown`` times slower than just after the probe (other work arrived).
+
+    ``others()`` (``OtherWork``): the cores other processes used since its last call. Where they
+    used under ``quiet_cores`` during the probe's first block, the probe ends there with the
+    largest count, the share: on an idle machine a check then costs nothing.
     """
 
     def __init__(self, candidates: tuple[int, ...], apply: Callable[[int], None], *, block: int = 3, rounds: int = 2,
                  margin: float = 0.05, lead: float = 1.2, settle_seconds: float = 60.0, max_settle_seconds: float = 240.0,
-                 slowdown: float = 1.5, on_change: Callable[[int, int, float], None] | None = None) -> None:
+                 slowdown: float = 1.5, on_change: Callable[[int, int, float | None], None] | None = None,
+                 others: Callable[[], float | None] | None = None, quiet_cores: float = 0.5) -> None:
         self.candidates = tuple(dict.fromkeys(candidates))
         self.apply = apply
         self.block, self.rounds, self.margin, self.lead = block, rounds, margin, lead
         self.settle_seconds, self.max_settle_seconds, self.slowdown = settle_seconds, max_settle_seconds, slowdown
         self.on_change = on_change
+        self.others, self.quiet_cores = others, quiet_cores
         self.current = self.candidates[0]
         self.interval = settle_seconds
         self.plan: list[int] = []
@@ -147,6 +123,8 @@ class Tuner:
         self.plan = [c for _ in range(self.rounds) for c in order for _ in range(self.block)]
         self.samples, self.spent = {}, {}
         self.probes += 1
+        if self.others is not None:
+            self.others()  # the window of ``_quiet`` starts here
 
     def step(self, seconds: float, slices: int, kind: str = "train") -> None:
         per = seconds / max(1, slices)
@@ -156,7 +134,10 @@ class Tuner:
                 self.spent[kind] = self.spent.get(kind, 0.0) + seconds
             self.warm = True
             self.plan.pop(0)
-            if self.plan and not self._clear_winner():
+            if self.plan and self.plan[0] != self.incumbent and self._quiet():
+                self.plan = []  # nothing else runs: no need to time the other count
+                self._keep(self.candidates[0], None)
+            elif self.plan and not self._clear_winner():
                 self._set(self.plan[0])
             else:
                 self.plan = []
@@ -180,6 +161,20 @@ class Tuner:
         self._begin_probe()
         if self.plan:
             self._set(self.plan[0])
+
+    def _quiet(self) -> bool:
+        """Whether other work used under ``quiet_cores`` of CPU since the probe began (then the
+        share is kept without timing the other count); False where that cannot be read."""
+        if self.others is None:
+            return False
+        used = self.others()
+        return used is not None and used < self.quiet_cores
+
+    def _keep(self, best: int, gain: float | None) -> None:
+        self.interval = min(self.max_settle_seconds, self.interval * 2) if best == self.incumbent else self.settle_seconds
+        self._set(best)
+        if best != self.incumbent and self.on_change is not None:
+            self.on_change(self.incumbent, best, gain)
 
     def _medians(self, least: int = 1) -> dict[int, float] | None:
         """Each candidate's median seconds per slice in the kind of step that took the most time and
@@ -208,10 +203,36 @@ class Tuner:
             fastest = min(medians, key=medians.get)
             if medians[fastest] * (1 + self.margin) < medians[self.incumbent]:
                 best, gain = fastest, medians[self.incumbent] / medians[fastest]
-        self.interval = min(self.max_settle_seconds, self.interval * 2) if best == self.incumbent else self.settle_seconds
-        self._set(best)
-        if best != self.incumbent and self.on_change is not None:
-            self.on_change(self.incumbent, best, gain)
+        self._keep(best, gain)
+
+
+class OtherWork:
+    """The CPU other processes used: called, it returns the cores they kept busy since its last
+    call (all cores' busy time in ``/proc/stat`` less this process's own), or None where that
+    cannot be read (not Linux) or too little time has passed."""
+
+    def __init__(self) -> None:
+        self.last = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:9]]
+            per_second = os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError):
+            return None
+        # user nice system idle iowait irq softirq steal: busy is all but idle and iowait
+        busy = (sum(ticks) - ticks[3] - ticks[4]) / per_second
+        own = os.times()
+        return time.monotonic(), busy, own.user + own.system
+
+    def __call__(self) -> float | None:
+        now, last = self._read(), self.last
+        self.last = now
+        if now is None or last is None or now[0] - last[0] < 0.05:
+            return None
+        return max(0.0, (now[1] - last[1]) - (now[2] - last[2])) / (now[0] - last[0])
 
 
 _tuner: Tuner | None = None  # this process's, where ``start`` chose timing
@@ -230,7 +251,7 @@ def plan(device, workers: int = 1) -> tuple[int | None, tuple[int, ...], str]:
         return None, (), "threads: torch's default (the work is on the GPU)"
     if old_policy():
         n = share(workers) if workers > 1 else None
-        return n, (), f"threads: {n or available_cores()} ({POLICY_VARIABLE}=old, libgomp's default wait)"
+        return n, (), f"threads: {n or available_cores()} ({POLICY_VARIABLE}=old)"
     wait = wait_policy()
     forced = forced_threads()
     if forced is not None:
@@ -260,11 +281,13 @@ def start(device, workers: int = 1, report: Callable[[str], None] | None = None)
     if count is not None:
         torch.set_num_threads(count)
     if candidates:
-        def changed(before: int, after: int, gain: float) -> None:
+        def changed(before: int, after: int, gain: float | None) -> None:
             if report is not None:
-                report(f"threads: {before} -> {after} ({gain:.2f}x faster per slice now: other work shares the cores)")
+                why = ("the other work on the cores has ended" if gain is None
+                       else f"{gain:.2f}x faster per slice now: other work shares the cores")
+                report(f"threads: {before} -> {after} ({why})")
 
-        _tuner = Tuner(candidates, torch.set_num_threads, on_change=changed)
+        _tuner = Tuner(candidates, torch.set_num_threads, on_change=changed, others=OtherWork())
     return text
 
 

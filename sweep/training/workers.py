@@ -112,9 +112,8 @@ def run_workers(opts: RunOptions, study: optuna.Study, progress: Progress, devic
     reasons = ctx.SimpleQueue()  # the one line of a worker that lost the database or the store
     procs = [ctx.Process(target=_worker_main, args=(opts, i, devices[i], location, reasons), name=f"sweep-worker-{i}")
              for i in range(opts.workers)]
-    with threads.child_environment():  # the OpenMP wait policy, read as each worker loads torch
-        for p in procs:
-            p.start()
+    for p in procs:
+        p.start()
     stop = threading.Event()  # a Ctrl-C or SIGTERM arrived, even if library code swallowed its exception
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
