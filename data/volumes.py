@@ -46,6 +46,9 @@ SLICE_SIZE = 192
 #: Percentiles of each volume's intensities mapped to 0 and 1 (and clipped): robust to
 #: the few very bright voxels (fat, flow artefacts) that would compress the heart's range.
 CLIP_PERCENTILES = (0.5, 99.5)
+#: The most a volume's in-plane resampled grid may hold, in float32 bytes (``check_resampled_size``):
+#: an ACDC volume's is about 3 MB; a voxel size off by 1000 gives hundreds of GiB.
+MAX_RESAMPLED_BYTES = 2 * 2**30
 #: Intensities are quantised to 16 bits, exactly as ``read_image`` reads a 16-bit PNG:
 #: far finer than MR noise, and the cache then holds 2 bytes per pixel, not 4.
 INTENSITY_LEVELS = 65535
@@ -197,6 +200,23 @@ def _plane_geometry(shape: tuple[int, int, int], spacing, target: float, size: i
     return resampled, crop
 
 
+def check_resampled_size(path: Path, shape: tuple[int, int, int], spacing, resampled: tuple[int, int],
+                         target: float) -> None:
+    """Refuse, in one line naming the file, a volume whose header's voxel size would resample it
+    to a grid of more than ``MAX_RESAMPLED_BYTES`` (float32), before anything of that size exists.
+
+    A voxel size off by a factor of 1000 (metres or micrometres written as millimetres) turns a
+    256 x 256 plane into a grid of 163,840 x 163,840 pixels: hundreds of GiB of memory for any
+    resampler that builds it, and an image of a few pixels even where none is built.
+    """
+    n = resampled[0] * resampled[1] * shape[2]
+    if n * 4 > MAX_RESAMPLED_BYTES:
+        raise DataError(
+            f"{path}: voxel size {spacing[0]:g} x {spacing[1]:g} mm resamples its {shape[0]} x {shape[1]} plane to "
+            f"{resampled[0]} x {resampled[1]} pixels of {target:g} mm ({n * 4 / 2**30:,.0f} GiB for {shape[2]} "
+            f"slice(s), over the {MAX_RESAMPLED_BYTES // 2**30} GiB limit); check the header's voxel size (pixdim)")
+
+
 def _resample(vol: np.ndarray, volume: Volume, order: int) -> np.ndarray:
     """(X, Y, Z) source voxels -> (H, W, Z) crop of the resampled grid; 0 outside it.
 
@@ -255,6 +275,7 @@ def preprocess_volume(
     spacing = _spacing(img, image_path)
     axis = through_plane_axis(spacing, vol.shape)
     resampled, crop = _plane_geometry(_moved(vol.shape, axis), _moved(spacing, axis), target_spacing, size)
+    check_resampled_size(image_path, _moved(vol.shape, axis), _moved(spacing, axis), resampled, target_spacing)
     normalised, window = _normalise(np.moveaxis(vol, axis, 2))
     volume = Volume(
         case=case_id(image_path), patient=case_id(image_path), phase=None,

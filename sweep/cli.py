@@ -21,6 +21,7 @@ from sweep.core.errors import OutsideError, UsageError, outside_failure
 from sweep.core.flags import DashboardOptions, ExportOptions, PredictOptions, ReportOptions, StatusOptions
 from sweep.core.records import VAL_DICE_FG, score_label, search_line, silence_optuna, states_line
 from sweep.core.study import PROG, display_url, sweep_command
+from sweep.nn import threads
 from sweep.search.options import RunOptions, resume_command
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -169,6 +170,7 @@ def _main(argv: list[str] | None = None) -> int:
             interrupts.ignore_until_exit()  # the process's own command line ends: nothing may cut that short
         else:
             interrupts.restore(previous)
+        threads.stop()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -10,6 +10,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CMRI = ROOT.parent / "shared" / "data" / "cmri"
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """This run of the suite keeps its cache (preprocessed data, local copies of artifacts and
+    resume points) in a folder of its own, not in the user's ``~/.cache/segnet-sweep``: two runs
+    of the suite at once, or a run beside real work, share no folder (tests/test_side_by_side.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEGNET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        mp.delenv("SEGNET_CACHE", raising=False)
+        yield
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in an empty folder, as a new user would (studies.db appears there)."""

@@ -292,3 +292,33 @@ def test_the_fused_bn_relu_variant_computes_what_the_model_does(monkeypatch):
         torch.testing.assert_close(fused_state[name], value, msg=name)
     plain.eval(), fused.eval()
     torch.testing.assert_close(fused(x), plain(x))
+
+
+# --- benchmarks/busy.py: the tool on a busy machine (issue 37) -----------------------------------
+
+
+def test_busy_reports_each_load_against_idle_and_the_policies_against_each_other():
+    from benchmarks import busy
+
+    results = {"first": {"idle": {"old": {"seconds": 100.0, "shipped": True}, "new": {"seconds": 103.0, "shipped": True}},
+                         "busy": {"old": {"seconds": 900.0, "shipped": False}, "new": {"seconds": 230.0, "shipped": True}}}}
+    assert busy.ratios(results) == {"first/old/busy_over_idle": 9.0, "first/new/busy_over_idle": 2.23,
+                                    "first/idle_new_over_old": 1.03}
+    text = busy.table(results)
+    assert "| first | old | 100 s | did not finish (900.0 s) | – |" in text
+    assert "| first | new | 103 s | 230 s (2.2x) | – |" in text
+    with pytest.raises(SystemExit):
+        busy.parse_args(["--loads", "idle,nonsense"])
+
+
+@pytest.mark.slow
+def test_busy_quick_runs_the_first_command_under_both_policies(tmp_path):
+    from benchmarks import busy
+
+    out = tmp_path / "busy.json"
+    assert busy.main(["--quick", "--workloads", "first,acdc", "--loads", "idle", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    for policy in ("old", "new"):
+        assert result["results"]["first"]["idle"][policy]["shipped"]
+        assert result["results"]["acdc"]["idle"][policy]["seconds"] > 0
+    assert "first/idle_new_over_old" in result["ratios"]

@@ -3,6 +3,8 @@ outside the tool (a lost database, an unreachable store: one line naming it, exi
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -73,7 +75,22 @@ def outside_failure(err: BaseException, storage: str | None) -> str | None:
     store = next((e for e in chain if _is_store_error(e)), None)
     if store is not None:
         return f"artifact store: {_first_line(store)}"
+    full = next((e for e in chain if isinstance(e, OSError) and e.errno in DISK_FULL), None)
+    if full is not None:
+        return disk_full_line(full)
     return None
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_line(err: OSError) -> str:
+    """A full disk (or quota) while writing an output: the folder, and that nothing was left half-written
+    (every output goes through ``data.files.output_file``: its temporary file is removed)."""
+    folder = Path(err.filename).parent if err.filename else None
+    where = f"{folder}: " if folder else ""
+    return (f"{where}{err.strerror or os.strerror(err.errno)}; no file was left half-written, "
+            "free some space and rerun")
 
 
 def _storage_reason(err: BaseException) -> str:

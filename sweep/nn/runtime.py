@@ -16,6 +16,7 @@ import torch
 
 from model import SegNet, SegNetConfig
 from sweep.core.errors import UsageError
+from sweep.nn import threads
 
 EVAL_BATCH = 64  # slices per forward pass when evaluating: the whole val split in one or two passes
 
@@ -133,9 +134,11 @@ def predict_logits(model, images: torch.Tensor, bf16: bool) -> torch.Tensor:
     model.eval()
     out = []
     for start in range(0, images.shape[0], EVAL_BATCH):
+        done = threads.timed("infer")
         x = normalize(images[start : start + EVAL_BATCH]).contiguous(memory_format=torch.channels_last)
         with autocast(images.device, bf16):
             out.append(model(x).float())
+        done(x.shape[0])
     return torch.cat(out)
 
 

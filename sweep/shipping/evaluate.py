@@ -43,6 +43,7 @@ from sweep.nn.metrics import (
     dice_scores,
     per_image_counts,
 )
+from sweep.nn import threads
 from sweep.nn.model_file import ModelBundle, current_versions, ensemble_probs, save_bundle
 from sweep.nn.pictures import overlay_png
 from sweep.nn.postprocess import (
@@ -104,6 +105,7 @@ def evaluate_best(study: optuna.Study, opts: BestOptions) -> dict:
     artifacts.check_recorded(study, artifacts.location_of(study, opts.storage, warn=False))
     data = load_checked_data(study, opts.data)
     device = resolve_device_or_fail(opts.device)
+    threads.start(device)  # as run chooses them (sweep.nn.threads)
     selection = selection_folds(data, best["cv"], device, study.user_attrs.get(StudyKey.CV_FOLDS))
     refit = opts.refit and not best["cv"]  # fold models of a --cv study together saw every slice already
     held = None if best["cv"] else estimate_holdout(data, opts.holdout)

@@ -32,6 +32,7 @@ from sweep.core.flags import PredictOptions
 from sweep.core.outputs import OwnedFiles, check_can_write, refuse_outputs
 from sweep.core.records import MODEL_FILE
 from sweep.core.study import open_study_readonly, sqlite_path, sweep_command
+from sweep.nn import threads
 from sweep.nn.model_export import EXPORT_FORMATS, export_model
 from sweep.nn.model_file import ModelBundle, Segmenter, load_bundle
 from sweep.nn.pictures import overlay_png
@@ -68,6 +69,8 @@ def run_predict(args: PredictOptions) -> dict:
     for volume in volumes:  # and every volume's header: a 4-D cine among them is refused before any output
         grid_shape(load_header(volume), volume)
     segmenter = Segmenter(bundle, device=args.device) if pngs or volumes else None
+    if segmenter is not None:
+        threads.start(segmenter.device)  # as training chooses them (sweep.nn.threads)
     summary = {"model": model, "inputs": len(pngs) + len(volumes), "images": len(pngs),
                "volumes": len(volumes), "outputs": [], "out": str(out),
                "notes": skipped_notes(skipped) + png_notes(bundle, shapes) + volume_notes(bundle, volumes),
@@ -242,6 +245,8 @@ def _batches(pngs: list[Path], shapes: list[tuple[int, int]], size: int) -> list
 
 def predict_pngs(segmenter: Segmenter, pngs: list[Path], shapes, out: Path, overlay: bool, bar) -> list[str]:
     """Write ``NAME_mask.png`` (and ``NAME_overlay.png``) per PNG; returns the written paths."""
+    if not pngs:  # (no segmenter either, where --export alone was asked for)
+        return []
     written = []
     for batch in _batches(pngs, shapes, segmenter.batch_size):
         images = np.stack([read_image(p) for p in batch])  # (B, H, W) in [0, 1]

@@ -23,6 +23,7 @@ from sweep.core.records import StudyKey
 from sweep.search.config import DEFAULT_EPOCHS
 from sweep.search.presets import DEFAULT_PRESET, PRESETS
 from sweep.search.space import ADDED_OFF, SPACE_VERSION, params_problem
+from sweep.nn import threads
 from sweep.nn.runtime import resolve_device_or_fail, worker_device
 from sweep.training.workers import optimize, run_workers
 
@@ -165,8 +166,12 @@ def run(opts: RunOptions) -> dict:
         enqueue = dict(PRESETS[DEFAULT_PRESET])
     if enqueue is not None:
         study.enqueue_trial(enqueue, skip_if_exists=True)
+    if opts.workers == 1:
+        threads_line = threads.start(worker_device(device, 0), 1, report=_say if opts.progress else None)
+    else:
+        threads_line = threads.plan(worker_device(device, 0), opts.workers)[2]
     if opts.progress:
-        _announce(opts, data, device, finished)
+        _announce(opts, data, device, finished, threads_line)
         if default:
             print(f"first trial: the default configuration, preset {DEFAULT_PRESET!r} (--enqueue names another)",
                   file=sys.stderr)
@@ -238,7 +243,14 @@ def _open_study(opts: RunOptions, data: Dataset, requested: str,
     return study, artifacts.location_of(study, opts.storage), opts
 
 
-def _announce(opts: RunOptions, data: Dataset, device, finished: int) -> None:
+def _say(line: str) -> None:
+    """One line on stderr above the progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def _announce(opts: RunOptions, data: Dataset, device, finished: int, threads_line: str) -> None:
     print(f"data: {data.describe()}", file=sys.stderr)
     if opts.cv:
         n = len(data.train) + len(data.val)
@@ -249,6 +261,7 @@ def _announce(opts: RunOptions, data: Dataset, device, finished: int) -> None:
         f"{finished} of {opts.trials} trials finished",
         file=sys.stderr,
     )
+    print(threads_line, file=sys.stderr)
 
 
 def summarize(study: optuna.Study, opts: RunOptions, ran: int, note: str | None = None, stopped_early: bool = False) -> dict:

@@ -20,6 +20,7 @@ from sweep.core.records import VAL_DICE_FG
 from sweep.training.augment import augment
 from sweep.search.config import RESUME_SECONDS, TrainConfig
 from sweep.training.losses import class_weights, segmentation_loss
+from sweep.nn import threads
 from sweep.nn.metrics import dice_counts, dice_from_counts
 
 # Device, precision and inference live in sweep.nn.runtime (inference needs no trainer); the trainer's
@@ -131,6 +132,7 @@ def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfi
     total = torch.zeros((), device=device)
     n_batches = 0
     for idx in epoch_batches(len(split), count, cfg.batch_size, generator):
+        done = threads.timed("train")  # the thread count is chosen by timing steps (sweep.nn.threads)
         x, y = random_patches(split.images[idx], split.masks[idx], cfg.patch, generator)
         x, y = augment(x, y, cfg, generator)
         x = normalize(x).contiguous(memory_format=torch.channels_last)
@@ -143,6 +145,7 @@ def train_epoch(model, optimizer, scheduler, split: DeviceSplit, cfg: TrainConfi
         scheduler.step()
         total += loss.detach()
         n_batches += 1
+        done(len(idx))
         if on_step is not None:
             on_step(n_batches)
     return total / max(n_batches, 1)

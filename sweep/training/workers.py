@@ -22,6 +22,8 @@ from sweep.core import records as rec
 from sweep.core import study as st
 from sweep.core.errors import OutsideError, UsageError, outside_failure
 from sweep.core.progress import Progress, StopAfterFailures, UntilTarget
+from sweep.nn import threads
+from sweep.nn.threads import available_cores  # noqa: F401 - for benchmarks/throughput.py
 from sweep.search.options import RunOptions
 from sweep.search.strategies import make_pruner, make_sampler
 from sweep.training.folds import selection_folds
@@ -93,9 +95,9 @@ def _worker_main(opts: RunOptions, worker: int, device: torch.device, location: 
     """
     interrupts.install()  # SIGTERM as Ctrl-C; the terminal's SIGINT, then the parent's SIGTERM, are one interruption
     rec.silence_optuna()
-    if device.type == "cpu":
-        # Split the cores between workers: oversubscribed intra-op threads slow every worker down.
-        torch.set_num_threads(max(1, available_cores() // opts.workers))
+    # Split the cores between workers (oversubscribed intra-op threads slow every worker down),
+    # then time the steps: sweep.nn.threads.
+    threads.start(device, opts.workers)
     try:
         failures = optimize(opts, load_dataset(opts.data, groups=opts.groups), device, worker, location)
     except KeyboardInterrupt:
@@ -181,9 +183,4 @@ def stop_workers(procs, timeout: float = 30.0) -> None:
             p.kill()
 
 
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
