@@ -121,6 +121,12 @@ def run_first(policy: str, cache: Path, tmp: Path, quick: bool, timeout: float) 
             break
     out["seconds"] = round(out["seconds"], 1)
     out["shipped"] = (folder / "best" / "model.pt").is_file()
+    summary = folder / "best" / "summary.json"
+    if summary.is_file():  # what it shipped: the test figure and whether the search beat the default
+        shipped = json.loads(summary.read_text())
+        out["trial"] = shipped.get("trial")
+        out["test_dice_fg"] = (shipped.get("test") or {}).get("dice_fg")
+        out["search"] = shipped.get("search")
     shutil.rmtree(folder, ignore_errors=True)
     return out
 
