@@ -50,6 +50,18 @@ def one_trial_study(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def study_copy(one_trial_study, tmp_path, monkeypatch):
+    """A private copy of the one-trial study (its database and artifacts), the working folder."""
+    import shutil
+
+    for path in one_trial_study.glob("studies.db*"):
+        shutil.copy(path, tmp_path / path.name)
+    shutil.copytree(one_trial_study / "artifacts", tmp_path / "artifacts")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 
 POSTGRES_URL = os.environ.get("SEGNET_TEST_POSTGRES_URL") or "postgresql://postgres@127.0.0.1:5432/test"
 MYSQL_URL = os.environ.get("SEGNET_TEST_MYSQL_URL") or "mysql+pymysql://root@127.0.0.1:3306/test"

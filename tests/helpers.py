@@ -38,3 +38,12 @@ def write_coursework(root: Path, n=(4, 2, 3), test_masks=False) -> Path:
         write_split(root / split, [f"{split}{i:02d}" for i in range(count)],
                      masks=split != "test" or test_masks)
     return root
+
+
+def one_error_line(capsys) -> str:
+    """The one ``error: ...`` line a refused command printed on stderr, with no traceback."""
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]

@@ -30,19 +30,12 @@ from sweep.core import study as st
 from sweep.core.records import StudyKey
 from sweep.nn.model_file import ModelBundle, current_versions, save_bundle
 from sweep.search.presets import preset
-from tests.helpers import random_image, write_png
+from tests.helpers import one_error_line, random_image, write_png
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
 PASSWORD = "s3cret-pw-9"
 
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 def digest(path: Path) -> str:

@@ -18,6 +18,7 @@ from data.files import output_file
 from model import SegNet, SegNetConfig
 from sweep.cli import main
 from sweep.nn.model_file import ModelBundle, current_versions, save_bundle
+from tests.helpers import one_error_line
 
 CONFIG = SegNetConfig(depth=2, base_width=4, convs_per_stage=(1, 1))
 
@@ -30,22 +31,6 @@ def tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
-@pytest.fixture
-def study_copy(one_trial_study, tmp_path, monkeypatch):
-    """A private copy of a one-trial study, the working folder."""
-    for path in one_trial_study.glob("studies.db*"):
-        shutil.copy(path, tmp_path / path.name)
-    shutil.copytree(one_trial_study / "artifacts", tmp_path / "artifacts")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def volume_bundle(prep: dict | None = None) -> ModelBundle:

@@ -111,14 +111,6 @@ def test_a_live_runs_folders_are_left_alone(old):
     assert building.is_dir()
 
 
-@pytest.fixture
-def study_copy(one_trial_study, tmp_path, monkeypatch):
-    for path in one_trial_study.glob("studies.db*"):
-        shutil.copy(path, tmp_path / path.name)
-    shutil.copytree(one_trial_study / "artifacts", tmp_path / "artifacts")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
 
 @pytest.mark.parametrize("files", [{"notes.txt": "mine"}, {"summary.json": "{}", "model.pt": "x"},
                                    {"summary.json": '{"study": "s", "seeds": [0]}', "masks/notes.txt": "mine"}])

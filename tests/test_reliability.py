@@ -430,8 +430,8 @@ def test_bad_data_is_refused_before_the_study_is_touched(existing_study, monkeyp
         (["run", "--trial", "5"], "--trial"),  # abbreviations are not taken for --trials
         (["run", "--enqueue", json.dumps({**SMALL_PARAMS, "learning_rate": 0.5})], "learning_rate"),
         # a complete configuration with one value outside its range: Optuna only warned and ran it
-        (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "lr": 5.0})], "'lr' is out of the range"),
-        (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "depth": 99})], "'depth' is out of the range"),
+        (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "lr": 5.0})], "lr 5 is outside 0.0001..0.01"),
+        (["run", "--trials", "2", "--epochs", "1", "--enqueue", json.dumps({**SMALL_PARAMS, "depth": 99})], "depth 99 is outside 3..5"),
         # an empty --enqueue was ignored (the run went on without it); a mistyped file was reported as bad JSON
         (["run", "--trials", "2", "--epochs", "1", "--enqueue", ""], "--enqueue is empty"),
         (["run", "--enqueue", "params.jsn"], "no such file or preset"),

@@ -5,23 +5,11 @@ the search paid over the default it measured."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import optuna
-import pytest
 
 from sweep.cli import main
 from sweep.search.presets import preset
-
-
-@pytest.fixture
-def study_copy(one_trial_study, tmp_path, monkeypatch):
-    """A private copy of the one-trial study (made with --epochs 1), the working folder."""
-    for path in one_trial_study.glob("studies.db*"):
-        shutil.copy(path, tmp_path / path.name)
-    shutil.copytree(one_trial_study / "artifacts", tmp_path / "artifacts")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def _study() -> optuna.Study:
